@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The one command that runs every test (README "Run the tests"). Safe on a fresh machine:
+# it creates the Python virtualenv with the real published Rocket.Chat clients, then runs
+# formatting, lints and the whole Rust test suite (unit, shards, integration, compatibility).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${CHATD_TEST_VENV:-$PWD/target/test-venv}"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rocketchat_async, rocketchat_API' 2>/dev/null; then
+  echo "== creating test virtualenv at $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
+fi
+export CHATD_TEST_PYTHON="$VENV/bin/python"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked -- --test-threads="${CHATD_TEST_THREADS:-4}"
