@@ -1,1 +1,178 @@
-fn main() {}
+//! The `chatd` binary: command line, logging, configuration, then run. Errors map to exit codes
+//! (1: runtime failure, 2: bad configuration or usage). Runs on the main thread, which only
+//! waits for signals once the server is up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chatd::store::{EmbeddedStore, OpenError, Store, WriteOp};
+use chatd::{Config, Server, ServerError};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "chatd",
+    version,
+    about = "Realtime chat server speaking Rocket.Chat's realtime and REST APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage users while the server is stopped.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (HTTP + WebSocket). Default 0.0.0.0:3000, or 0.0.0.0:$PORT.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Number of shards (pinned executor threads). Default: every online CPU.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Data directory of the embedded store. Default ./chatd-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file (every key: deploy/chatd.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user in the store (the server must be stopped).
+    Add {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Ok(port) = std::env::var("PORT") {
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("PORT={port} is not a port number"))?;
+        config.listen.set_port(port);
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = build_config(&args)?;
+    init_logging(&config.log);
+    if args.check_config {
+        println!(
+            "configuration OK ({} shards, listening on {})",
+            config.shard_count(),
+            config.listen
+        );
+        return Ok(());
+    }
+    chatd::raise_fd_limit();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("installing signal handlers")?;
+    let server = Server::start(config)?;
+    if let Some(signal) = signals.forever().next() {
+        if signal == signal_hook::consts::SIGINT {
+            // Fast exit: every acknowledged write is already durable.
+            tracing::info!("SIGINT: exiting now");
+            std::process::exit(130);
+        }
+        tracing::info!("SIGTERM: draining");
+    }
+    server.stop();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn user_add(
+    data_dir: PathBuf,
+    username: String,
+    password: String,
+    email: Option<String>,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let (backend, _feed) = EmbeddedStore::open(&data_dir)?;
+    let store = Store::new(backend);
+    let hash = chatd::auth::hash_password_digest(&chatd::auth::sha256_hex(&password)).map_err(anyhow::Error::msg)?;
+    let op = WriteOp::CreateUser {
+        name: name.unwrap_or_else(|| username.clone()),
+        username: username.clone(),
+        email,
+        password_hash: hash,
+    };
+    let result = store.submit_blocking(op);
+    store.close();
+    let outcome = result?;
+    match outcome.output {
+        chatd::store::WriteOutput::User(u) => println!("created user {} with id {}", u.username, u.id),
+        _ => println!("created user {username}"),
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::User(UserCommand::Add {
+            data_dir,
+            username,
+            password,
+            email,
+            name,
+        }) => {
+            init_logging("warn");
+            user_add(data_dir, username, password, email, name)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("chatd: {e:#}");
+        let usage = e.downcast_ref::<chatd::config::ConfigError>().is_some()
+            || matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Config(_)))
+            || matches!(e.downcast_ref::<OpenError>(), Some(OpenError::InUse(_)));
+        std::process::exit(if usage { 2 } else { 1 });
+    }
+}

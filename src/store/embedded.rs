@@ -369,16 +369,36 @@ impl EmbeddedStore {
         })
     }
 
-    /// Change-log records after `seq`, oldest first, at most `limit`.
-    pub fn changes_after(&self, seq: u64, limit: usize) -> StoreResult<Vec<ChangeRecord>> {
+    /// Change-log records after `seq`, oldest first, at most `limit`. A record that fails to
+    /// decode is returned as an error in its slot so the reader can count it and move past it.
+    pub fn changes_after(&self, seq: u64, limit: usize) -> StoreResult<Vec<(u64, StoreResult<ChangeRecord>)>> {
         self.read(|t| {
             let changes = t.open_table(CHANGES).map_err(ie)?;
             let mut out = Vec::new();
             for entry in changes.range(seq.saturating_add(1)..).map_err(ie)?.take(limit) {
-                let (_, v) = entry.map_err(ie)?;
-                out.push(dec(v.value())?);
+                let (k, v) = entry.map_err(ie)?;
+                out.push((k.value(), dec(v.value())));
             }
             Ok(out)
+        })
+    }
+
+    /// The rooms a user belongs to, and the change-log position this snapshot reflects.
+    pub fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, u64)> {
+        self.read(|t| {
+            let meta = t.open_table(META).map_err(ie)?;
+            let seq = meta.get(META_CHANGE_SEQ).map_err(ie)?.map(|v| v.value()).unwrap_or(0);
+            let subs = t.open_table(SUBS).map_err(ie)?;
+            let mut rooms = Vec::new();
+            for entry in subs.range((uid.as_str(), "")..).map_err(ie)? {
+                let (k, _) = entry.map_err(ie)?;
+                let (u, r) = k.value();
+                if u != uid.as_str() {
+                    break;
+                }
+                rooms.push(RoomId::from(r));
+            }
+            Ok((rooms, seq))
         })
     }
 }
@@ -1236,7 +1256,12 @@ mod tests {
             page.iter().map(|m| m.msg.as_str()).collect::<Vec<_>>(),
             ["n4", "n3", "n2"]
         );
-        let changes = store.changes_after(0, 100).unwrap();
+        let changes: Vec<ChangeRecord> = store
+            .changes_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r.unwrap())
+            .collect();
         // 1 join of GENERAL + 6 messages; the duplicate wrote nothing.
         assert_eq!(changes.len(), 7);
         assert!(changes.windows(2).all(|w| w[1].seq == w[0].seq + 1));

@@ -10,7 +10,7 @@ pub mod model;
 
 use std::sync::Arc;
 
-pub use embedded::{EmbeddedStore, OpenError};
+pub use embedded::{CommitFeed, EmbeddedStore, HistoryQuery, OpenError, GENERAL_ROOM_ID, MAX_MESSAGE_CHARS};
 pub use model::*;
 
 use crate::ids::{MessageId, RoomId, UserId};

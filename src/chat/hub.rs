@@ -1,0 +1,647 @@
+//! The per-shard hub (one per shard, used only on that shard's thread): local sessions, which
+//! local users belong to which rooms, stream subscriptions, and fan-out of change-feed events.
+//!
+//! Each change arrives here at most once per shard (the tailer routes it); every frame is
+//! serialized once per shard and the same bytes are queued to every interested local session.
+//! A method that wrote to the store answers its client only after this shard has applied the
+//! write's change ([`Hub::wait_applied`]), so a client that sees a result also sees its effects.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatd_shards::{Mesh, ShardStats};
+use futures::channel::oneshot;
+use serde_json::json;
+use tungstenite::Utf8Bytes;
+
+use super::outbound::Outbound;
+use super::{ShardMsg, TAILER_SHARD};
+use crate::ids::{RoomId, UserId};
+use crate::protocol::ddp;
+use crate::protocol::wire::{self, Dates};
+use crate::store::{Change, ChangeRecord, Store, User, UserRef};
+
+pub const STREAM_ROOM_MESSAGES: &str = "stream-room-messages";
+pub const STREAM_NOTIFY_USER: &str = "stream-notify-user";
+pub const STREAM_NOTIFY_ROOM: &str = "stream-notify-room";
+pub const STREAM_NOTIFY_LOGGED: &str = "stream-notify-logged";
+pub const MY_MESSAGES: &str = "__my_messages__";
+
+/// Longest a method waits for its own change to come back through the feed before answering
+/// anyway (the write is already durable; this only bounds a stalled tailer's impact).
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
+pub type SessionId = u64;
+
+/// The part of a session the hub needs: its queue, its user and its stream subscriptions.
+pub struct SessionHandle {
+    pub id: SessionId,
+    pub out: Outbound,
+    user: RefCell<Option<UserRef>>,
+    subs: RefCell<Subs>,
+}
+
+#[derive(Default)]
+struct Subs {
+    by_id: HashMap<String, (&'static str, String)>,
+    active: HashMap<(&'static str, String), u32>,
+}
+
+impl SessionHandle {
+    pub fn new(id: SessionId, out: Outbound) -> Self {
+        Self {
+            id,
+            out,
+            user: RefCell::new(None),
+            subs: RefCell::new(Subs::default()),
+        }
+    }
+
+    pub fn user(&self) -> Option<UserRef> {
+        self.user.borrow().clone()
+    }
+
+    /// Records a subscription; `false` if the id is already in use (Meteor ignores such a sub).
+    pub fn add_sub(&self, id: &str, stream: &'static str, event: &str) -> bool {
+        let mut subs = self.subs.borrow_mut();
+        if subs.by_id.contains_key(id) {
+            return false;
+        }
+        subs.by_id.insert(id.to_owned(), (stream, event.to_owned()));
+        *subs.active.entry((stream, event.to_owned())).or_insert(0) += 1;
+        true
+    }
+
+    pub fn remove_sub(&self, id: &str) -> bool {
+        let mut subs = self.subs.borrow_mut();
+        let Some(key) = subs.by_id.remove(id) else { return false };
+        if let Some(n) = subs.active.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                subs.active.remove(&key);
+            }
+        }
+        true
+    }
+
+    /// Removes the subscriptions matching `pred`, returning their ids.
+    fn remove_subs_where(&self, pred: impl Fn(&'static str, &str) -> bool) -> Vec<String> {
+        let ids: Vec<String> = self
+            .subs
+            .borrow()
+            .by_id
+            .iter()
+            .filter(|(_, (stream, event))| pred(stream, event))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.remove_sub(id);
+        }
+        ids
+    }
+
+    pub fn clear_subs(&self) {
+        *self.subs.borrow_mut() = Subs::default();
+    }
+
+    pub fn wants(&self, stream: &'static str, event: &str) -> bool {
+        self.subs.borrow().active.contains_key(&(stream, event.to_owned()))
+    }
+}
+
+enum LoadState {
+    /// Memberships are being read; changes that arrive meanwhile wait here.
+    Loading {
+        pending: Vec<Arc<ChangeRecord>>,
+        waiters: Vec<oneshot::Sender<()>>,
+    },
+    /// Memberships reflect the log up to `synced` plus every change applied since.
+    Ready { synced: u64 },
+}
+
+struct LocalUser {
+    sessions: Vec<SessionId>,
+    rooms: HashSet<RoomId>,
+    state: LoadState,
+}
+
+pub struct Hub {
+    pub shard: usize,
+    pub store: Store,
+    pub stats: Arc<ShardStats>,
+    mesh: Rc<Mesh<ShardMsg>>,
+    sessions: RefCell<HashMap<SessionId, Rc<SessionHandle>>>,
+    users: RefCell<HashMap<UserId, LocalUser>>,
+    /// Room → local users who are members.
+    room_members: RefCell<HashMap<RoomId, HashSet<UserId>>>,
+    applied: Cell<u64>,
+    waiters: RefCell<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
+    acks: RefCell<HashMap<u64, oneshot::Sender<()>>>,
+    next_id: Cell<u64>,
+}
+
+fn notify_user_event(uid: &UserId, event: &str, args_json: &str) -> Utf8Bytes {
+    Utf8Bytes::from(ddp::stream_event(
+        STREAM_NOTIFY_USER,
+        &format!("{uid}/{event}"),
+        args_json,
+    ))
+}
+
+impl Hub {
+    pub fn new(shard: usize, store: Store, stats: Arc<ShardStats>, mesh: Rc<Mesh<ShardMsg>>, applied: u64) -> Self {
+        Self {
+            shard,
+            store,
+            stats,
+            mesh,
+            sessions: RefCell::new(HashMap::new()),
+            users: RefCell::new(HashMap::new()),
+            room_members: RefCell::new(HashMap::new()),
+            applied: Cell::new(applied),
+            waiters: RefCell::new(BTreeMap::new()),
+            acks: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    pub fn new_session(&self, out: Outbound) -> Rc<SessionHandle> {
+        let handle = Rc::new(SessionHandle::new(self.next_id(), out));
+        self.sessions.borrow_mut().insert(handle.id, handle.clone());
+        ShardStats::add(&self.stats.open_connections, 1);
+        handle
+    }
+
+    pub async fn end_session(&self, session: &Rc<SessionHandle>) {
+        self.detach_user(session).await;
+        if self.sessions.borrow_mut().remove(&session.id).is_some() {
+            ShardStats::sub(&self.stats.open_connections, 1);
+        }
+    }
+
+    /// Every open session (for shutdown).
+    pub fn all_sessions(&self) -> Vec<Rc<SessionHandle>> {
+        self.sessions.borrow().values().cloned().collect()
+    }
+
+    /// The change-log position this shard has applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.get()
+    }
+
+    /// Whether the local user `uid` is a member of `rid` as of the changes applied here.
+    pub fn is_member(&self, uid: &UserId, rid: &RoomId) -> bool {
+        self.users.borrow().get(uid).is_some_and(|u| u.rooms.contains(rid))
+    }
+
+    /// Logs `user` in on `session`: on the user's first session on this shard, tells the tailer
+    /// (and waits until routing includes this shard) and loads their memberships.
+    pub async fn attach_user(&self, session: &Rc<SessionHandle>, user: &User) -> Result<(), crate::store::StoreError> {
+        if session.user().is_some_and(|u| u.id == user.id) {
+            return Ok(());
+        }
+        self.detach_user(session).await;
+        *session.user.borrow_mut() = Some(user.user_ref());
+        ShardStats::add(&self.stats.sessions, 1);
+        let wait = {
+            let mut users = self.users.borrow_mut();
+            match users.get_mut(&user.id) {
+                Some(lu) => {
+                    lu.sessions.push(session.id);
+                    match &mut lu.state {
+                        LoadState::Loading { waiters, .. } => {
+                            let (tx, rx) = oneshot::channel();
+                            waiters.push(tx);
+                            Some(rx)
+                        }
+                        LoadState::Ready { .. } => return Ok(()),
+                    }
+                }
+                None => {
+                    users.insert(
+                        user.id.clone(),
+                        LocalUser {
+                            sessions: vec![session.id],
+                            rooms: HashSet::new(),
+                            state: LoadState::Loading {
+                                pending: Vec::new(),
+                                waiters: Vec::new(),
+                            },
+                        },
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(rx) = wait {
+            let _ = rx.await;
+            return Ok(());
+        }
+        self.announce(&user.id, true).await;
+        let loaded = self.store.memberships_of(&user.id);
+        let (rooms, synced) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                self.detach_user(session).await;
+                return Err(e);
+            }
+        };
+        let (pending, waiters) = {
+            let mut users = self.users.borrow_mut();
+            let Some(lu) = users.get_mut(&user.id) else {
+                return Ok(());
+            };
+            let mut members = self.room_members.borrow_mut();
+            for rid in rooms {
+                members.entry(rid.clone()).or_default().insert(user.id.clone());
+                lu.rooms.insert(rid);
+            }
+            match std::mem::replace(&mut lu.state, LoadState::Ready { synced }) {
+                LoadState::Loading { pending, waiters } => (pending, waiters),
+                LoadState::Ready { .. } => (Vec::new(), Vec::new()),
+            }
+        };
+        for rec in pending {
+            self.apply_membership(&rec);
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+        Ok(())
+    }
+
+    /// Logs the session's user out of this session (logout or disconnect).
+    pub async fn detach_user(&self, session: &Rc<SessionHandle>) {
+        let Some(user) = session.user.borrow_mut().take() else {
+            return;
+        };
+        session.clear_subs();
+        ShardStats::sub(&self.stats.sessions, 1);
+        let last = {
+            let mut users = self.users.borrow_mut();
+            let Some(lu) = users.get_mut(&user.id) else { return };
+            lu.sessions.retain(|s| *s != session.id);
+            if lu.sessions.is_empty() {
+                if let Some(lu) = users.remove(&user.id) {
+                    let mut members = self.room_members.borrow_mut();
+                    for rid in lu.rooms {
+                        if let Some(set) = members.get_mut(&rid) {
+                            set.remove(&user.id);
+                            if set.is_empty() {
+                                members.remove(&rid);
+                            }
+                        }
+                    }
+                }
+                true
+            } else {
+                false
+            }
+        };
+        if last {
+            let msg = ShardMsg::UserShard {
+                uid: user.id.clone(),
+                shard: self.shard,
+                online: false,
+                ack: None,
+            };
+            if self.mesh.send_to(TAILER_SHARD, msg).await.is_err() {
+                tracing::debug!(uid = %user.id, "tailer gone; offline notice not sent");
+            }
+        }
+    }
+
+    /// Tells the tailer `uid` is on this shard and waits until it has updated its routing.
+    async fn announce(&self, uid: &UserId, online: bool) {
+        let token = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.acks.borrow_mut().insert(token, tx);
+        let msg = ShardMsg::UserShard {
+            uid: uid.clone(),
+            shard: self.shard,
+            online,
+            ack: Some(token),
+        };
+        if self.mesh.send_to(TAILER_SHARD, msg).await.is_err() {
+            self.acks.borrow_mut().remove(&token);
+            tracing::warn!(uid = %uid, "tailer unreachable; user routing not updated");
+            return;
+        }
+        let _ = rx.await;
+    }
+
+    pub fn ack(&self, token: u64) {
+        if let Some(tx) = self.acks.borrow_mut().remove(&token) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits until this shard has applied the change log up to `seq`.
+    pub async fn wait_applied(&self, seq: u64) {
+        if self.applied.get() >= seq {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().entry(seq).or_default().push(tx);
+        let timed_out = futures_lite::future::or(async { rx.await.is_err() }, async {
+            glommio::timer::sleep(APPLY_WAIT).await;
+            true
+        })
+        .await;
+        if timed_out {
+            tracing::warn!(
+                seq,
+                applied = self.applied.get(),
+                "change feed is behind; answering before the change applied here"
+            );
+        }
+    }
+
+    /// Applies a batch from the tailer, then advances the applied position.
+    pub fn apply_changes(&self, records: Vec<Arc<ChangeRecord>>, head: u64) {
+        for rec in records {
+            self.apply_membership(&rec);
+            self.deliver(&rec);
+        }
+        if head > self.applied.get() {
+            self.applied.set(head);
+            let ready: Vec<u64> = self.waiters.borrow().range(..=head).map(|(k, _)| *k).collect();
+            for k in ready {
+                if let Some(ws) = self.waiters.borrow_mut().remove(&k) {
+                    for w in ws {
+                        let _ = w.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps local users' room sets in step with membership changes.
+    fn apply_membership(&self, rec: &Arc<ChangeRecord>) {
+        let (uid, rid, added) = match &rec.change {
+            Change::MemberAdded { room, subscription } => (&subscription.u.id, &room.id, true),
+            Change::MemberRemoved { room, uid, .. } => (uid, &room.id, false),
+            _ => return,
+        };
+        let mut users = self.users.borrow_mut();
+        let Some(lu) = users.get_mut(uid) else { return };
+        match &mut lu.state {
+            LoadState::Loading { pending, .. } => pending.push(rec.clone()),
+            LoadState::Ready { synced } if rec.seq > *synced => {
+                let mut members = self.room_members.borrow_mut();
+                if added {
+                    lu.rooms.insert(rid.clone());
+                    members.entry(rid.clone()).or_default().insert(uid.clone());
+                } else {
+                    lu.rooms.remove(rid);
+                    if let Some(set) = members.get_mut(rid) {
+                        set.remove(uid);
+                        if set.is_empty() {
+                            members.remove(rid);
+                        }
+                    }
+                    // Leaving stops delivery at once: drop the room's stream subscriptions.
+                    let prefix = format!("{rid}/");
+                    let sessions = self.sessions.borrow();
+                    for sid in &lu.sessions {
+                        if let Some(s) = sessions.get(sid) {
+                            let dropped = s.remove_subs_where(|stream, event| {
+                                (stream == STREAM_ROOM_MESSAGES && event == rid.as_str())
+                                    || (stream == STREAM_NOTIFY_ROOM && event.starts_with(&prefix))
+                            });
+                            for id in dropped {
+                                s.out.push_str(ddp::nosub(&id, None));
+                            }
+                        }
+                    }
+                }
+            }
+            LoadState::Ready { .. } => {}
+        }
+    }
+
+    fn push(&self, session: &SessionHandle, frame: &Utf8Bytes) {
+        if session.out.push(frame.clone()) {
+            ShardStats::add(&self.stats.deliveries, 1);
+        }
+    }
+
+    /// Local sessions of the local members of `rid`.
+    fn member_sessions(&self, rid: &RoomId) -> Vec<(UserId, Rc<SessionHandle>)> {
+        let members = self.room_members.borrow();
+        let users = self.users.borrow();
+        let sessions = self.sessions.borrow();
+        let mut out = Vec::new();
+        if let Some(set) = members.get(rid) {
+            for uid in set {
+                if let Some(lu) = users.get(uid) {
+                    for sid in &lu.sessions {
+                        if let Some(s) = sessions.get(sid) {
+                            out.push((uid.clone(), s.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn user_sessions(&self, uid: &UserId) -> Vec<Rc<SessionHandle>> {
+        let users = self.users.borrow();
+        let sessions = self.sessions.borrow();
+        users
+            .get(uid)
+            .map(|lu| {
+                lu.sessions
+                    .iter()
+                    .filter_map(|sid| sessions.get(sid).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `rooms-changed ["updated", room]` to every local member watching it.
+    fn room_updated(&self, members: &[(UserId, Rc<SessionHandle>)], room_json: &str, except: Option<&UserId>) {
+        for (uid, s) in members {
+            if Some(uid) == except {
+                continue;
+            }
+            let event = format!("{uid}/rooms-changed");
+            if s.wants(STREAM_NOTIFY_USER, &event) {
+                self.push(
+                    s,
+                    &notify_user_event(uid, "rooms-changed", &format!(r#"["updated",{room_json}]"#)),
+                );
+            }
+        }
+    }
+
+    fn deliver(&self, rec: &ChangeRecord) {
+        match &rec.change {
+            Change::MessageCreated { message, room } | Change::MessageUpdated { message, room } => {
+                let members = self.member_sessions(&room.id);
+                if members.is_empty() {
+                    return;
+                }
+                let msg_json = wire::message(message, Dates::Ejson).to_string();
+                let room_json = wire::room(room, Dates::Ejson).to_string();
+                let mut by_room: Option<Utf8Bytes> = None;
+                let mut mine: Option<Utf8Bytes> = None;
+                let is_new = matches!(rec.change, Change::MessageCreated { .. });
+                for (uid, s) in &members {
+                    if s.wants(STREAM_ROOM_MESSAGES, room.id.as_str()) {
+                        let f = by_room.get_or_insert_with(|| {
+                            Utf8Bytes::from(ddp::stream_event(
+                                STREAM_ROOM_MESSAGES,
+                                room.id.as_str(),
+                                &format!("[{msg_json}]"),
+                            ))
+                        });
+                        self.push(s, f);
+                    }
+                    if s.wants(STREAM_ROOM_MESSAGES, MY_MESSAGES) {
+                        let f = mine.get_or_insert_with(|| {
+                            let meta = json!({
+                                "roomParticipant": true,
+                                "roomType": room.t.code(),
+                                "roomName": room.name.clone().unwrap_or_default(),
+                            });
+                            Utf8Bytes::from(ddp::stream_event(
+                                STREAM_ROOM_MESSAGES,
+                                MY_MESSAGES,
+                                &format!("[{msg_json},{meta}]"),
+                            ))
+                        });
+                        self.push(s, f);
+                    }
+                    if is_new && *uid != message.u.id {
+                        let direct = room.t == crate::store::RoomType::Direct;
+                        let mentioned = message.mentions.iter().any(|m| m.id == *uid);
+                        let event = format!("{uid}/notification");
+                        if (direct || mentioned) && s.wants(STREAM_NOTIFY_USER, &event) {
+                            let payload = json!([{
+                                "title": if direct { format!("@{}", message.u.username) } else { format!("#{}", room.name.clone().unwrap_or_default()) },
+                                "text": message.msg,
+                                "payload": {
+                                    "_id": message.id,
+                                    "rid": room.id,
+                                    "sender": wire::user_ref(&message.u),
+                                    "type": room.t.code(),
+                                    "name": room.name,
+                                    "message": {"msg": message.msg},
+                                },
+                            }]);
+                            self.push(s, &notify_user_event(uid, "notification", &payload.to_string()));
+                        }
+                    }
+                }
+                self.room_updated(&members, &room_json, None);
+            }
+            Change::MessageDeleted { rid, mid, room } => {
+                let members = self.member_sessions(rid);
+                let event = format!("{rid}/deleteMessage");
+                let frame = Utf8Bytes::from(ddp::stream_event(
+                    STREAM_NOTIFY_ROOM,
+                    &event,
+                    &json!([{ "_id": mid }]).to_string(),
+                ));
+                for (_, s) in &members {
+                    if s.wants(STREAM_NOTIFY_ROOM, &event) {
+                        self.push(s, &frame);
+                    }
+                }
+                self.room_updated(&members, &wire::room(room, Dates::Ejson).to_string(), None);
+            }
+            Change::MemberAdded { room, subscription } => {
+                let uid = &subscription.u.id;
+                let room_json = wire::room(room, Dates::Ejson).to_string();
+                let sub_json = wire::subscription(subscription, room, Dates::Ejson).to_string();
+                for s in self.user_sessions(uid) {
+                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/subscriptions-changed")) {
+                        self.push(
+                            &s,
+                            &notify_user_event(uid, "subscriptions-changed", &format!(r#"["inserted",{sub_json}]"#)),
+                        );
+                    }
+                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/rooms-changed")) {
+                        self.push(
+                            &s,
+                            &notify_user_event(uid, "rooms-changed", &format!(r#"["inserted",{room_json}]"#)),
+                        );
+                    }
+                }
+                self.room_updated(&self.member_sessions(&room.id), &room_json, Some(uid));
+            }
+            Change::MemberRemoved {
+                room,
+                uid,
+                subscription_id,
+            } => {
+                let removed_sub =
+                    json!(["removed", {"_id": subscription_id, "rid": room.id, "u": {"_id": uid}, "t": room.t.code()}]);
+                let removed_room = json!(["removed", {"_id": room.id}]);
+                for s in self.user_sessions(uid) {
+                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/subscriptions-changed")) {
+                        self.push(
+                            &s,
+                            &notify_user_event(uid, "subscriptions-changed", &removed_sub.to_string()),
+                        );
+                    }
+                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/rooms-changed")) {
+                        self.push(&s, &notify_user_event(uid, "rooms-changed", &removed_room.to_string()));
+                    }
+                }
+                self.room_updated(
+                    &self.member_sessions(&room.id),
+                    &wire::room(room, Dates::Ejson).to_string(),
+                    Some(uid),
+                );
+            }
+            Change::SubscriptionUpdated { subscription, room } => {
+                let uid = &subscription.u.id;
+                let sub_json = wire::subscription(subscription, room, Dates::Ejson).to_string();
+                for s in self.user_sessions(uid) {
+                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/subscriptions-changed")) {
+                        self.push(
+                            &s,
+                            &notify_user_event(uid, "subscriptions-changed", &format!(r#"["updated",{sub_json}]"#)),
+                        );
+                    }
+                }
+            }
+            Change::UserStatusChanged {
+                user,
+                status,
+                status_text,
+            } => {
+                let code = status_code(status);
+                let args = json!([[user.id, user.username, code, status_text, user.name, ["user"]]]).to_string();
+                let frame = Utf8Bytes::from(ddp::stream_event(STREAM_NOTIFY_LOGGED, "user-status", &args));
+                for s in self.all_sessions() {
+                    if s.user().is_some() && s.wants(STREAM_NOTIFY_LOGGED, "user-status") {
+                        self.push(&s, &frame);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rocket.Chat's numeric status codes.
+pub fn status_code(status: &str) -> u8 {
+    match status {
+        "online" => 1,
+        "away" => 2,
+        "busy" => 3,
+        _ => 0,
+    }
+}

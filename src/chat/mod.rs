@@ -1,0 +1,37 @@
+//! Per-shard chat state and change distribution.
+//!
+//! - `hub`: one per shard (every shard): the local sessions, which local users are members of
+//!   which rooms, stream subscriptions, and fan-out of change-feed events to local sessions.
+//! - `tailer`: on the tailer shard only: reads the store's change log and sends each change over
+//!   the mesh to exactly the shards with interested users.
+//! - `outbound`: a session's bounded outbound frame queue.
+
+pub mod hub;
+pub mod outbound;
+pub mod tailer;
+
+use std::sync::Arc;
+
+use crate::ids::UserId;
+use crate::store::ChangeRecord;
+
+/// Messages crossing the shard mesh. Only owned data and `Arc`s of immutable records.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Session shard → tailer shard: `uid` now has at least one (`online`) or no session on
+    /// `shard`. With `ack`, the tailer answers [`ShardMsg::Ack`] once routing includes it.
+    UserShard {
+        uid: UserId,
+        shard: usize,
+        online: bool,
+        ack: Option<u64>,
+    },
+    /// Tailer → shard: answer to `UserShard` with an ack token.
+    Ack { token: u64 },
+    /// Tailer → every shard: the changes this shard must apply (in log order, possibly none) and
+    /// the log position the whole batch reached.
+    Changes { records: Vec<Arc<ChangeRecord>>, head: u64 },
+}
+
+/// The shard that runs the change-feed tailer.
+pub const TAILER_SHARD: usize = 0;

@@ -1,0 +1,283 @@
+//! The change-feed tailer (tailer shard only). It reads the store's change log in order and
+//! sends each change over the mesh to exactly the shards where a user who cares is logged in.
+//!
+//! Routing state lives only here: which rooms each user belongs to (loaded at start, then kept
+//! current by the membership changes flowing through the feed) and on which shards each user
+//! has sessions (from `UserShard` notices, counted so that their arrival order never matters).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatd_shards::{Mesh, ShardStats, ShutdownSignal};
+use futures::channel::mpsc;
+use futures::StreamExt;
+
+use super::ShardMsg;
+use crate::ids::{RoomId, UserId};
+use crate::store::{Change, ChangeRecord, Store, StoreError};
+
+/// Most change records read per batch.
+const READ_BATCH: usize = 1024;
+/// Re-read the log at least this often even without a wake-up (a safety net, not the mechanism).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Routing {
+    /// user → sessions-present counter per shard (> 0: the user is on that shard).
+    user_shards: HashMap<UserId, Vec<i32>>,
+    user_rooms: HashMap<UserId, HashSet<RoomId>>,
+    /// room → number of (member, shard) presences per shard.
+    room_shards: HashMap<RoomId, Vec<u32>>,
+}
+
+impl Routing {
+    fn user_mask(&self, uid: &UserId) -> u64 {
+        self.user_shards.get(uid).map_or(0, |c| mask(c.iter().map(|n| *n > 0)))
+    }
+
+    fn room_mask(&self, rid: &RoomId) -> u64 {
+        self.room_shards.get(rid).map_or(0, |c| mask(c.iter().map(|n| *n > 0)))
+    }
+
+    fn bump_room(&mut self, rid: &RoomId, shard: usize, up: bool, nr: usize) {
+        let counts = self.room_shards.entry(rid.clone()).or_insert_with(|| vec![0; nr]);
+        if let Some(c) = counts.get_mut(shard) {
+            *c = if up { *c + 1 } else { c.saturating_sub(1) };
+        }
+        if counts.iter().all(|c| *c == 0) {
+            self.room_shards.remove(rid);
+        }
+    }
+
+    fn user_shard(&mut self, uid: &UserId, shard: usize, online: bool, nr: usize) {
+        let counts = self.user_shards.entry(uid.clone()).or_insert_with(|| vec![0; nr]);
+        let Some(c) = counts.get_mut(shard) else { return };
+        let was = *c > 0;
+        *c += if online { 1 } else { -1 };
+        let is = *c > 0;
+        if counts.iter().all(|c| *c == 0) {
+            self.user_shards.remove(uid);
+        }
+        if was != is {
+            let rooms: Vec<RoomId> = self
+                .user_rooms
+                .get(uid)
+                .map(|r| r.iter().cloned().collect())
+                .unwrap_or_default();
+            for rid in rooms {
+                self.bump_room(&rid, shard, is, nr);
+            }
+        }
+    }
+
+    fn membership(&mut self, uid: &UserId, rid: &RoomId, added: bool, nr: usize) {
+        let rooms = self.user_rooms.entry(uid.clone()).or_default();
+        let changed = if added {
+            rooms.insert(rid.clone())
+        } else {
+            rooms.remove(rid)
+        };
+        if rooms.is_empty() {
+            self.user_rooms.remove(uid);
+        }
+        if !changed {
+            return;
+        }
+        let online: Vec<usize> = self
+            .user_shards
+            .get(uid)
+            .map(|c| c.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, _)| i).collect())
+            .unwrap_or_default();
+        for shard in online {
+            self.bump_room(rid, shard, added, nr);
+        }
+    }
+}
+
+fn mask(bits: impl Iterator<Item = bool>) -> u64 {
+    bits.enumerate()
+        .fold(0u64, |m, (i, on)| if on && i < 64 { m | (1 << i) } else { m })
+}
+
+pub struct Tailer {
+    store: Store,
+    mesh: Rc<Mesh<ShardMsg>>,
+    nr_shards: usize,
+    stats: Arc<ShardStats>,
+    routing: RefCell<Routing>,
+    position: Cell<u64>,
+    /// Records that failed to decode (counted, logged, skipped; never a crash).
+    pub bad_records: Cell<u64>,
+}
+
+impl Tailer {
+    /// Loads every membership; starts reading after `position` (the log head at start: sessions
+    /// only exist from now on, and they load their own state).
+    pub fn new(
+        store: Store,
+        mesh: Rc<Mesh<ShardMsg>>,
+        stats: Arc<ShardStats>,
+        position: u64,
+    ) -> Result<Self, StoreError> {
+        let nr_shards = mesh.nr_shards();
+        let mut routing = Routing::default();
+        for (rid, uid) in store.all_memberships()? {
+            routing.user_rooms.entry(uid).or_default().insert(rid);
+        }
+        Ok(Self {
+            store,
+            mesh,
+            nr_shards,
+            stats,
+            routing: RefCell::new(routing),
+            position: Cell::new(position),
+            bad_records: Cell::new(0),
+        })
+    }
+
+    /// Handles a `UserShard` notice and acknowledges it once routing includes it.
+    pub async fn on_user_shard(&self, uid: UserId, shard: usize, online: bool, ack: Option<u64>) {
+        self.routing
+            .borrow_mut()
+            .user_shard(&uid, shard, online, self.nr_shards);
+        if let Some(token) = ack {
+            if self.mesh.send_to(shard, ShardMsg::Ack { token }).await.is_err() {
+                tracing::debug!(shard, "shard gone before its ack");
+            }
+        }
+    }
+
+    /// Shards that must see `change`; updates routing for membership changes (a joining user's
+    /// shards are included, and so are a leaving user's).
+    fn route(&self, change: &Change) -> u64 {
+        let nr = self.nr_shards;
+        let mut r = self.routing.borrow_mut();
+        match change {
+            Change::MemberAdded { room, subscription } => {
+                r.membership(&subscription.u.id, &room.id, true, nr);
+                r.room_mask(&room.id) | r.user_mask(&subscription.u.id)
+            }
+            Change::MemberRemoved { room, uid, .. } => {
+                let m = r.room_mask(&room.id) | r.user_mask(uid);
+                r.membership(uid, &room.id, false, nr);
+                m
+            }
+            Change::UserStatusChanged { .. } => mask((0..nr).map(|_| true)),
+            other => {
+                let room = other.room_id().map_or(0, |rid| r.room_mask(rid));
+                let user = other.user_id().map_or(0, |uid| r.user_mask(uid));
+                room | user
+            }
+        }
+    }
+
+    /// Reads and distributes everything committed so far. Returns how many records it read.
+    async fn drain(&self) -> usize {
+        let mut total = 0;
+        loop {
+            let batch = match self.store.changes_after(self.position.get(), READ_BATCH) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the change log failed; will retry");
+                    return total;
+                }
+            };
+            if batch.is_empty() {
+                return total;
+            }
+            total += batch.len();
+            let mut per_shard: Vec<Vec<Arc<ChangeRecord>>> = (0..self.nr_shards).map(|_| Vec::new()).collect();
+            for (seq, rec) in batch {
+                if seq != self.position.get() + 1 {
+                    tracing::warn!(
+                        expected = self.position.get() + 1,
+                        got = seq,
+                        "gap in the change log (pruned while behind?)"
+                    );
+                }
+                self.position.set(seq);
+                let rec = match rec {
+                    Ok(rec) => Arc::new(rec),
+                    Err(e) => {
+                        self.bad_records.set(self.bad_records.get() + 1);
+                        ShardStats::add(&self.stats.dropped, 1);
+                        tracing::error!(seq, error = %e, "change record failed to decode; skipped");
+                        continue;
+                    }
+                };
+                let dest = self.route(&rec.change);
+                for (shard, list) in per_shard.iter_mut().enumerate() {
+                    if shard < 64 && dest & (1 << shard) != 0 {
+                        list.push(rec.clone());
+                    }
+                }
+            }
+            let head = self.position.get();
+            for (shard, records) in per_shard.into_iter().enumerate() {
+                if self
+                    .mesh
+                    .send_to(shard, ShardMsg::Changes { records, head })
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(shard, "shard gone; changes not delivered there");
+                }
+            }
+        }
+    }
+
+    /// Runs until shutdown: drains the log after every commit wake-up (or idle poll).
+    pub async fn run(&self, mut wakeups: mpsc::Receiver<()>, shutdown: ShutdownSignal) {
+        loop {
+            self.drain().await;
+            let go_on = futures_lite::future::or(
+                async {
+                    futures_lite::future::or(
+                        async {
+                            wakeups.next().await;
+                        },
+                        glommio::timer::sleep(IDLE_POLL),
+                    )
+                    .await;
+                    true
+                },
+                async {
+                    shutdown.wait().await;
+                    false
+                },
+            )
+            .await;
+            if !go_on {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_follows_users_between_shards_and_rooms() {
+        let mut r = Routing::default();
+        let (u, v) = (UserId::from("u"), UserId::from("v"));
+        let room = RoomId::from("r");
+        r.membership(&u, &room, true, 2);
+        assert_eq!(r.room_mask(&room), 0, "nobody online yet");
+        r.user_shard(&u, 1, true, 2);
+        assert_eq!(r.room_mask(&room), 0b10);
+        r.user_shard(&v, 0, true, 2);
+        r.membership(&v, &room, true, 2);
+        assert_eq!(r.room_mask(&room), 0b11);
+        // Offline arriving before online (reordered notices) nets out.
+        r.user_shard(&u, 1, false, 2);
+        assert_eq!(r.room_mask(&room), 0b01);
+        r.membership(&v, &room, false, 2);
+        assert_eq!(r.room_mask(&room), 0);
+        assert_eq!(r.user_mask(&v), 0b01);
+    }
+}

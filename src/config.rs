@@ -1,0 +1,214 @@
+//! Configuration: one serde tree with every default in one place, `deny_unknown_fields`, and
+//! `validate()` messages that name the key. Built on the main thread; shards get an `Arc` copy.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address every shard listens on (HTTP + WebSocket).
+    pub listen: SocketAddr,
+    /// Number of shards; 0 means one per online CPU.
+    pub shards: usize,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Pin shard i to CPU i.
+    pub pin_cores: bool,
+    pub limits: Limits,
+    pub accounts: Accounts,
+    /// Capacity of each shard-to-shard mesh channel.
+    pub mesh_capacity: usize,
+    /// Locked I/O memory per shard executor, bytes (glommio needs at least 512 KiB).
+    pub io_memory_bytes: usize,
+    /// Log filter (tracing EnvFilter syntax), overridden by `RUST_LOG`.
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket frame/message accepted, bytes.
+    pub max_frame_bytes: usize,
+    /// Longest message text, characters.
+    pub max_message_chars: usize,
+    /// Seconds a client has to finish the HTTP request / WebSocket handshake.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a WebSocket client has to log in before it is disconnected.
+    pub auth_timeout_secs: u64,
+    /// Seconds of silence before the server pings; as long again without any frame closes.
+    pub ping_interval_secs: u64,
+    /// Frames a session may have queued before it is closed as slow.
+    pub outbound_queue_frames: usize,
+    /// Bytes a session may have queued before it is closed as slow.
+    pub outbound_queue_bytes: usize,
+    /// Connections a shard holds at most; more are closed at once.
+    pub max_connections_per_shard: usize,
+    /// Largest HTTP request body, bytes.
+    pub max_http_body_bytes: usize,
+    /// Seconds SIGTERM waits for sessions to drain.
+    pub drain_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Accounts {
+    /// Days a login token stays valid.
+    pub token_ttl_days: u64,
+    /// Whether `registerUser` / `users.register` accept new users.
+    pub registration_open: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            shards: 0,
+            data_dir: PathBuf::from("./chatd-data"),
+            pin_cores: true,
+            limits: Limits::default(),
+            accounts: Accounts::default(),
+            mesh_capacity: 1024,
+            io_memory_bytes: 512 * 1024,
+            log: "info".into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 1 << 20,
+            max_message_chars: crate::store::MAX_MESSAGE_CHARS,
+            handshake_timeout_secs: 10,
+            auth_timeout_secs: 30,
+            ping_interval_secs: 20,
+            outbound_queue_frames: 4096,
+            outbound_queue_bytes: 8 << 20,
+            max_connections_per_shard: 19_000,
+            max_http_body_bytes: 1 << 20,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Self {
+            token_ttl_days: 90,
+            registration_open: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The number of shards to run (resolving 0 to the number of online CPUs).
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.shards
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            })
+        };
+        if self.shard_count() > 64 {
+            return bad("shards", "must be at most 64");
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            return bad("limits.max_frame_bytes", "must be at least 1024");
+        }
+        if self.limits.max_message_chars == 0 || self.limits.max_message_chars > crate::store::MAX_MESSAGE_CHARS {
+            return bad("limits.max_message_chars", "must be between 1 and 5000");
+        }
+        if self.limits.ping_interval_secs == 0 || self.limits.ping_interval_secs > 25 {
+            return bad(
+                "limits.ping_interval_secs",
+                "must be between 1 and 25 (load balancers drop idle connections at 60 s)",
+            );
+        }
+        if self.limits.outbound_queue_frames == 0 || self.limits.outbound_queue_bytes < self.limits.max_frame_bytes {
+            return bad(
+                "limits.outbound_queue_bytes",
+                "must hold at least one frame of limits.max_frame_bytes",
+            );
+        }
+        if self.limits.auth_timeout_secs == 0 || self.limits.handshake_timeout_secs == 0 {
+            return bad("limits.auth_timeout_secs", "timeouts must be at least 1 second");
+        }
+        if self.io_memory_bytes < 512 * 1024 {
+            return bad("io_memory_bytes", "must be at least 524288 (glommio's minimum)");
+        }
+        if self.mesh_capacity == 0 {
+            return bad("mesh_capacity", "must be at least 1");
+        }
+        if self.accounts.token_ttl_days == 0 {
+            return bad("accounts.token_ttl_days", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.limits.ping_interval_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../deploy/chatd.example.toml");
+        let cfg = Config::from_toml(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.limits.max_frame_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        assert!(Config::from_toml("listne = \"0.0.0.0:1\"")
+            .unwrap_err()
+            .contains("listne"));
+        let cfg = Config::from_toml("[limits]\nping_interval_secs = 90").unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("limits.ping_interval_secs"));
+    }
+}

@@ -1,0 +1,131 @@
+//! HTTP/1.1 on every shard, served by hyper with keep-alive (runs on the connection's shard).
+//! Routes: `/health`, `/metrics` (Prometheus text), `/api/info`; everything else is a
+//! Rocket.Chat-style JSON 404. The REST API v1 builds on this router.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::io::{AsyncRead, AsyncWrite};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::io::HyperIo;
+use super::ShardCtx;
+
+/// The Rocket.Chat version chatd reports compatibility with.
+pub const COMPAT_VERSION: &str = "6.5.0";
+
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>) {
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route(req, &ctx).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .serve_connection(HyperIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn route(req: Request<Incoming>, ctx: &ShardCtx) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => health(ctx),
+        (&Method::GET, "/metrics") => metrics(ctx),
+        (&Method::GET, "/api/info") => json_response(
+            StatusCode::OK,
+            &json!({"version": COMPAT_VERSION, "minimumClientVersions": {}, "success": true}),
+        ),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"success": false, "error": "Resource not found"}),
+        ),
+    }
+}
+
+fn health(ctx: &ShardCtx) -> Response<Full<Bytes>> {
+    let head = ctx.hub.store.head();
+    let applied = ctx.hub.applied();
+    let lag = head.saturating_sub(applied);
+    let body = json!({"status": if lag < 10_000 { "ok" } else { "lagging" }, "feed_head": head, "feed_applied": applied, "shard": ctx.hub.shard});
+    json_response(
+        if lag < 10_000 {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+fn metrics(ctx: &ShardCtx) -> Response<Full<Bytes>> {
+    let mut out = String::new();
+    let series: [(&str, &str, fn(&chatd_shards::ShardStats) -> u64); 9] = [
+        ("chatd_connections_open", "gauge", |s| {
+            s.open_connections.load(Ordering::Relaxed)
+        }),
+        ("chatd_connections_accepted_total", "counter", |s| {
+            s.accepted.load(Ordering::Relaxed)
+        }),
+        ("chatd_accept_fd_exhausted_total", "counter", |s| {
+            s.accept_fd_exhausted.load(Ordering::Relaxed)
+        }),
+        ("chatd_sessions_authenticated", "gauge", |s| {
+            s.sessions.load(Ordering::Relaxed)
+        }),
+        ("chatd_deliveries_total", "counter", |s| {
+            s.deliveries.load(Ordering::Relaxed)
+        }),
+        ("chatd_dropped_events_total", "counter", |s| {
+            s.dropped.load(Ordering::Relaxed)
+        }),
+        ("chatd_slow_consumers_closed_total", "counter", |s| {
+            s.slow_closed.load(Ordering::Relaxed)
+        }),
+        ("chatd_mesh_sent_total", "counter", |s| {
+            s.mesh_sent.load(Ordering::Relaxed)
+        }),
+        ("chatd_mesh_full_total", "counter", |s| {
+            s.mesh_full.load(Ordering::Relaxed)
+        }),
+    ];
+    for (name, kind, get) in series {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (shard, s) in ctx.all_stats.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(s));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE chatd_change_feed_head gauge\nchatd_change_feed_head {}",
+        ctx.hub.store.head()
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE chatd_uptime_seconds gauge\nchatd_uptime_seconds {}",
+        ctx.started_at.elapsed().as_secs()
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}

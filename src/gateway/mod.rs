@@ -1,0 +1,107 @@
+//! The per-shard edge (every shard): accepts connections on the shard's own listener, reads the
+//! first request head to route it, and hands it to the WebSocket DDP session (`session`) or to
+//! hyper for HTTP (`http`). Everything here runs on the connection's shard.
+
+pub mod http;
+mod io;
+mod methods;
+pub mod session;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatd_shards::{Acceptor, ShardStats, ShutdownSignal};
+use futures::AsyncReadExt;
+use glommio::net::TcpStream;
+
+use crate::chat::hub::Hub;
+use crate::config::Config;
+use io::Prefixed;
+
+/// Largest HTTP request head accepted before routing, bytes.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// What every connection task on a shard shares (shard-local, `Rc`).
+pub struct ShardCtx {
+    pub hub: Rc<Hub>,
+    pub config: Arc<Config>,
+    pub shutdown: ShutdownSignal,
+    pub all_stats: Arc<Vec<Arc<ShardStats>>>,
+    pub started_at: std::time::Instant,
+}
+
+/// Accepts until shutdown, one task per connection.
+pub async fn serve(acceptor: Acceptor, ctx: Rc<ShardCtx>) {
+    while let Some(stream) = acceptor.next().await {
+        let open = ctx
+            .hub
+            .stats
+            .open_connections
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if open as usize >= ctx.config.limits.max_connections_per_shard {
+            tracing::warn!(open, "connection limit reached on this shard; refusing a connection");
+            drop(stream);
+            continue;
+        }
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move { connection(stream, ctx).await }).detach();
+    }
+}
+
+enum Route {
+    WebSocket,
+    Http,
+}
+
+/// Reads the request head (bounded in size and time) and decides where it goes.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Route> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(chunk.get(..n)?);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+                let upgrade = req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("upgrade")
+                        && String::from_utf8_lossy(h.value)
+                            .to_ascii_lowercase()
+                            .contains("websocket")
+                });
+                let ws_path = matches!(path, "/websocket" | "/websocket/" | "/sockjs/websocket");
+                return Some(if req.method == Some("GET") && upgrade && ws_path {
+                    Route::WebSocket
+                } else {
+                    Route::Http
+                });
+            }
+            // Too large or not HTTP at all: let hyper produce the proper error response.
+            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => continue,
+            _ => return Some(Route::Http),
+        }
+    }
+}
+
+async fn connection(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
+    let _ = stream.set_nodelay(true);
+    let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
+    let _ = stream.set_read_timeout(Some(handshake));
+    let mut head = Vec::with_capacity(1024);
+    let Some(route) = read_head(&mut stream, &mut head).await else {
+        return;
+    };
+    match route {
+        Route::WebSocket => {
+            // The session keeps its own clock (pings, auth timeout) from here on.
+            let _ = stream.set_read_timeout(None);
+            session::run(Prefixed::new(head, stream), ctx).await;
+        }
+        Route::Http => http::serve(Prefixed::new(head, stream), ctx).await,
+    }
+}

@@ -1,0 +1,340 @@
+//! One DDP session over WebSocket (runs on the connection's shard, never moves). The reader
+//! handles the client's frames strictly in order (pipelined `connect` + `login` work); a writer
+//! task drains the bounded outbound queue, coalescing everything pending into one flush.
+//!
+//! Timers: a server `ping` after `ping_interval` of silence and a close after as long again;
+//! a close if the client has not logged in within `auth_timeout`.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use chatd_shards::ShardStats;
+use futures::io::{AsyncRead, AsyncWrite};
+use futures::{SinkExt, StreamExt};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
+
+use super::ShardCtx;
+use crate::chat::hub::SessionHandle;
+use crate::chat::outbound::{Batch, CloseReason, Outbound};
+use crate::ids::random_id;
+use crate::protocol::ddp::{self, ClientFrame, MeteorError};
+use crate::store::User;
+
+/// After this many malformed frames a connection is closed (abusive client).
+const MAX_BAD_FRAMES: u32 = 50;
+
+/// Per-connection state owned by the reader.
+pub struct Session {
+    pub ctx: Rc<ShardCtx>,
+    pub handle: Rc<SessionHandle>,
+    pub ddp_session: String,
+    pub connected: bool,
+    pub user: Option<User>,
+    /// SHA-256 of the token this session logged in with (for `logout`).
+    pub token_hash: Option<String>,
+    bad_frames: u32,
+}
+
+enum Wake {
+    Frame(Option<Result<Message, tungstenite::Error>>),
+    Timer,
+    Closing,
+}
+
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>) {
+    let limits = &ctx.config.limits;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let handshake = async_tungstenite::accept_hdr_async_with_config(
+        io,
+        async_tungstenite::tungstenite::handshake::server::NoCallback,
+        Some(ws_config),
+    );
+    let timeout = Duration::from_secs(limits.handshake_timeout_secs);
+    let ws = futures_lite::future::or(async { Some(handshake.await) }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    let ws = match ws {
+        Some(Ok(ws)) => ws,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "websocket handshake failed");
+            return;
+        }
+        None => {
+            tracing::debug!("websocket handshake timed out");
+            return;
+        }
+    };
+    let (sink, stream) = ws.split();
+    let handle = ctx
+        .hub
+        .new_session(Outbound::new(limits.outbound_queue_frames, limits.outbound_queue_bytes));
+    let writer = glommio::spawn_local(write_loop(sink, handle.clone(), ctx.hub.stats.clone()));
+    let span = tracing::debug_span!("session", shard = ctx.hub.shard, id = handle.id);
+    let _enter = span.enter();
+    let mut session = Session {
+        ctx: ctx.clone(),
+        handle: handle.clone(),
+        ddp_session: random_id(),
+        connected: false,
+        user: None,
+        token_hash: None,
+        bad_frames: 0,
+    };
+    // Meteor's greeting; clients ignore it, some wait for nothing else before `connect`.
+    handle.out.push_str(r#"{"server_id":"0"}"#.to_owned());
+    session.read_loop(stream).await;
+    ctx.hub.end_session(&handle).await;
+    handle.out.close(CloseReason::new(1000, ""));
+    writer.await;
+}
+
+async fn write_loop<S>(
+    mut sink: async_tungstenite::WebSocketSender<S>,
+    handle: Rc<SessionHandle>,
+    stats: std::sync::Arc<ShardStats>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut batch: Vec<Utf8Bytes> = Vec::with_capacity(64);
+    loop {
+        match handle.out.next_batch(&mut batch).await {
+            Batch::Frames => {
+                for frame in batch.drain(..) {
+                    if sink.feed(Message::Text(frame)).await.is_err() {
+                        handle.out.close(CloseReason::new(1006, "write failed"));
+                        return;
+                    }
+                }
+                // One flush for everything that was pending: the coalesced write.
+                if sink.flush().await.is_err() {
+                    handle.out.close(CloseReason::new(1006, "write failed"));
+                    return;
+                }
+            }
+            Batch::Close(reason) => {
+                if handle.out.was_slow() {
+                    ShardStats::add(&stats.slow_closed, 1);
+                    tracing::info!(session = handle.id, "closing slow consumer");
+                }
+                let frame = (reason.code != 1006).then(|| CloseFrame {
+                    code: CloseCode::from(reason.code),
+                    reason: reason.reason.into(),
+                });
+                let _ = sink.close(frame).await;
+                return;
+            }
+        }
+    }
+}
+
+impl Session {
+    fn push(&self, frame: String) {
+        self.handle.out.push_str(frame);
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        self.handle.out.close(CloseReason::new(code, reason));
+    }
+
+    async fn read_loop<S>(&mut self, mut stream: async_tungstenite::WebSocketReceiver<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ping_every = self.ctx.config.ping_interval();
+        let auth_deadline = Instant::now() + Duration::from_secs(self.ctx.config.limits.auth_timeout_secs);
+        let mut last_heard = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let mut deadline = match ping_sent {
+                Some(at) => at + ping_every,
+                None => last_heard + ping_every,
+            };
+            if self.user.is_none() {
+                deadline = deadline.min(auth_deadline);
+            }
+            let sleep_for = deadline.saturating_duration_since(now);
+            let wake = futures_lite::future::or(
+                async { Wake::Frame(stream.next().await) },
+                futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(sleep_for).await;
+                        Wake::Timer
+                    },
+                    async {
+                        self.closing().await;
+                        Wake::Closing
+                    },
+                ),
+            )
+            .await;
+            match wake {
+                Wake::Closing => return,
+                Wake::Timer => {
+                    let now = Instant::now();
+                    if self.user.is_none() && now >= auth_deadline {
+                        tracing::info!("closing: not logged in within the auth timeout");
+                        self.push(ddp::error("Authentication timeout", None));
+                        self.close(4001, "authentication timeout");
+                        return;
+                    }
+                    match ping_sent {
+                        Some(at) if now >= at + ping_every => {
+                            tracing::debug!("closing: no answer to ping");
+                            self.close(4000, "TIMEOUT");
+                            return;
+                        }
+                        Some(_) => {}
+                        None if now >= last_heard + ping_every => {
+                            self.push(ddp::ping());
+                            ping_sent = Some(now);
+                        }
+                        None => {}
+                    }
+                }
+                Wake::Frame(None) => return,
+                Wake::Frame(Some(Err(e))) => {
+                    self.on_transport_error(e);
+                    return;
+                }
+                Wake::Frame(Some(Ok(msg))) => {
+                    last_heard = Instant::now();
+                    ping_sent = None;
+                    match msg {
+                        Message::Text(text) => {
+                            if !self.on_text(&text).await {
+                                return;
+                            }
+                        }
+                        Message::Binary(_) => {
+                            if !self.bad_frame("Bad request", None, "binary frame") {
+                                return;
+                            }
+                        }
+                        Message::Close(_) => return,
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn closing(&self) {
+        self.handle.out.closed().await;
+    }
+
+    fn on_transport_error(&self, e: tungstenite::Error) {
+        use tungstenite::error::{CapacityError, Error};
+        match e {
+            Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                tracing::info!(size, max_size, "closing: frame over the size cap");
+                self.close(1009, "message too big");
+            }
+            Error::Capacity(c) => {
+                tracing::info!(error = %c, "closing: frame over a size cap");
+                self.close(1009, "message too big");
+            }
+            Error::Protocol(p) => {
+                tracing::info!(error = %p, "closing: websocket protocol violation");
+                self.close(1002, "protocol error");
+            }
+            Error::Utf8(_) => {
+                tracing::info!("closing: invalid UTF-8 in a text frame");
+                self.close(1007, "invalid utf-8");
+            }
+            Error::ConnectionClosed | Error::AlreadyClosed | Error::Io(_) => {
+                tracing::debug!("connection closed by peer");
+                self.close(1006, "");
+            }
+            other => {
+                tracing::info!(error = %other, "closing after a websocket error");
+                self.close(1011, "error");
+            }
+        }
+    }
+
+    /// Answers a malformed frame; `false` once the client has sent too many.
+    fn bad_frame(&mut self, reason: &str, offending: Option<serde_json::Value>, what: &str) -> bool {
+        self.bad_frames += 1;
+        tracing::info!(what, reason, "bad client frame");
+        self.push(ddp::error(reason, offending));
+        if self.bad_frames >= MAX_BAD_FRAMES {
+            self.close(1008, "too many malformed frames");
+            return false;
+        }
+        true
+    }
+
+    /// Handles one text frame; `false` ends the session.
+    async fn on_text(&mut self, text: &str) -> bool {
+        let frame = match ddp::parse_frame(text) {
+            Ok(f) => f,
+            Err(e) => return self.bad_frame(e.reason, e.offending, "unparseable DDP"),
+        };
+        if !self.connected {
+            return match frame {
+                ClientFrame::Connect { version, support } => match ddp::negotiate(&version, &support) {
+                    Some(_) => {
+                        self.connected = true;
+                        self.push(ddp::connected(&self.ddp_session));
+                        true
+                    }
+                    None => {
+                        self.push(ddp::failed());
+                        self.close(1002, "unsupported DDP version");
+                        false
+                    }
+                },
+                ClientFrame::Ping { id } => {
+                    self.push(ddp::pong(id));
+                    true
+                }
+                _ => self.bad_frame("Must connect first", None, "frame before connect"),
+            };
+        }
+        match frame {
+            ClientFrame::Connect { .. } => self.bad_frame("Already connected", None, "second connect"),
+            ClientFrame::Ping { id } => {
+                self.push(ddp::pong(id));
+                true
+            }
+            ClientFrame::Pong => true,
+            ClientFrame::Method { id, method, params } => {
+                let res = self.call(&method, params).await;
+                match res {
+                    Ok(value) => self.push(ddp::result(&id, value)),
+                    Err(e) => {
+                        tracing::debug!(method, error = %e.reason, "method failed");
+                        self.push(ddp::result_error(&id, &e));
+                    }
+                }
+                self.push(ddp::updated(&id));
+                true
+            }
+            ClientFrame::Sub { id, name, params } => {
+                match self.subscribe(&id, &name, &params) {
+                    Ok(true) => self.push(ddp::ready(&id)),
+                    Ok(false) => {}
+                    Err(e) => self.push(ddp::nosub(&id, Some(&e))),
+                }
+                true
+            }
+            ClientFrame::Unsub { id } => {
+                self.handle.remove_sub(&id);
+                self.push(ddp::nosub(&id, None));
+                true
+            }
+        }
+    }
+
+    /// Requires a logged-in user.
+    pub fn require_user(&self) -> Result<&User, MeteorError> {
+        self.user.as_ref().ok_or_else(MeteorError::not_logged_in)
+    }
+}
