@@ -77,7 +77,8 @@ fn health(ctx: &ShardCtx) -> Response<Full<Bytes>> {
 
 fn metrics(ctx: &ShardCtx) -> Response<Full<Bytes>> {
     let mut out = String::new();
-    let series: [(&str, &str, fn(&chatd_shards::ShardStats) -> u64); 9] = [
+    type Series = (&'static str, &'static str, fn(&chatd_shards::ShardStats) -> u64);
+    let series: [Series; 9] = [
         ("chatd_connections_open", "gauge", |s| {
             s.open_connections.load(Ordering::Relaxed)
         }),

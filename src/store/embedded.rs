@@ -31,7 +31,7 @@ const ROOM_NAMES: TableDefinition<&str, &str> = TableDefinition::new("room_names
 const SUBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("subscriptions");
 /// (rid, uid) → (): room membership index.
 const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
-/// (rid, ts, seq) → message. `ts` never decreases within a room, so this is also seq order.
+/// (rid, ts, seq) → message. `ts` strictly increases within a room, so this is also seq order.
 const MESSAGES: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("messages");
 /// message id → its key in `messages`.
 const MESSAGE_IDS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("message_ids");
@@ -1032,7 +1032,9 @@ impl<'t> Tables<'t> {
                         mentions.push(u.user_ref());
                     }
                 }
-                let ts = now.max(room.lm.unwrap_or(0));
+                // Strictly increasing within a room, so `ts` alone pages history exactly
+                // (clients page `loadHistory` by the oldest `ts` they hold).
+                let ts = now.max(room.lm.map_or(0, |lm| lm + 1));
                 let message = Message {
                     id: id.unwrap_or_else(|| MessageId(random_id())),
                     rid: rid.clone(),

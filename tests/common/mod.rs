@@ -1,0 +1,281 @@
+//! Test helpers: a real chatd on port 0 with a temp data dir, and a small blocking DDP client
+//! over a real WebSocket (tungstenite). Every wait is bounded by a read timeout.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chatd::{Config, Server};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tungstenite::{Message, WebSocket};
+
+/// Longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        shards: 2,
+        pin_cores: false,
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let server = Server::start(config).expect("server starts");
+        let addr = server.local_addr();
+        Self {
+            server: Some(server),
+            dir,
+            addr,
+        }
+    }
+
+    /// Authenticated sessions per shard.
+    pub fn sessions_per_shard(&self) -> Vec<u64> {
+        self.server
+            .as_ref()
+            .map(|s| s.stats().iter().map(|s| s.sessions.load(Ordering::Relaxed)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> Vec<chatd_shards::StatsSnapshot> {
+        self.server
+            .as_ref()
+            .map(|s| s.stats().iter().map(|s| s.snapshot()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/websocket", self.addr)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+pub fn ws_connect(addr: SocketAddr) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, WAIT).expect("tcp connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    let (ws, _) = tungstenite::client::client(format!("ws://{addr}/websocket"), stream).expect("ws handshake");
+    ws
+}
+
+/// A blocking DDP client.
+pub struct Ddp {
+    pub ws: WebSocket<TcpStream>,
+    next_id: u64,
+    /// Frames that arrived while waiting for something else (stream events, nosub, errors).
+    pub events: VecDeque<Value>,
+    pub user_id: Option<String>,
+    pub token: Option<String>,
+}
+
+impl Ddp {
+    /// Opens a WebSocket and completes the DDP handshake.
+    pub fn open(addr: SocketAddr) -> Self {
+        let mut c = Self {
+            ws: ws_connect(addr),
+            next_id: 0,
+            events: VecDeque::new(),
+            user_id: None,
+            token: None,
+        };
+        c.send(json!({"msg": "connect", "version": "1", "support": ["1"]}));
+        c.wait_frame(|f| f["msg"] == "connected");
+        c
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).expect("send");
+    }
+
+    pub fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s.to_owned())).expect("send");
+    }
+
+    /// The next frame from the socket (answering server pings), or `None` if the server closed.
+    pub fn read_frame(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
+                    if v["msg"] == "ping" {
+                        self.send(json!({"msg": "pong"}));
+                        continue;
+                    }
+                    return Some(v);
+                }
+                Ok(Message::Close(_)) => return None,
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return None,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    panic!("timed out waiting for a frame from the server")
+                }
+                Err(tungstenite::Error::Io(_)) | Err(tungstenite::Error::Protocol(_)) => return None,
+                Err(e) => panic!("websocket error: {e}"),
+            }
+        }
+    }
+
+    /// Waits for a frame matching `pred`; other frames are kept in `events`.
+    pub fn wait_frame(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "timed out waiting for a matching frame");
+            let f = self.read_frame().expect("connection closed while waiting for a frame");
+            if pred(&f) {
+                return f;
+            }
+            if f["msg"] != "updated" && f.get("server_id").is_none() {
+                self.events.push_back(f);
+            }
+        }
+    }
+
+    /// Calls a method; `Ok(result)` (Null when absent) or `Err(error object)`.
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        self.next_id += 1;
+        let id = format!("m{}", self.next_id);
+        self.send(json!({"msg": "method", "method": method, "params": params, "id": id}));
+        let f = self.wait_frame(|f| f["msg"] == "result" && f["id"] == id.as_str());
+        match f.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(f.get("result").cloned().unwrap_or(Value::Null)),
+        }
+    }
+
+    pub fn ok(&mut self, method: &str, params: Value) -> Value {
+        match self.call(method, params.clone()) {
+            Ok(v) => v,
+            Err(e) => panic!("{method}({params}) failed: {e}"),
+        }
+    }
+
+    /// Subscribes; `Ok(sub id)` on ready, `Err(error)` on nosub.
+    pub fn sub(&mut self, name: &str, params: Value) -> Result<String, Value> {
+        self.next_id += 1;
+        let id = format!("s{}", self.next_id);
+        self.send(json!({"msg": "sub", "id": id, "name": name, "params": params}));
+        let f = self.wait_frame(|f| {
+            (f["msg"] == "ready" && f["subs"][0] == id.as_str()) || (f["msg"] == "nosub" && f["id"] == id.as_str())
+        });
+        if f["msg"] == "ready" {
+            Ok(id)
+        } else {
+            Err(f["error"].clone())
+        }
+    }
+
+    /// The next stream event (`changed`) for `collection`, in arrival order.
+    pub fn next_event(&mut self, collection: &str) -> Value {
+        if let Some(pos) = self
+            .events
+            .iter()
+            .position(|f| f["msg"] == "changed" && f["collection"] == collection)
+        {
+            return self.events.remove(pos).unwrap_or_default();
+        }
+        self.wait_frame(|f| f["msg"] == "changed" && f["collection"] == collection)
+    }
+
+    /// The next `stream-room-messages` event's message.
+    pub fn next_message(&mut self) -> Value {
+        self.next_event("stream-room-messages")["fields"]["args"][0].clone()
+    }
+
+    pub fn register(&mut self, username: &str, password: &str) -> String {
+        let v = self.ok("registerUser", json!([{"username": username, "pass": password, "name": username, "email": format!("{username}@example.com")}]));
+        v.as_str().expect("registerUser returns the id").to_owned()
+    }
+
+    pub fn login(&mut self, username: &str, password: &str) -> Value {
+        let v = self.ok(
+            "login",
+            json!([{"user": {"username": username}, "password": {"digest": sha256_hex(password), "algorithm": "sha-256"}}]),
+        );
+        self.user_id = v["id"].as_str().map(str::to_owned);
+        self.token = v["token"].as_str().map(str::to_owned);
+        v
+    }
+
+    pub fn resume(&mut self, token: &str) -> Value {
+        let v = self.ok("login", json!([{"resume": token}]));
+        self.user_id = v["id"].as_str().map(str::to_owned);
+        self.token = Some(token.to_owned());
+        v
+    }
+
+    pub fn uid(&self) -> String {
+        self.user_id.clone().expect("logged in")
+    }
+
+    pub fn send_message(&mut self, rid: &str, text: &str) -> Value {
+        self.ok("sendMessage", json!([{"rid": rid, "msg": text}]))
+    }
+}
+
+/// Registers `username` (password = username + "-pw") and returns a logged-in client.
+pub fn user(addr: SocketAddr, username: &str) -> Ddp {
+    let mut c = Ddp::open(addr);
+    c.register(username, &format!("{username}-pw"));
+    c.login(username, &format!("{username}-pw"));
+    c
+}
+
+/// Logs `username` in on new connections until one lands on a shard other than `avoid`
+/// (per-shard session stats tell where each session is). Returns the client and its shard.
+pub fn login_on_other_shard(server: &TestServer, username: &str, avoid: usize) -> (Ddp, usize) {
+    for _ in 0..64 {
+        let before = server.sessions_per_shard();
+        let mut c = Ddp::open(server.addr);
+        c.login(username, &format!("{username}-pw"));
+        let after = server.sessions_per_shard();
+        let shard = (0..after.len())
+            .find(|i| after[*i] > before[*i])
+            .expect("a shard gained the session");
+        if shard != avoid {
+            return (c, shard);
+        }
+    }
+    panic!("could not get a connection onto another shard in 64 tries");
+}
+
+/// Logs in on a fresh connection and reports which shard took it.
+pub fn login_and_locate(server: &TestServer, username: &str) -> (Ddp, usize) {
+    login_on_other_shard(server, username, usize::MAX)
+}
