@@ -183,13 +183,15 @@ fn channel_create_join_send_and_live_delivery() {
 fn users_on_different_shards_get_each_others_messages_once_and_in_order() {
     let server = TestServer::start();
     let mut setup = user(server.addr, "alice");
-    user(server.addr, "bob");
+    let _bob_setup = user(server.addr, "bob");
     let rid = setup.ok("createChannel", json!(["xshard", ["bob"], false]))["rid"]
         .as_str()
         .unwrap()
         .to_owned();
-    let (mut alice, shard_a) = login_and_locate(&server, "alice");
-    let (mut bob, shard_b) = login_on_other_shard(&server, "bob", shard_a);
+    let a = login_and_locate(&server, "alice");
+    let b = login_on_other_shard(&server, "bob", a.shard);
+    let (shard_a, shard_b) = (a.shard, b.shard);
+    let (mut alice, mut bob) = (a.client, b.client);
     assert_ne!(shard_a, shard_b, "the two users must sit on different shards");
     alice.sub("stream-room-messages", json!([rid, false])).unwrap();
     bob.sub("stream-room-messages", json!([rid, false])).unwrap();

@@ -186,6 +186,9 @@ fn second_set_on_the_same_port_is_refused() {
         &config(2, 8),
         ShutdownHandle::new(),
         |ctx: chatd_shards::ShardContext<()>| async move {
+            // Hold the whole context (and so the listener) until shutdown: an async block that
+            // named only `ctx.shutdown` would capture just that field and close the listener.
+            let ctx = ctx;
             ctx.shutdown.wait().await;
         },
     )
@@ -203,7 +206,8 @@ fn second_set_on_the_same_port_is_refused() {
     );
     assert!(
         matches!(second, Err(StartError::Listen(ListenError::InUse { .. }))),
-        "second bind was not refused"
+        "second bind was not refused: {:?}",
+        second.as_ref().err()
     );
     first.stop().unwrap();
 }

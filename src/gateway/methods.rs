@@ -64,9 +64,16 @@ impl Session {
         self.ctx.hub.store.room(rid).map_err(|e| store_err("room", e))
     }
 
+    /// Whether the user belongs to the room. The shard's index is checked first; on a miss the
+    /// store decides, because a membership another user's write just created may not have reached
+    /// this shard yet (anything later in that room reaches it after the membership does).
+    fn member_of(&self, user: &User, rid: &RoomId) -> bool {
+        self.ctx.hub.is_member(&user.id, rid) || matches!(self.ctx.hub.store.subscription(&user.id, rid), Ok(Some(_)))
+    }
+
     /// Whether the user may read the room's history: members, or anyone for public channels.
     fn can_read(&self, user: &User, room: &Room) -> bool {
-        room.t == RoomType::Channel || self.ctx.hub.is_member(&user.id, &room.id)
+        room.t == RoomType::Channel || self.member_of(user, &room.id)
     }
 
     pub async fn call(&mut self, method: &str, params: Vec<Value>) -> MethodResult {

@@ -24,6 +24,10 @@ use crate::store::User;
 
 /// After this many malformed frames a connection is closed (abusive client).
 const MAX_BAD_FRAMES: u32 = 50;
+/// How long a closing session's writer may take to deliver what is queued and the close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The same for a slow consumer, whose socket is known to be full.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// Per-connection state owned by the reader.
 pub struct Session {
@@ -74,7 +78,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<Sha
     let handle = ctx
         .hub
         .new_session(Outbound::new(limits.outbound_queue_frames, limits.outbound_queue_bytes));
-    let writer = glommio::spawn_local(write_loop(sink, handle.clone(), ctx.hub.stats.clone()));
+    let writer = glommio::spawn_local(write_loop(sink, handle.clone()));
     let span = tracing::debug_span!("session", shard = ctx.hub.shard, id = handle.id);
     let _enter = span.enter();
     let mut session = Session {
@@ -90,15 +94,38 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<Sha
     handle.out.push_str(r#"{"server_id":"0"}"#.to_owned());
     session.read_loop(stream).await;
     ctx.hub.end_session(&handle).await;
+    let slow = handle.out.was_slow();
+    if slow {
+        ShardStats::add(&ctx.hub.stats.slow_closed, 1);
+        tracing::info!(session = handle.id, "closing slow consumer");
+    }
     handle.out.close(CloseReason::new(1000, ""));
-    writer.await;
+    // A peer that stopped reading can keep the writer parked on a full socket forever: give it a
+    // bounded grace to take the close frame, then drop the connection.
+    let grace = if slow { SLOW_CLOSE_GRACE } else { CLOSE_GRACE };
+    let mut writer = writer;
+    let finished = futures_lite::future::or(
+        async {
+            (&mut writer).await;
+            true
+        },
+        async {
+            glommio::timer::sleep(grace).await;
+            false
+        },
+    )
+    .await;
+    if !finished {
+        tracing::debug!(
+            session = handle.id,
+            "peer did not take the close frame; dropping the connection"
+        );
+        writer.cancel().await;
+    }
 }
 
-async fn write_loop<S>(
-    mut sink: async_tungstenite::WebSocketSender<S>,
-    handle: Rc<SessionHandle>,
-    stats: std::sync::Arc<ShardStats>,
-) where
+async fn write_loop<S>(mut sink: async_tungstenite::WebSocketSender<S>, handle: Rc<SessionHandle>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut batch: Vec<Utf8Bytes> = Vec::with_capacity(64);
@@ -118,10 +145,6 @@ async fn write_loop<S>(
                 }
             }
             Batch::Close(reason) => {
-                if handle.out.was_slow() {
-                    ShardStats::add(&stats.slow_closed, 1);
-                    tracing::info!(session = handle.id, "closing slow consumer");
-                }
                 let frame = (reason.code != 1006).then(|| CloseFrame {
                     code: CloseCode::from(reason.code),
                     reason: reason.reason.into(),

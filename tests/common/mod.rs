@@ -101,6 +101,8 @@ pub struct Ddp {
     pub events: VecDeque<Value>,
     pub user_id: Option<String>,
     pub token: Option<String>,
+    /// Server pings this client has answered.
+    pub pings_answered: u64,
 }
 
 impl Ddp {
@@ -112,6 +114,7 @@ impl Ddp {
             events: VecDeque::new(),
             user_id: None,
             token: None,
+            pings_answered: 0,
         };
         c.send(json!({"msg": "connect", "version": "1", "support": ["1"]}));
         c.wait_frame(|f| f["msg"] == "connected");
@@ -128,12 +131,22 @@ impl Ddp {
 
     /// The next frame from the socket (answering server pings), or `None` if the server closed.
     pub fn read_frame(&mut self) -> Option<Value> {
+        let deadline = Instant::now() + WAIT;
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for a frame (only pings arrived)"
+            );
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
                     let v: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
                     if v["msg"] == "ping" {
-                        self.send(json!({"msg": "pong"}));
+                        self.pings_answered += 1;
+                        let mut pong = json!({"msg": "pong"});
+                        if let Some(id) = v.get("id") {
+                            pong["id"] = id.clone();
+                        }
+                        self.send(pong);
                         continue;
                     }
                     return Some(v);
@@ -148,6 +161,29 @@ impl Ddp {
                 }
                 Err(tungstenite::Error::Io(_)) | Err(tungstenite::Error::Protocol(_)) => return None,
                 Err(e) => panic!("websocket error: {e}"),
+            }
+        }
+    }
+
+    /// Answers server pings until `n` more have arrived; any other frame is kept in `events`.
+    pub fn answer_pings(&mut self, n: u64) {
+        let target = self.pings_answered + n;
+        let deadline = Instant::now() + WAIT;
+        while self.pings_answered < target {
+            assert!(Instant::now() < deadline, "the server stopped pinging");
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
+                    if v["msg"] == "ping" {
+                        self.pings_answered += 1;
+                        self.send(json!({"msg": "pong"}));
+                    } else {
+                        self.events.push_back(v);
+                    }
+                }
+                Ok(Message::Close(f)) => panic!("closed while answering pings: {f:?}"),
+                Ok(_) => {}
+                Err(e) => panic!("connection failed while answering pings: {e}"),
             }
         }
     }
@@ -257,25 +293,43 @@ pub fn user(addr: SocketAddr, username: &str) -> Ddp {
     c
 }
 
+/// A client placed on a known shard. `spare` holds the attempts that landed elsewhere: they stay
+/// connected so that their disconnects cannot blur the per-shard counts of later placements.
+pub struct Placed {
+    pub client: Ddp,
+    pub shard: usize,
+    pub spare: Vec<Ddp>,
+}
+
 /// Logs `username` in on new connections until one lands on a shard other than `avoid`
-/// (per-shard session stats tell where each session is). Returns the client and its shard.
-pub fn login_on_other_shard(server: &TestServer, username: &str, avoid: usize) -> (Ddp, usize) {
+/// (per-shard session stats tell where each session is). The test must not open or close other
+/// sessions on this server meanwhile.
+pub fn login_on_other_shard(server: &TestServer, username: &str, avoid: usize) -> Placed {
+    let mut spare = Vec::new();
     for _ in 0..64 {
         let before = server.sessions_per_shard();
         let mut c = Ddp::open(server.addr);
         c.login(username, &format!("{username}-pw"));
         let after = server.sessions_per_shard();
-        let shard = (0..after.len())
-            .find(|i| after[*i] > before[*i])
-            .expect("a shard gained the session");
-        if shard != avoid {
-            return (c, shard);
+        let gained: Vec<usize> = (0..after.len()).filter(|i| after[*i] > before[*i]).collect();
+        assert_eq!(
+            gained.len(),
+            1,
+            "exactly one shard gains the session: {before:?} -> {after:?}"
+        );
+        if gained[0] != avoid {
+            return Placed {
+                client: c,
+                shard: gained[0],
+                spare,
+            };
         }
+        spare.push(c);
     }
     panic!("could not get a connection onto another shard in 64 tries");
 }
 
 /// Logs in on a fresh connection and reports which shard took it.
-pub fn login_and_locate(server: &TestServer, username: &str) -> (Ddp, usize) {
+pub fn login_and_locate(server: &TestServer, username: &str) -> Placed {
     login_on_other_shard(server, username, usize::MAX)
 }
