@@ -12,6 +12,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rocketchat_asy
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
 fi
 export CHATD_TEST_PYTHON="$VENV/bin/python"
+export CHATD_REQUIRE_COMPAT=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -333,3 +333,50 @@ pub fn login_on_other_shard(server: &TestServer, username: &str, avoid: usize) -
 pub fn login_and_locate(server: &TestServer, username: &str) -> Placed {
     login_on_other_shard(server, username, usize::MAX)
 }
+
+/// The Python interpreter of the test virtualenv with the published Rocket.Chat clients
+/// (`tests/run.sh` sets `CHATD_TEST_PYTHON`). Without it the compatibility tests are skipped with a
+/// loud message, unless `CHATD_REQUIRE_COMPAT=1` (set by `tests/run.sh`) makes that a failure.
+pub fn compat_python() -> Option<std::path::PathBuf> {
+    match std::env::var_os("CHATD_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => Some(p.into()),
+        _ => {
+            assert!(
+                std::env::var("CHATD_REQUIRE_COMPAT").as_deref() != Ok("1"),
+                "CHATD_TEST_PYTHON is not set but compatibility tests are required"
+            );
+            eprintln!("SKIPPED: compatibility test (CHATD_TEST_PYTHON not set; run `bash tests/run.sh`)");
+            None
+        }
+    }
+}
+
+/// Runs a script from `tests/compat/` with the test virtualenv's Python; panics with its output
+/// unless it exits successfully within `limit`.
+pub fn run_compat_script(python: &std::path::Path, script: &str, args: &[String], limit: Duration) -> String {
+    use std::process::{Command, Stdio};
+    use wait_timeout::ChildExt;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/compat")
+        .join(script);
+    let mut child = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let status = match child.wait_timeout(limit).expect("wait for python") {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{script} did not finish within {limit:?}");
+        }
+    };
+    let out = child.wait_with_output().expect("collect output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(status.success(), "{script} failed ({status}):\n{stdout}\n{stderr}");
+    stdout
+}
