@@ -72,6 +72,8 @@ fn init_logging(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -170,9 +172,27 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("chatd: {e:#}");
-        let usage = e.downcast_ref::<chatd::config::ConfigError>().is_some()
-            || matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Config(_)))
-            || matches!(e.downcast_ref::<OpenError>(), Some(OpenError::InUse(_)));
-        std::process::exit(if usage { 2 } else { 1 });
+        std::process::exit(exit_code(&e));
+    }
+}
+
+/// Exit codes: 1 for failures at run time, 2 for a bad command line or configuration, 3 when the
+/// port or the data directory is already taken by another process.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    use chatd_shards::{ListenError, StartError};
+    let in_use = matches!(e.downcast_ref::<OpenError>(), Some(OpenError::InUse(_)))
+        || matches!(
+            e.downcast_ref::<ServerError>(),
+            Some(ServerError::Store(OpenError::InUse(_)))
+                | Some(ServerError::Shards(StartError::Listen(ListenError::InUse { .. })))
+        );
+    let usage = e.downcast_ref::<chatd::config::ConfigError>().is_some()
+        || matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Config(_)));
+    if in_use {
+        3
+    } else if usage {
+        2
+    } else {
+        1
     }
 }

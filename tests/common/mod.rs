@@ -380,3 +380,86 @@ pub fn run_compat_script(python: &std::path::Path, script: &str, args: &[String]
     assert!(status.success(), "{script} failed ({status}):\n{stdout}\n{stderr}");
     stdout
 }
+
+/// A `chatd` binary started as its own process (for crash and command-line tests). Its log is
+/// collected by a thread; dropping the handle kills the process.
+pub struct ChatdProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ChatdProcess {
+    /// Runs `chatd serve --listen 127.0.0.1:0 --shards 2 --data-dir DIR` and waits until it
+    /// logs the address it listens on.
+    pub fn serve(data_dir: &std::path::Path) -> Self {
+        Self::serve_with(data_dir, &["--listen", "127.0.0.1:0"]).expect("chatd starts")
+    }
+
+    /// Runs `chatd serve` with extra arguments; `Err(log)` if it exits before listening.
+    pub fn serve_with(data_dir: &std::path::Path, extra: &[&str]) -> Result<Self, (Option<i32>, String)> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .arg("serve")
+            .args(["--shards", "2", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("PORT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chatd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Option<SocketAddr>>();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.contains("chatd listening") {
+                    let addr = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                        .and_then(|a| a.parse().ok());
+                    let _ = addr_tx.send(addr);
+                    sent = true;
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+            if !sent {
+                let _ = addr_tx.send(None);
+            }
+        });
+        match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(addr)) => Ok(Self { child, addr, log }),
+            other => {
+                let status = match other {
+                    Err(_) => {
+                        let _ = child.kill();
+                        child.wait().ok()
+                    }
+                    Ok(_) => child.wait().ok(),
+                };
+                let text = log.lock().unwrap().clone();
+                Err((status.and_then(|s| s.code()), text))
+            }
+        }
+    }
+
+    /// SIGKILL: no drain, no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChatdProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
