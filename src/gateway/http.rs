@@ -53,6 +53,7 @@ async fn route(req: Request<Incoming>, ctx: &ShardCtx) -> Response<Full<Bytes>> 
             StatusCode::OK,
             &json!({"version": COMPAT_VERSION, "minimumClientVersions": {}, "success": true}),
         ),
+        (_, p) if p.starts_with("/api/v1/") => super::rest::handle(req, ctx).await,
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({"success": false, "error": "Resource not found"}),

@@ -4,31 +4,22 @@
 
 use serde_json::{json, Map, Value};
 
+use super::ops::{store_err, LoggedIn, LoginName, Ops};
 use super::session::Session;
 use crate::auth;
 use crate::chat::hub::{
     MY_MESSAGES, STREAM_NOTIFY_LOGGED, STREAM_NOTIFY_ROOM, STREAM_NOTIFY_USER, STREAM_ROOM_MESSAGES,
 };
-use crate::ids::{now_ms, random_secret, MessageId, RoomId};
+use crate::ids::RoomId;
 use crate::protocol::ddp::{self, MeteorError};
 use crate::protocol::wire::{self, Dates};
-use crate::store::{HistoryQuery, LoginToken, Room, RoomType, StoreError, User, WriteOp, WriteOutcome, WriteOutput};
+use crate::store::{HistoryQuery, Room, RoomType};
 
 /// Most messages one `loadHistory` / `loadMissedMessages` answer carries (keeps frames < 1 MiB).
 const MAX_HISTORY_PAGE: usize = 100;
 const MAX_MISSED: usize = 500;
 
 type MethodResult = Result<Option<Value>, MeteorError>;
-
-fn store_err(method: &str, e: StoreError) -> MeteorError {
-    match e {
-        StoreError::Rejected { code, reason } => MeteorError::new(code, reason).with_method(method),
-        StoreError::Internal(msg) => {
-            tracing::error!(method, error = %msg, "store failure in a method");
-            MeteorError::internal()
-        }
-    }
-}
 
 fn str_at<'a>(params: &'a [Value], i: usize, what: &str) -> Result<&'a str, MeteorError> {
     params
@@ -45,7 +36,7 @@ fn obj_at<'a>(params: &'a [Value], i: usize, what: &str) -> Result<&'a Map<Strin
 }
 
 /// An optional string field: absent/null is `None`, anything but a string is a Match error.
-fn opt_str<'a>(o: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, MeteorError> {
+pub fn opt_str<'a>(o: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, MeteorError> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -53,27 +44,18 @@ fn opt_str<'a>(o: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, 
     }
 }
 
+/// The `updatedSince` argument of `rooms/get` / `subscriptions/get` (`{$date}`), if any.
+fn since_param(params: &[Value]) -> Option<i64> {
+    params
+        .first()
+        .and_then(|v| v.get("$date"))
+        .and_then(Value::as_f64)
+        .map(|f| f as i64)
+}
+
 impl Session {
-    async fn write(&self, method: &str, op: WriteOp) -> Result<WriteOutcome, MeteorError> {
-        let outcome = self.ctx.hub.store.write(op).await.map_err(|e| store_err(method, e))?;
-        self.ctx.hub.wait_applied(outcome.seq).await;
-        Ok(outcome)
-    }
-
-    fn room_or_false(&self, rid: &RoomId) -> Result<Option<Room>, MeteorError> {
-        self.ctx.hub.store.room(rid).map_err(|e| store_err("room", e))
-    }
-
-    /// Whether the user belongs to the room. The shard's index is checked first; on a miss the
-    /// store decides, because a membership another user's write just created may not have reached
-    /// this shard yet (anything later in that room reaches it after the membership does).
-    fn member_of(&self, user: &User, rid: &RoomId) -> bool {
-        self.ctx.hub.is_member(&user.id, rid) || matches!(self.ctx.hub.store.subscription(&user.id, rid), Ok(Some(_)))
-    }
-
-    /// Whether the user may read the room's history: members, or anyone for public channels.
-    fn can_read(&self, user: &User, room: &Room) -> bool {
-        room.t == RoomType::Channel || self.member_of(user, &room.id)
+    fn ops(&self) -> Ops<'_> {
+        Ops::new(&self.ctx)
     }
 
     pub async fn call(&mut self, method: &str, params: Vec<Value>) -> MethodResult {
@@ -102,37 +84,22 @@ impl Session {
 
     async fn login(&mut self, params: &[Value]) -> MethodResult {
         let arg = obj_at(params, 0, "login options")?;
-        let now = now_ms();
-        let store = self.ctx.hub.store.clone();
-        let (user, kind, token, token_hash, expires) = if let Some(resume) = arg.get("resume") {
+        let logged_in = if let Some(resume) = arg.get("resume") {
             let token = resume
                 .as_str()
                 .ok_or_else(|| MeteorError::match_failed("resume must be a string"))?;
-            let hash = auth::token_hash(token);
-            match store
-                .user_by_token_hash(&hash, now)
-                .map_err(|e| store_err("login", e))?
-            {
-                Some((user, t)) => (user, "resume", token.to_owned(), hash, t.expires_at),
-                None => {
-                    return Err(MeteorError::new(
-                        403,
-                        "You've been logged out by the server. Please log in again.",
-                    ))
-                }
-            }
+            self.ops().login_resume(token)?
         } else {
-            let user = match arg.get("user") {
+            let name = match arg.get("user") {
                 Some(Value::Object(sel)) => match (opt_str(sel, "username")?, opt_str(sel, "email")?) {
-                    (Some(name), _) => store.user_by_username(name),
-                    (None, Some(email)) => store.user_by_email(email),
+                    (Some(name), _) => LoginName::Username(name),
+                    (None, Some(email)) => LoginName::Email(email),
                     _ => return Err(MeteorError::match_failed("user must name a username or email")),
                 },
-                Some(Value::String(s)) if s.contains('@') => store.user_by_email(s),
-                Some(Value::String(s)) => store.user_by_username(s),
+                Some(Value::String(s)) if s.contains('@') => LoginName::Email(s),
+                Some(Value::String(s)) => LoginName::Username(s),
                 _ => return Err(MeteorError::new(400, "Unrecognized options for login request")),
-            }
-            .map_err(|e| store_err("login", e))?;
+            };
             let digest = match arg.get("password") {
                 Some(Value::Object(p)) => match (opt_str(p, "digest")?, opt_str(p, "algorithm")?) {
                     (Some(d), Some("sha-256")) if auth::is_sha256_hex(d) => d.to_lowercase(),
@@ -145,39 +112,20 @@ impl Session {
                 Some(Value::String(plain)) => auth::sha256_hex(plain),
                 _ => return Err(MeteorError::match_failed("password is required")),
             };
-            let Some(user) = user else {
-                return Err(MeteorError::new(403, "User not found"));
-            };
-            let phc = user.password_hash.clone();
-            let ok = glommio::executor()
-                .spawn_blocking(move || auth::verify_password_digest(&phc, &digest))
-                .await;
-            if !ok {
-                return Err(MeteorError::new(403, "Incorrect password"));
-            }
-            let token = random_secret();
-            let hash = auth::token_hash(&token);
-            let expires = now + (self.ctx.config.accounts.token_ttl_days as i64) * 86_400_000;
-            let record = LoginToken {
-                uid: user.id.clone(),
-                created_at: now,
-                expires_at: expires,
-            };
-            self.write(
-                "login",
-                WriteOp::CreateToken {
-                    token_hash: hash.clone(),
-                    token: record,
-                },
-            )
-            .await?;
-            (user, "password", token, hash, expires)
+            self.ops().login_password(name, digest).await?
         };
         self.ctx
             .hub
-            .attach_user(&self.handle, &user)
+            .attach_user(&self.handle, &logged_in.user)
             .await
             .map_err(|e| store_err("login", e))?;
+        let LoggedIn {
+            user,
+            token,
+            token_hash,
+            expires,
+            kind,
+        } = logged_in;
         let id = user.id.clone();
         self.user = Some(user);
         self.token_hash = Some(token_hash);
@@ -187,43 +135,18 @@ impl Session {
     }
 
     async fn register_user(&mut self, params: &[Value]) -> MethodResult {
-        if !self.ctx.config.accounts.registration_open {
-            return Err(MeteorError::new(
-                "error-user-registration-disabled",
-                "User registration is disabled",
-            ));
-        }
         let form = obj_at(params, 0, "registration form")?;
         let username = opt_str(form, "username")?.ok_or_else(|| MeteorError::match_failed("username is required"))?;
         let pass = opt_str(form, "pass")?.ok_or_else(|| MeteorError::match_failed("pass is required"))?;
-        let email = opt_str(form, "email")?.map(str::to_owned);
-        let name = opt_str(form, "name")?.unwrap_or(username).to_owned();
-        if pass.is_empty() {
-            return Err(MeteorError::new("error-invalid-password", "Invalid password"));
-        }
-        let digest = auth::sha256_hex(pass);
-        let hash = glommio::executor()
-            .spawn_blocking(move || auth::hash_password_digest(&digest))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "password hashing failed");
-                MeteorError::internal()
-            })?;
-        let op = WriteOp::CreateUser {
-            username: username.to_owned(),
-            name,
-            email,
-            password_hash: hash,
-        };
-        match self.write("registerUser", op).await?.output {
-            WriteOutput::User(u) => Ok(Some(json!(u.id))),
-            _ => Err(MeteorError::internal()),
-        }
+        let email = opt_str(form, "email")?;
+        let name = opt_str(form, "name")?;
+        let user = self.ops().register("registerUser", username, pass, email, name).await?;
+        Ok(Some(json!(user.id)))
     }
 
     async fn logout(&mut self) -> MethodResult {
         if let Some(hash) = self.token_hash.take() {
-            self.write("logout", WriteOp::DeleteToken { token_hash: hash }).await?;
+            self.ops().logout(hash).await?;
         }
         self.user = None;
         self.ctx.hub.detach_user(&self.handle).await;
@@ -234,24 +157,11 @@ impl Session {
         let Some(user) = self.user.as_ref() else {
             return Ok(Some(json!([])));
         };
-        let subs = self
-            .ctx
-            .hub
-            .store
-            .subscriptions_of(&user.id)
-            .map_err(|e| store_err("rooms/get", e))?;
-        let since = params
-            .first()
-            .and_then(|v| v.get("$date"))
-            .and_then(Value::as_f64)
-            .map(|f| f as i64);
-        let rooms = subs
-            .iter()
-            .filter(|(_, r)| since.is_none_or(|s| r.updated_at > s))
-            .map(|(_, r)| wire::room(r, Dates::Ejson));
+        let since = since_param(params);
+        let rooms = self.ops().rooms_since("rooms/get", user, since, Dates::Ejson)?;
         Ok(Some(match since {
-            Some(_) => json!({"update": rooms.collect::<Vec<_>>(), "remove": []}),
-            None => Value::Array(rooms.collect()),
+            Some(_) => json!({"update": rooms, "remove": []}),
+            None => Value::Array(rooms),
         }))
     }
 
@@ -259,24 +169,13 @@ impl Session {
         let Some(user) = self.user.as_ref() else {
             return Ok(Some(json!([])));
         };
+        let since = since_param(params);
         let subs = self
-            .ctx
-            .hub
-            .store
-            .subscriptions_of(&user.id)
-            .map_err(|e| store_err("subscriptions/get", e))?;
-        let since = params
-            .first()
-            .and_then(|v| v.get("$date"))
-            .and_then(Value::as_f64)
-            .map(|f| f as i64);
-        let items = subs
-            .iter()
-            .filter(|(s, r)| since.is_none_or(|t| s.updated_at.max(r.updated_at) > t))
-            .map(|(s, r)| wire::subscription(s, r, Dates::Ejson));
+            .ops()
+            .subscriptions_since("subscriptions/get", user, since, Dates::Ejson)?;
         Ok(Some(match since {
-            Some(_) => json!({"update": items.collect::<Vec<_>>(), "remove": []}),
-            None => Value::Array(items.collect()),
+            Some(_) => json!({"update": subs, "remove": []}),
+            None => Value::Array(subs),
         }))
     }
 
@@ -297,24 +196,16 @@ impl Session {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(MeteorError::match_failed("readOnly must be a boolean")),
         };
-        let op = WriteOp::CreateRoom {
-            t,
-            name: name.to_owned(),
-            creator: user.id.clone(),
-            members,
-            read_only,
-        };
-        match self.write(method, op).await?.output {
-            WriteOutput::Room(room, _) => {
-                let mut v = wire::room(&room, Dates::Ejson);
-                if let Value::Object(o) = &mut v {
-                    o.insert("rid".into(), json!(room.id));
-                    o.insert("inserted".into(), json!(true));
-                }
-                Ok(Some(v))
-            }
-            _ => Err(MeteorError::internal()),
+        let room = self
+            .ops()
+            .create_room(method, user, t, name, members, read_only)
+            .await?;
+        let mut v = wire::room(&room, Dates::Ejson);
+        if let Value::Object(o) = &mut v {
+            o.insert("rid".into(), json!(room.id));
+            o.insert("inserted".into(), json!(true));
         }
+        Ok(Some(v))
     }
 
     async fn create_direct(&self, params: &[Value]) -> MethodResult {
@@ -326,43 +217,23 @@ impl Session {
                     .with_method("createDirectMessage"),
             );
         }
-        let op = WriteOp::CreateDirect {
-            creator: user.id.clone(),
-            other_username: other.to_owned(),
-        };
-        match self.write("createDirectMessage", op).await?.output {
-            WriteOutput::Room(room, _) => Ok(Some(
-                json!({"t": "d", "rid": room.id, "_id": room.id, "usernames": room.usernames}),
-            )),
-            _ => Err(MeteorError::internal()),
-        }
+        let room = self.ops().create_direct("createDirectMessage", user, other).await?;
+        Ok(Some(
+            json!({"t": "d", "rid": room.id, "_id": room.id, "usernames": room.usernames}),
+        ))
     }
 
     async fn join_room(&self, params: &[Value]) -> MethodResult {
         let user = self.require_user()?;
         let rid = RoomId::from(str_at(params, 0, "rid")?);
-        self.write(
-            "joinRoom",
-            WriteOp::Join {
-                uid: user.id.clone(),
-                rid,
-            },
-        )
-        .await?;
+        self.ops().join("joinRoom", user, rid).await?;
         Ok(Some(json!(true)))
     }
 
     async fn leave_room(&self, params: &[Value]) -> MethodResult {
         let user = self.require_user()?;
         let rid = RoomId::from(str_at(params, 0, "rid")?);
-        self.write(
-            "leaveRoom",
-            WriteOp::Leave {
-                uid: user.id.clone(),
-                rid,
-            },
-        )
-        .await?;
+        self.ops().leave("leaveRoom", user, rid).await?;
         Ok(None)
     }
 
@@ -371,29 +242,18 @@ impl Session {
         let m = obj_at(params, 0, "message")?;
         let rid = opt_str(m, "rid")?.ok_or_else(|| MeteorError::match_failed("rid is required"))?;
         let text = opt_str(m, "msg")?.unwrap_or("");
-        let id = opt_str(m, "_id")?;
-        let tmid = opt_str(m, "tmid")?;
-        if text.chars().count() > self.ctx.config.limits.max_message_chars {
-            return Err(
-                MeteorError::new("error-message-size-exceeded", "Message size exceeds the allowed limit")
-                    .with_method("sendMessage"),
-            );
-        }
-        if id.is_some_and(|i| i.is_empty() || i.len() > 128) {
-            return Err(MeteorError::match_failed("_id must be 1 to 128 characters"));
-        }
-        let op = WriteOp::SendMessage {
-            uid: user.id.clone(),
-            rid: RoomId::from(rid),
-            id: id.map(MessageId::from),
-            msg: text.to_owned(),
-            tmid: tmid.map(str::to_owned),
-        };
-        match self.write("sendMessage", op).await?.output {
-            WriteOutput::Message(m) => Ok(Some(wire::message(&m, Dates::Ejson))),
-            WriteOutput::Duplicate(_) => Ok(None),
-            _ => Err(MeteorError::internal()),
-        }
+        let sent = self
+            .ops()
+            .send_message(
+                "sendMessage",
+                user,
+                RoomId::from(rid),
+                opt_str(m, "_id")?,
+                text,
+                opt_str(m, "tmid")?,
+            )
+            .await?;
+        Ok(sent.ok().map(|m| wire::message(&m, Dates::Ejson)))
     }
 
     async fn update_message(&self, params: &[Value]) -> MethodResult {
@@ -401,28 +261,9 @@ impl Session {
         let m = obj_at(params, 0, "message")?;
         let mid = opt_str(m, "_id")?.ok_or_else(|| MeteorError::match_failed("_id is required"))?;
         let text = opt_str(m, "msg")?.ok_or_else(|| MeteorError::match_failed("msg is required"))?;
-        if text.chars().count() > self.ctx.config.limits.max_message_chars {
-            return Err(
-                MeteorError::new("error-message-size-exceeded", "Message size exceeds the allowed limit")
-                    .with_method("updateMessage"),
-            );
-        }
-        if let Some(rid) = opt_str(m, "rid")? {
-            if let Ok(Some(existing)) = self.ctx.hub.store.message(&MessageId::from(mid)) {
-                if existing.rid.as_str() != rid {
-                    return Err(
-                        MeteorError::new("error-invalid-update-key", "Cannot move a message to another room")
-                            .with_method("updateMessage"),
-                    );
-                }
-            }
-        }
-        let op = WriteOp::UpdateMessage {
-            uid: user.id.clone(),
-            mid: MessageId::from(mid),
-            msg: text.to_owned(),
-        };
-        self.write("updateMessage", op).await?;
+        self.ops()
+            .update_message("updateMessage", user, mid, opt_str(m, "rid")?, text)
+            .await?;
         Ok(None)
     }
 
@@ -430,14 +271,7 @@ impl Session {
         let user = self.require_user()?;
         let m = obj_at(params, 0, "message")?;
         let mid = opt_str(m, "_id")?.ok_or_else(|| MeteorError::match_failed("_id is required"))?;
-        self.write(
-            "deleteMessage",
-            WriteOp::DeleteMessage {
-                uid: user.id.clone(),
-                mid: MessageId::from(mid),
-            },
-        )
-        .await?;
+        self.ops().delete_message("deleteMessage", user, mid, None).await?;
         Ok(None)
     }
 
@@ -451,23 +285,14 @@ impl Session {
                 .as_u64()
                 .ok_or_else(|| MeteorError::match_failed("limit must be a number"))? as usize,
         };
-        let Some(room) = self.room_or_false(&rid)? else {
-            return Ok(Some(json!(false)));
-        };
-        if !self.can_read(user, &room) {
-            return Ok(Some(json!(false)));
-        }
         let q = HistoryQuery {
             latest,
             limit: limit.min(MAX_HISTORY_PAGE),
             ..HistoryQuery::default()
         };
-        let (messages, _) = self
-            .ctx
-            .hub
-            .store
-            .history(&rid, &q)
-            .map_err(|e| store_err("loadHistory", e))?;
+        let Some((_, messages, _)) = self.ops().history("loadHistory", user, &rid, &q)? else {
+            return Ok(Some(json!(false)));
+        };
         let list: Vec<Value> = messages.iter().map(|m| wire::message(m, Dates::Ejson)).collect();
         Ok(Some(json!({"messages": list, "unreadNotLoaded": 0})))
     }
@@ -479,23 +304,14 @@ impl Session {
             .get(1)
             .and_then(wire::parse_date)
             .ok_or_else(|| MeteorError::match_failed("start must be a date"))?;
-        let Some(room) = self.room_or_false(&rid)? else {
-            return Ok(Some(json!(false)));
-        };
-        if !self.can_read(user, &room) {
-            return Ok(Some(json!(false)));
-        }
         let q = HistoryQuery {
             oldest: Some(start),
             limit: MAX_MISSED,
             ..HistoryQuery::default()
         };
-        let (messages, _) = self
-            .ctx
-            .hub
-            .store
-            .history(&rid, &q)
-            .map_err(|e| store_err("loadMissedMessages", e))?;
+        let Some((_, messages, _)) = self.ops().history("loadMissedMessages", user, &rid, &q)? else {
+            return Ok(Some(json!(false)));
+        };
         Ok(Some(Value::Array(
             messages.iter().map(|m| wire::message(m, Dates::Ejson)).collect(),
         )))
@@ -504,29 +320,14 @@ impl Session {
     async fn read_messages(&self, params: &[Value]) -> MethodResult {
         let user = self.require_user()?;
         let rid = RoomId::from(str_at(params, 0, "rid")?);
-        self.write(
-            "readMessages",
-            WriteOp::MarkRead {
-                uid: user.id.clone(),
-                rid,
-            },
-        )
-        .await?;
+        self.ops().mark_read("readMessages", user, rid).await?;
         Ok(None)
     }
 
     fn accessible_room(&self, name_or_id: &str) -> Result<Room, MeteorError> {
         let user = self.require_user()?;
-        let store = &self.ctx.hub.store;
-        let room = match store
-            .room(&RoomId::from(name_or_id))
-            .map_err(|e| store_err("room", e))?
-        {
-            Some(r) => Some(r),
-            None => store.room_by_name(name_or_id).map_err(|e| store_err("room", e))?,
-        };
-        match room {
-            Some(r) if self.can_read(user, &r) => Ok(r),
+        match self.ops().room_by_name_or_id(name_or_id)? {
+            Some(r) if self.ops().can_read(user, &r) => Ok(r),
             _ => Err(MeteorError::new("error-not-allowed", "Not allowed")),
         }
     }
@@ -559,15 +360,14 @@ impl Session {
         }
         let not_allowed = || MeteorError::new("not-allowed", "Not allowed");
         let user = self.user.as_ref().ok_or_else(not_allowed)?;
-        let hub = &self.ctx.hub;
         let allowed = match stream {
-            STREAM_ROOM_MESSAGES => event == MY_MESSAGES || hub.is_member(&user.id, &RoomId::from(event)),
+            STREAM_ROOM_MESSAGES => event == MY_MESSAGES || self.ops().member_of(user, &RoomId::from(event)),
             STREAM_NOTIFY_USER => event
                 .strip_prefix(user.id.as_str())
                 .is_some_and(|rest| rest.starts_with('/')),
             STREAM_NOTIFY_ROOM => event
                 .split_once('/')
-                .is_some_and(|(rid, _)| hub.is_member(&user.id, &RoomId::from(rid))),
+                .is_some_and(|(rid, _)| self.ops().member_of(user, &RoomId::from(rid))),
             _ => true,
         };
         if !allowed {

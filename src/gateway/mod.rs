@@ -5,6 +5,8 @@
 pub mod http;
 mod io;
 mod methods;
+pub mod ops;
+mod rest;
 pub mod session;
 
 use std::rc::Rc;

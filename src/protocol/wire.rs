@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::store::{Message, Room, RoomType, Subscription, UserRef};
+use crate::store::{Message, Room, RoomType, Subscription, User, UserRef};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dates {
@@ -110,6 +110,36 @@ pub fn room(r: &Room, d: Dates) -> Value {
         o.insert("usernames".into(), json!(r.usernames));
     }
     Value::Object(o)
+}
+
+/// A user as REST returns it (`users.info`, `me`, `login`). `private` adds what only the user
+/// themself may see (emails, settings).
+pub fn user(u: &User, status: &str, d: Dates, private: bool) -> Value {
+    let mut v = json!({
+        "_id": u.id,
+        "type": "user",
+        "username": u.username,
+        "name": u.name,
+        "status": status,
+        "statusText": u.status_text,
+        "active": true,
+        "roles": u.roles,
+        "utcOffset": 0,
+        "createdAt": d.date(u.created_at),
+    });
+    if private {
+        if let Value::Object(o) = &mut v {
+            let emails: Vec<Value> = u
+                .email
+                .iter()
+                .map(|e| json!({"address": e, "verified": false}))
+                .collect();
+            o.insert("emails".into(), Value::Array(emails));
+            o.insert("statusConnection".into(), json!(status));
+            o.insert("settings".into(), json!({"preferences": {}}));
+        }
+    }
+    v
 }
 
 /// A subscription; unread is derived from the room's sequence (O(1), no per-message writes).
