@@ -22,6 +22,9 @@ pub struct Config {
     pub accounts: Accounts,
     /// Capacity of each shard-to-shard mesh channel.
     pub mesh_capacity: usize,
+    /// Capacity of each shard-to-shard channel of the ephemeral lane (typing); a full lane
+    /// drops events (counted in `chatd_dropped_events_total`).
+    pub ephemeral_capacity: usize,
     /// Locked I/O memory per shard executor, bytes (glommio needs at least 512 KiB).
     pub io_memory_bytes: usize,
     /// Log filter (tracing EnvFilter syntax), overridden by `RUST_LOG`.
@@ -72,6 +75,7 @@ impl Default for Config {
             limits: Limits::default(),
             accounts: Accounts::default(),
             mesh_capacity: 1024,
+            ephemeral_capacity: 1024,
             io_memory_bytes: 512 * 1024,
             log: "info".into(),
         }
@@ -172,6 +176,9 @@ impl Config {
         }
         if self.io_memory_bytes < 512 * 1024 {
             return bad("io_memory_bytes", "must be at least 524288 (glommio's minimum)");
+        }
+        if self.ephemeral_capacity == 0 {
+            return bad("ephemeral_capacity", "must be at least 1");
         }
         if self.mesh_capacity == 0 {
             return bad("mesh_capacity", "must be at least 1");

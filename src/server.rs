@@ -49,6 +49,7 @@ impl Server {
             shards: config.shard_count(),
             listen: config.listen,
             mesh_capacity: config.mesh_capacity,
+            ephemeral_capacity: config.ephemeral_capacity,
             pin_cores: config.pin_cores,
             io_memory: config.io_memory_bytes,
             name: "chatd-shard".into(),
@@ -135,6 +136,27 @@ async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Ta
                     "routing notice sent to a shard without the tailer"
                 ),
             },
+            ShardMsg::UserIdle { uid, shard, idle } => match &tailer {
+                Some(t) => t.presence().on_shard_idle(&uid, shard, idle),
+                None => tracing::error!(source = rx.source(), "idle notice sent to a shard without the owner"),
+            },
+            ShardMsg::PresenceQuery { uids, shard, token } => match &tailer {
+                Some(t) => {
+                    let answers = t.presence().query(&uids);
+                    if hub
+                        .mesh()
+                        .send_to(shard, ShardMsg::PresenceAnswer { token, answers })
+                        .await
+                        .is_err()
+                    {
+                        tracing::debug!(shard, "shard gone before its presence answer");
+                    }
+                }
+                None => tracing::error!(source = rx.source(), "presence query sent to a shard without the owner"),
+            },
+            ShardMsg::PresenceAnswer { token, answers } => hub.presence_answer(token, answers),
+            ShardMsg::Presence(updates) => hub.apply_presence(&updates),
+            ShardMsg::Activity(activity) => hub.apply_activity(&activity),
         }
     }
 }
@@ -151,13 +173,22 @@ async fn shard_main(
         listener,
         mesh,
         receivers,
+        ephemeral,
+        ephemeral_receivers,
         stats,
         all_stats,
         shutdown,
         ..
     } = ctx;
     let mesh = Rc::new(mesh);
-    let hub = Rc::new(Hub::new(id, store.clone(), stats.clone(), mesh.clone(), start_head));
+    let hub = Rc::new(Hub::new(
+        id,
+        store.clone(),
+        stats.clone(),
+        mesh.clone(),
+        Rc::new(ephemeral),
+        start_head,
+    ));
     let tailer = match (id == TAILER_SHARD, feed) {
         (true, Some(feed)) => match Tailer::new(store.clone(), mesh.clone(), stats.clone(), start_head) {
             Ok(t) => Some((Rc::new(t), feed)),
@@ -169,7 +200,7 @@ async fn shard_main(
         _ => None,
     };
     let tailer_ref = tailer.as_ref().map(|(t, _)| t.clone());
-    for rx in receivers {
+    for rx in receivers.into_iter().chain(ephemeral_receivers) {
         glommio::spawn_local(dispatch(rx, hub.clone(), tailer_ref.clone())).detach();
     }
     let tailer_task = tailer.map(|(t, feed)| {

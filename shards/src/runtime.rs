@@ -30,6 +30,9 @@ pub struct ShardSetConfig {
     pub listen: SocketAddr,
     /// Capacity of each directed mesh channel (messages).
     pub mesh_capacity: usize,
+    /// Capacity of each directed channel of the ephemeral lane: a second, independent mesh for
+    /// fire-and-forget traffic (typing), so that filling it can never hold up the main mesh.
+    pub ephemeral_capacity: usize,
     /// Pin shard `i` to CPU `i mod online CPUs`.
     pub pin_cores: bool,
     /// glommio I/O buffer memory per executor (locked memory; glommio needs at least 512 KiB).
@@ -44,6 +47,7 @@ impl Default for ShardSetConfig {
             shards: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             mesh_capacity: 1024,
+            ephemeral_capacity: 1024,
             pin_cores: true,
             io_memory: 512 * 1024,
             name: "shard".into(),
@@ -70,6 +74,9 @@ pub struct ShardContext<M: Send + 'static> {
     pub mesh: Mesh<M>,
     /// One receiver per source shard (index = source shard id).
     pub receivers: Vec<MeshReceiver<M>>,
+    /// The ephemeral lane (see [`ShardSetConfig::ephemeral_capacity`]) and its receivers.
+    pub ephemeral: Mesh<M>,
+    pub ephemeral_receivers: Vec<MeshReceiver<M>>,
     pub stats: Arc<ShardStats>,
     pub all_stats: Arc<Vec<Arc<ShardStats>>>,
     pub shutdown: ShutdownSignal,
@@ -104,6 +111,7 @@ impl ShardSet {
         let (listeners, local_addr) = bind_reuseport_group(config.listen, nr)?;
         let stats: Arc<Vec<Arc<ShardStats>>> = Arc::new((0..nr).map(|_| Arc::new(ShardStats::default())).collect());
         let mesh = MeshBuilder::<M, _>::full(nr, config.mesh_capacity.max(1));
+        let lane = MeshBuilder::<M, _>::full(nr, config.ephemeral_capacity.max(1));
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
         let cpus = online_cpus();
         let mut handles = Vec::with_capacity(nr);
@@ -115,11 +123,13 @@ impl ShardSet {
                 Placement::Unbound
             };
             let mesh = mesh.clone();
+            let lane = lane.clone();
             let ready_tx = ready_tx.clone();
             let stats = stats.clone();
             let shutdown = shutdown.signal();
             let shard_main = shard_main.clone();
             let capacity = config.mesh_capacity.max(1);
+            let lane_capacity = config.ephemeral_capacity.max(1);
             let fd = std_listener.into_raw_fd();
             let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("{}{}", config.name, id))
@@ -127,14 +137,21 @@ impl ShardSet {
                 .spawn(move || async move {
                     // SAFETY: `fd` is a listening TCP socket whose ownership was released above.
                     let listener = unsafe { TcpListener::from_raw_fd(fd) };
-                    let joined = future::or(async { Some(mesh.join().await) }, async {
-                        shutdown.wait().await;
-                        None
-                    })
+                    let joined = future::or(
+                        async { Some(futures_lite::future::zip(mesh.join(), lane.join()).await) },
+                        async {
+                            shutdown.wait().await;
+                            None
+                        },
+                    )
                     .await;
-                    let Some(Ok((senders, receivers))) = joined else { return };
+                    let Some((Ok((senders, receivers)), Ok((lane_senders, lane_receivers)))) = joined else {
+                        return;
+                    };
                     let my_stats = stats.get(id).cloned().unwrap_or_default();
                     let (mesh, receivers) = assemble(senders, receivers, nr, capacity, my_stats.clone());
+                    let (ephemeral, ephemeral_receivers) =
+                        assemble(lane_senders, lane_receivers, nr, lane_capacity, my_stats.clone());
                     let _ = ready_tx.send(id);
                     let ctx = ShardContext {
                         id,
@@ -142,6 +159,8 @@ impl ShardSet {
                         listener,
                         mesh,
                         receivers,
+                        ephemeral,
+                        ephemeral_receivers,
                         stats: my_stats,
                         all_stats: stats,
                         shutdown,

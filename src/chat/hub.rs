@@ -18,6 +18,7 @@ use serde_json::json;
 use tungstenite::Utf8Bytes;
 
 use super::outbound::Outbound;
+use super::presence::{Activity, PresenceRead, PresenceUpdate, Status};
 use super::{ShardMsg, TAILER_SHARD};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::ddp;
@@ -28,6 +29,7 @@ pub const STREAM_ROOM_MESSAGES: &str = "stream-room-messages";
 pub const STREAM_NOTIFY_USER: &str = "stream-notify-user";
 pub const STREAM_NOTIFY_ROOM: &str = "stream-notify-room";
 pub const STREAM_NOTIFY_LOGGED: &str = "stream-notify-logged";
+pub const STREAM_USER_PRESENCE: &str = "stream-user-presence";
 pub const MY_MESSAGES: &str = "__my_messages__";
 
 /// Longest a method waits for its own change to come back through the feed before answering
@@ -42,6 +44,10 @@ pub struct SessionHandle {
     pub out: Outbound,
     user: RefCell<Option<UserRef>>,
     subs: RefCell<Subs>,
+    /// The client said it is idle (`UserPresence:away`) and has not said otherwise since.
+    idle: Cell<bool>,
+    /// The one live `stream-user-presence` subscription: its id and the watched users.
+    presence_sub: RefCell<Option<(String, HashSet<UserId>)>>,
 }
 
 #[derive(Default)]
@@ -57,6 +63,8 @@ impl SessionHandle {
             out,
             user: RefCell::new(None),
             subs: RefCell::new(Subs::default()),
+            idle: Cell::new(false),
+            presence_sub: RefCell::new(None),
         }
     }
 
@@ -124,6 +132,8 @@ enum LoadState {
 
 struct LocalUser {
     sessions: Vec<SessionId>,
+    /// What this shard last told the presence owner: every session here is idle.
+    idle_reported: bool,
     rooms: HashSet<RoomId>,
     state: LoadState,
 }
@@ -133,13 +143,20 @@ pub struct Hub {
     pub store: Store,
     pub stats: Arc<ShardStats>,
     mesh: Rc<Mesh<ShardMsg>>,
+    /// The ephemeral lane (typing): `try_send` only.
+    ephemeral: Rc<Mesh<ShardMsg>>,
     sessions: RefCell<HashMap<SessionId, Rc<SessionHandle>>>,
+    /// Host-level presence of every user who is not offline, as broadcast by the owner.
+    presence: RefCell<HashMap<UserId, PresenceUpdate>>,
+    /// User → local sessions watching them on `stream-user-presence`.
+    presence_watchers: RefCell<HashMap<UserId, HashSet<SessionId>>>,
     users: RefCell<HashMap<UserId, LocalUser>>,
     /// Room → local users who are members.
     room_members: RefCell<HashMap<RoomId, HashSet<UserId>>>,
     applied: Cell<u64>,
     waiters: RefCell<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
     acks: RefCell<HashMap<u64, oneshot::Sender<()>>>,
+    presence_answers: RefCell<HashMap<u64, oneshot::Sender<Vec<PresenceRead>>>>,
     next_id: Cell<u64>,
 }
 
@@ -152,18 +169,29 @@ fn notify_user_event(uid: &UserId, event: &str, args_json: &str) -> Utf8Bytes {
 }
 
 impl Hub {
-    pub fn new(shard: usize, store: Store, stats: Arc<ShardStats>, mesh: Rc<Mesh<ShardMsg>>, applied: u64) -> Self {
+    pub fn new(
+        shard: usize,
+        store: Store,
+        stats: Arc<ShardStats>,
+        mesh: Rc<Mesh<ShardMsg>>,
+        ephemeral: Rc<Mesh<ShardMsg>>,
+        applied: u64,
+    ) -> Self {
         Self {
             shard,
             store,
             stats,
             mesh,
+            ephemeral,
             sessions: RefCell::new(HashMap::new()),
+            presence: RefCell::new(HashMap::new()),
+            presence_watchers: RefCell::new(HashMap::new()),
             users: RefCell::new(HashMap::new()),
             room_members: RefCell::new(HashMap::new()),
             applied: Cell::new(applied),
             waiters: RefCell::new(BTreeMap::new()),
             acks: RefCell::new(HashMap::new()),
+            presence_answers: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
         }
     }
@@ -186,6 +214,11 @@ impl Hub {
         if self.sessions.borrow_mut().remove(&session.id).is_some() {
             ShardStats::sub(&self.stats.open_connections, 1);
         }
+    }
+
+    /// The reliable lane of the mesh.
+    pub fn mesh(&self) -> &Rc<Mesh<ShardMsg>> {
+        &self.mesh
     }
 
     /// Every open session (for shutdown).
@@ -217,6 +250,16 @@ impl Hub {
             match users.get_mut(&user.id) {
                 Some(lu) => {
                     lu.sessions.push(session.id);
+                    session.idle.set(false);
+                    if lu.idle_reported {
+                        lu.idle_reported = false;
+                        let msg = ShardMsg::UserIdle {
+                            uid: user.id.clone(),
+                            shard: self.shard,
+                            idle: false,
+                        };
+                        glommio::spawn_local(Self::notify_owner(self.mesh.clone(), msg)).detach();
+                    }
                     match &mut lu.state {
                         LoadState::Loading { waiters, .. } => {
                             let (tx, rx) = oneshot::channel();
@@ -231,6 +274,7 @@ impl Hub {
                         user.id.clone(),
                         LocalUser {
                             sessions: vec![session.id],
+                            idle_reported: false,
                             rooms: HashSet::new(),
                             state: LoadState::Loading {
                                 pending: Vec::new(),
@@ -285,6 +329,8 @@ impl Hub {
             return;
         };
         session.clear_subs();
+        self.clear_presence_watch(session);
+        session.idle.set(false);
         ShardStats::sub(&self.stats.sessions, 1);
         let last = {
             let mut users = self.users.borrow_mut();
@@ -307,6 +353,9 @@ impl Hub {
                 false
             }
         };
+        if !last {
+            self.report_idle(&user.id).await;
+        }
         if last {
             let msg = ShardMsg::UserShard {
                 uid: user.id.clone(),
@@ -317,6 +366,265 @@ impl Hub {
             if self.mesh.send_to(TAILER_SHARD, msg).await.is_err() {
                 tracing::debug!(uid = %user.id, "tailer gone; offline notice not sent");
             }
+        }
+    }
+
+    async fn notify_owner(mesh: Rc<Mesh<ShardMsg>>, msg: ShardMsg) {
+        if mesh.send_to(TAILER_SHARD, msg).await.is_err() {
+            tracing::debug!("presence owner gone; notice not sent");
+        }
+    }
+
+    /// The client of `session` says it is idle (`UserPresence:away`) or active again.
+    pub async fn set_idle(&self, session: &Rc<SessionHandle>, idle: bool) {
+        let Some(user) = session.user() else { return };
+        session.idle.set(idle);
+        self.report_idle(&user.id).await;
+    }
+
+    /// Tells the presence owner when "every session of `uid` here is idle" changed.
+    async fn report_idle(&self, uid: &UserId) {
+        let changed = {
+            let mut users = self.users.borrow_mut();
+            let Some(lu) = users.get_mut(uid) else { return };
+            let sessions = self.sessions.borrow();
+            let all_idle = !lu.sessions.is_empty()
+                && lu
+                    .sessions
+                    .iter()
+                    .all(|sid| sessions.get(sid).is_some_and(|s| s.idle.get()));
+            if all_idle == lu.idle_reported {
+                None
+            } else {
+                lu.idle_reported = all_idle;
+                Some(all_idle)
+            }
+        };
+        if let Some(idle) = changed {
+            let msg = ShardMsg::UserIdle {
+                uid: uid.clone(),
+                shard: self.shard,
+                idle,
+            };
+            Self::notify_owner(self.mesh.clone(), msg).await;
+        }
+    }
+
+    /// The host-level presence of `uid`: (status, connection status, status text).
+    pub fn presence_of(&self, uid: &UserId) -> PresenceRead {
+        self.presence
+            .borrow()
+            .get(uid)
+            .map(|p| (p.status, p.connection, p.text.clone()))
+            .unwrap_or((Status::Offline, Status::Offline, String::new()))
+    }
+
+    /// Asks the presence owner for the current presence of `uids` (an up-to-date read: the owner
+    /// applies every connection and status change before it is acknowledged to anyone).
+    pub async fn query_presence(&self, uids: Vec<UserId>) -> Vec<PresenceRead> {
+        let fallback: Vec<_> = uids.iter().map(|u| self.presence_of(u)).collect();
+        let token = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.presence_answers.borrow_mut().insert(token, tx);
+        let msg = ShardMsg::PresenceQuery {
+            uids,
+            shard: self.shard,
+            token,
+        };
+        if self.mesh.send_to(TAILER_SHARD, msg).await.is_err() {
+            self.presence_answers.borrow_mut().remove(&token);
+            return fallback;
+        }
+        rx.await.unwrap_or(fallback)
+    }
+
+    pub fn presence_answer(&self, token: u64, answers: Vec<PresenceRead>) {
+        if let Some(tx) = self.presence_answers.borrow_mut().remove(&token) {
+            let _ = tx.send(answers);
+        }
+    }
+
+    /// Starts or edits the session's `stream-user-presence` watch. Returns `true` when this
+    /// subscription is the live one (answer `ready`), `false` when it only edited the live one
+    /// (answer `nosub`, as Rocket.Chat does).
+    pub fn watch_presence(
+        &self,
+        session: &Rc<SessionHandle>,
+        sub_id: &str,
+        added: &[UserId],
+        removed: &[UserId],
+    ) -> bool {
+        let mut sub = session.presence_sub.borrow_mut();
+        let live = sub.is_none();
+        let (_, watched) = sub.get_or_insert_with(|| (sub_id.to_owned(), HashSet::new()));
+        let mut watchers = self.presence_watchers.borrow_mut();
+        for uid in removed {
+            watched.remove(uid);
+            if let Some(set) = watchers.get_mut(uid) {
+                set.remove(&session.id);
+                if set.is_empty() {
+                    watchers.remove(uid);
+                }
+            }
+        }
+        for uid in added {
+            if watched.insert(uid.clone()) {
+                watchers.entry(uid.clone()).or_default().insert(session.id);
+            }
+        }
+        drop(watchers);
+        drop(sub);
+        // The current state of every newly watched user, so the client starts out right.
+        for uid in added {
+            let (status, _, text) = self.presence_of(uid);
+            let username = self
+                .presence
+                .borrow()
+                .get(uid)
+                .map(|p| p.username.clone())
+                .or_else(|| self.store.user(uid).ok().flatten().map(|u| u.username))
+                .unwrap_or_default();
+            session.out.push_str(presence_frame(uid, &username, status, &text));
+        }
+        live
+    }
+
+    /// Ends the session's `stream-user-presence` watch if `sub_id` is it (or any, for `None`).
+    pub fn clear_presence_watch_if(&self, session: &SessionHandle, sub_id: &str) -> bool {
+        let is_it = session
+            .presence_sub
+            .borrow()
+            .as_ref()
+            .is_some_and(|(id, _)| id == sub_id);
+        if is_it {
+            self.clear_presence_watch(session);
+        }
+        is_it
+    }
+
+    fn clear_presence_watch(&self, session: &SessionHandle) {
+        let Some((_, watched)) = session.presence_sub.borrow_mut().take() else {
+            return;
+        };
+        let mut watchers = self.presence_watchers.borrow_mut();
+        for uid in watched {
+            if let Some(set) = watchers.get_mut(&uid) {
+                set.remove(&session.id);
+                if set.is_empty() {
+                    watchers.remove(&uid);
+                }
+            }
+        }
+    }
+
+    /// Applies a batch of presence transitions from the owner: updates the local view and tells
+    /// `stream-notify-logged` / `user-status` and `stream-user-presence` subscribers (one frame
+    /// per transition, serialized once on this shard).
+    pub fn apply_presence(&self, updates: &[PresenceUpdate]) {
+        let listeners: Vec<Rc<SessionHandle>> = self
+            .sessions
+            .borrow()
+            .values()
+            .filter(|s| s.user().is_some() && s.wants(STREAM_NOTIFY_LOGGED, "user-status"))
+            .cloned()
+            .collect();
+        for u in updates {
+            {
+                let mut presence = self.presence.borrow_mut();
+                if u.connection == Status::Offline {
+                    presence.remove(&u.uid);
+                } else {
+                    presence.insert(u.uid.clone(), u.clone());
+                }
+            }
+            if !listeners.is_empty() {
+                let args = json!([[u.uid, u.username, u.status.code(), u.text, u.name, ["user"]]]).to_string();
+                let frame = Utf8Bytes::from(ddp::stream_event(STREAM_NOTIFY_LOGGED, "user-status", &args));
+                for s in &listeners {
+                    self.push(s, &frame);
+                }
+            }
+            let watchers: Vec<Rc<SessionHandle>> = {
+                let sessions = self.sessions.borrow();
+                self.presence_watchers
+                    .borrow()
+                    .get(&u.uid)
+                    .map(|set| set.iter().filter_map(|sid| sessions.get(sid).cloned()).collect())
+                    .unwrap_or_default()
+            };
+            if !watchers.is_empty() {
+                let frame = Utf8Bytes::from(presence_frame(&u.uid, &u.username, u.status, &u.text));
+                for s in &watchers {
+                    self.push(s, &frame);
+                }
+            }
+        }
+    }
+
+    /// Hands a typing / activity notice to every shard over the ephemeral lane; a full lane drops
+    /// it (counted).
+    pub fn send_activity(&self, activity: Activity) {
+        let activity = Arc::new(activity);
+        for shard in 0..self.ephemeral.nr_shards() {
+            if self
+                .ephemeral
+                .try_send_to(shard, ShardMsg::Activity(activity.clone()))
+                .is_err()
+            {
+                ShardStats::add(&self.stats.dropped, 1);
+            }
+        }
+    }
+
+    /// Delivers a typing / activity notice to the local members subscribed to it, except the
+    /// connection it came from. Frames are serialized once; a session with a busy queue skips it.
+    pub fn apply_activity(&self, a: &Activity) {
+        let members = self.member_sessions(&a.rid);
+        if members.is_empty() {
+            return;
+        }
+        let activity_event = format!("{}/user-activity", a.rid);
+        let typing_event = format!("{}/typing", a.rid);
+        let mut activity_frame: Option<Utf8Bytes> = None;
+        let mut typing_frame: Option<Utf8Bytes> = None;
+        let bridge = a.activities.is_empty() || a.typing();
+        let from_here = a.origin.host == 0 && a.origin.shard == self.shard;
+        for (_, s) in &members {
+            if from_here && s.id == a.origin.session {
+                continue;
+            }
+            if s.wants(STREAM_NOTIFY_ROOM, &activity_event) {
+                let f = activity_frame.get_or_insert_with(|| {
+                    let mut args = vec![json!(a.username), json!(a.activities)];
+                    if let Some(extra) = &a.extra {
+                        args.push(extra.clone());
+                    }
+                    Utf8Bytes::from(ddp::stream_event(
+                        STREAM_NOTIFY_ROOM,
+                        &activity_event,
+                        &serde_json::Value::Array(args).to_string(),
+                    ))
+                });
+                self.push_ephemeral(s, f);
+            }
+            if bridge && s.wants(STREAM_NOTIFY_ROOM, &typing_event) {
+                let f = typing_frame.get_or_insert_with(|| {
+                    Utf8Bytes::from(ddp::stream_event(
+                        STREAM_NOTIFY_ROOM,
+                        &typing_event,
+                        &json!([a.username, a.typing()]).to_string(),
+                    ))
+                });
+                self.push_ephemeral(s, f);
+            }
+        }
+    }
+
+    fn push_ephemeral(&self, session: &SessionHandle, frame: &Utf8Bytes) {
+        if session.out.push_ephemeral(frame.clone()) {
+            ShardStats::add(&self.stats.deliveries, 1);
+        } else {
+            ShardStats::add(&self.stats.dropped, 1);
         }
     }
 
@@ -618,30 +926,20 @@ impl Hub {
                     }
                 }
             }
-            Change::UserStatusChanged {
-                user,
-                status,
-                status_text,
-            } => {
-                let code = status_code(status);
-                let args = json!([[user.id, user.username, code, status_text, user.name, ["user"]]]).to_string();
-                let frame = Utf8Bytes::from(ddp::stream_event(STREAM_NOTIFY_LOGGED, "user-status", &args));
-                for s in self.all_sessions() {
-                    if s.user().is_some() && s.wants(STREAM_NOTIFY_LOGGED, "user-status") {
-                        self.push(&s, &frame);
-                    }
-                }
-            }
+            // The presence owner combines chosen status and connections and publishes the result
+            // (`apply_presence`); the raw change is not delivered to sessions.
+            Change::UserStatusChanged { .. } => {}
         }
     }
 }
 
-/// Rocket.Chat's numeric status codes.
-pub fn status_code(status: &str) -> u8 {
-    match status {
-        "online" => 1,
-        "away" => 2,
-        "busy" => 3,
-        _ => 0,
-    }
+/// A `stream-user-presence` event: the document id is the user id, not `"id"`.
+fn presence_frame(uid: &UserId, username: &str, status: Status, text: &str) -> String {
+    json!({
+        "msg": "changed",
+        "collection": STREAM_USER_PRESENCE,
+        "id": uid,
+        "fields": {"uid": uid, "args": [[username, status.code(), text]], "eventName": uid},
+    })
+    .to_string()
 }

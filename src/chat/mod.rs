@@ -5,15 +5,18 @@
 //! - `tailer`: on the tailer shard only: reads the store's change log and sends each change over
 //!   the mesh to exactly the shards with interested users.
 //! - `outbound`: a session's bounded outbound frame queue.
+//! - `presence`: typing / activity events and host-level presence (ephemeral, never stored).
 
 pub mod hub;
 pub mod outbound;
+pub mod presence;
 pub mod tailer;
 
 use std::sync::Arc;
 
 use crate::ids::UserId;
 use crate::store::ChangeRecord;
+use presence::{Activity, PresenceUpdate};
 
 /// Messages crossing the shard mesh. Only owned data and `Arc`s of immutable records.
 #[derive(Debug)]
@@ -31,7 +34,26 @@ pub enum ShardMsg {
     /// Tailer → every shard: the changes this shard must apply (in log order, possibly none) and
     /// the log position the whole batch reached.
     Changes { records: Vec<Arc<ChangeRecord>>, head: u64 },
+    /// Session shard → presence owner: every session of `uid` on `shard` is idle (`true`), or
+    /// one is active again.
+    UserIdle { uid: UserId, shard: usize, idle: bool },
+    /// Any shard → presence owner: what is the presence of these users now?
+    PresenceQuery {
+        uids: Vec<UserId>,
+        shard: usize,
+        token: u64,
+    },
+    /// Presence owner → asking shard: (status, connection status, text) per queried user.
+    PresenceAnswer {
+        token: u64,
+        answers: Vec<presence::PresenceRead>,
+    },
+    /// Presence owner → every shard: a batch of presence transitions, in order.
+    Presence(Arc<Vec<PresenceUpdate>>),
+    /// Ephemeral lane, any shard → every shard: a typing / activity notice (dropped when the lane
+    /// is full).
+    Activity(Arc<Activity>),
 }
 
-/// The shard that runs the change-feed tailer.
+/// The shard that runs the change-feed tailer and owns host-level presence.
 pub const TAILER_SHARD: usize = 0;

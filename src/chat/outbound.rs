@@ -89,6 +89,25 @@ impl Outbound {
         ok
     }
 
+    /// Queues a frame that may be dropped (typing): only while the queue is under half its
+    /// limits, so ephemeral traffic can neither grow memory nor get a session closed as slow.
+    /// Returns `false` when the frame was dropped.
+    pub fn push_ephemeral(&self, frame: Utf8Bytes) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if inner.closing.is_some()
+            || inner.queue.len() * 2 >= self.max_frames
+            || (inner.bytes + frame.len()) * 2 > self.max_bytes
+        {
+            return false;
+        }
+        inner.bytes += frame.len();
+        inner.queue.push_back(frame);
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+        true
+    }
+
     pub fn push_str(&self, frame: String) -> bool {
         self.push(Utf8Bytes::from(frame))
     }

@@ -15,6 +15,7 @@ use chatd_shards::{Mesh, ShardStats, ShutdownSignal};
 use futures::channel::mpsc;
 use futures::StreamExt;
 
+use super::presence::PresenceOwner;
 use super::ShardMsg;
 use crate::ids::{RoomId, UserId};
 use crate::store::{Change, ChangeRecord, Store, StoreError};
@@ -108,6 +109,7 @@ pub struct Tailer {
     nr_shards: usize,
     stats: Arc<ShardStats>,
     routing: RefCell<Routing>,
+    presence: Rc<PresenceOwner>,
     position: Cell<u64>,
     /// Records that failed to decode (counted, logged, skipped; never a crash).
     pub bad_records: Cell<u64>,
@@ -128,6 +130,7 @@ impl Tailer {
             routing.user_rooms.entry(uid).or_default().insert(rid);
         }
         Ok(Self {
+            presence: PresenceOwner::new(store.clone(), mesh.clone()),
             store,
             mesh,
             nr_shards,
@@ -138,11 +141,17 @@ impl Tailer {
         })
     }
 
+    /// The host-level presence owner (it lives on the tailer shard).
+    pub fn presence(&self) -> &Rc<PresenceOwner> {
+        &self.presence
+    }
+
     /// Handles a `UserShard` notice and acknowledges it once routing includes it.
     pub async fn on_user_shard(&self, uid: UserId, shard: usize, online: bool, ack: Option<u64>) {
         self.routing
             .borrow_mut()
             .user_shard(&uid, shard, online, self.nr_shards);
+        self.presence.on_shard_presence(&uid, shard, online);
         if let Some(token) = ack {
             if self.mesh.send_to(shard, ShardMsg::Ack { token }).await.is_err() {
                 tracing::debug!(shard, "shard gone before its ack");
@@ -165,7 +174,15 @@ impl Tailer {
                 r.membership(uid, &room.id, false, nr);
                 m
             }
-            Change::UserStatusChanged { .. } => mask((0..nr).map(|_| true)),
+            // Published by the presence owner (on this shard), not delivered as a change.
+            Change::UserStatusChanged {
+                user,
+                status,
+                status_text,
+            } => {
+                self.presence.on_chosen_status(&user.id, status, status_text);
+                0
+            }
             other => {
                 let room = other.room_id().map_or(0, |rid| r.room_mask(rid));
                 let user = other.user_id().map_or(0, |uid| r.user_mask(uid));

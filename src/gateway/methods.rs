@@ -10,7 +10,8 @@ use crate::auth;
 use crate::chat::hub::{
     MY_MESSAGES, STREAM_NOTIFY_LOGGED, STREAM_NOTIFY_ROOM, STREAM_NOTIFY_USER, STREAM_ROOM_MESSAGES,
 };
-use crate::ids::RoomId;
+use crate::chat::presence::{Activity, Origin};
+use crate::ids::{RoomId, UserId};
 use crate::protocol::ddp::{self, MeteorError};
 use crate::protocol::wire::{self, Dates};
 use crate::store::{HistoryQuery, Room, RoomType};
@@ -78,6 +79,33 @@ impl Session {
             "readMessages" => self.read_messages(&params).await,
             "getRoomIdByNameOrId" => self.room_id_by_name_or_id(&params),
             "getRoomNameById" => self.room_name_by_id(&params),
+            "UserPresence:setDefaultStatus" => {
+                let user = self.require_user()?;
+                let status = str_at(&params, 0, "status")?;
+                self.ops().set_status(method, user, Some(status), None).await?;
+                Ok(Some(json!(true)))
+            }
+            "UserPresence:online" | "UserPresence:away" => {
+                self.require_user()?;
+                self.ctx.hub.set_idle(&self.handle, method == "UserPresence:away").await;
+                Ok(Some(json!(true)))
+            }
+            "setUserStatus" => {
+                let user = self.require_user()?;
+                let status = match params.first() {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.as_str()),
+                    Some(_) => return Err(MeteorError::match_failed("statusType must be a string")),
+                };
+                let text = match params.get(1) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.as_str()),
+                    Some(_) => return Err(MeteorError::match_failed("statusText must be a string")),
+                };
+                self.ops().set_status(method, user, status, text).await?;
+                Ok(None)
+            }
+            "stream-notify-room" => self.notify_room(&params),
             _ => Err(MeteorError::new(404, format!("Method '{method}' not found"))),
         }
     }
@@ -322,6 +350,85 @@ impl Session {
         let rid = RoomId::from(str_at(params, 0, "rid")?);
         self.ops().mark_read("readMessages", user, rid).await?;
         Ok(None)
+    }
+
+    /// `stream-notify-room` writes: `<rid>/user-activity [username, activities, extra?]` and
+    /// `<rid>/typing [username, bool]` from a member. A username other than the caller's is
+    /// dropped silently (Rocket.Chat does the same); nothing is stored.
+    fn notify_room(&self, params: &[Value]) -> MethodResult {
+        let user = self.require_user()?;
+        let event = str_at(params, 0, "eventName")?;
+        let not_allowed = || MeteorError::new("not-allowed", "Not allowed").with_method("stream-notify-room");
+        let (rid, kind) = event.split_once('/').ok_or_else(not_allowed)?;
+        let username = str_at(params, 1, "username")?;
+        let (activities, extra) = match kind {
+            "user-activity" => {
+                let list = params
+                    .get(2)
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| MeteorError::match_failed("activities must be an array"))?;
+                let activities = list
+                    .iter()
+                    .map(|a| a.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| MeteorError::match_failed("activities must be strings"))?;
+                let extra = match params.get(3) {
+                    None | Some(Value::Null) => None,
+                    Some(v @ Value::Object(_)) => Some(v.clone()),
+                    Some(_) => return Err(MeteorError::match_failed("extra must be an object")),
+                };
+                (activities, extra)
+            }
+            "typing" => {
+                let on = params
+                    .get(2)
+                    .and_then(Value::as_bool)
+                    .ok_or_else(|| MeteorError::match_failed("typing flag must be a boolean"))?;
+                (if on { vec!["user-typing".to_owned()] } else { Vec::new() }, None)
+            }
+            _ => return Err(not_allowed()),
+        };
+        let rid = RoomId::from(rid);
+        if !self.ops().member_of(user, &rid) {
+            return Err(not_allowed());
+        }
+        if username != user.username {
+            tracing::debug!(claimed = username, "typing event with another user's name dropped");
+            return Ok(None);
+        }
+        self.ctx.hub.send_activity(Activity {
+            rid,
+            username: user.username.clone(),
+            activities,
+            extra,
+            origin: Origin {
+                host: 0,
+                shard: self.ctx.hub.shard,
+                session: self.handle.id,
+            },
+        });
+        Ok(None)
+    }
+
+    /// `stream-user-presence ["", {added: [uid...], removed: [uid...]}]`. `Ok(true)`: this is the
+    /// connection's live presence subscription; `Ok(false)`: it only edited the live one.
+    pub fn subscribe_presence(&self, id: &str, params: &[Value]) -> Result<bool, MeteorError> {
+        self.user
+            .as_ref()
+            .ok_or_else(|| MeteorError::new("not-allowed", "Not allowed"))?;
+        let uids = |key: &str| -> Result<Vec<UserId>, MeteorError> {
+            match params.get(1).and_then(|o| o.get(key)) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map(UserId::from))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| MeteorError::match_failed(&format!("{key} must be user ids"))),
+                Some(_) => Err(MeteorError::match_failed(&format!("{key} must be an array"))),
+            }
+        };
+        let (added, removed) = (uids("added")?, uids("removed")?);
+        Ok(self.ctx.hub.watch_presence(&self.handle, id, &added, &removed))
     }
 
     fn accessible_room(&self, name_or_id: &str) -> Result<Room, MeteorError> {

@@ -4,6 +4,7 @@
 //! both APIs behave the same. Runs on the caller's shard.
 
 use crate::auth;
+use crate::chat::presence::{PresenceRead, Status};
 use crate::ids::{now_ms, random_secret, MessageId, RoomId};
 use serde_json::Value;
 
@@ -425,5 +426,55 @@ impl<'a> Ops<'a> {
             .filter(|(s, r)| since.is_none_or(|t| s.updated_at.max(r.updated_at) > t))
             .map(|(s, r)| wire::subscription(s, r, d))
             .collect())
+    }
+
+    /// Sets the user's chosen (persisted) status and, when given, its text. `invisible` is
+    /// stored as `offline`: connected, but shown offline.
+    pub async fn set_status(
+        &self,
+        method: &str,
+        user: &User,
+        status: Option<&str>,
+        text: Option<&str>,
+    ) -> Result<(), MeteorError> {
+        let status = match status {
+            None => user.status.clone(),
+            Some(s) => match Status::parse(s) {
+                Some(st) => st.as_str().to_owned(),
+                None => {
+                    return Err(MeteorError::new(
+                        "error-invalid-status",
+                        "Valid status types include online, away, offline, and busy.",
+                    )
+                    .with_method(method))
+                }
+            },
+        };
+        if text.is_some_and(|t| t.chars().count() > 120) {
+            return Err(
+                MeteorError::new("error-status-text-too-long", "Status text is limited to 120 characters")
+                    .with_method(method),
+            );
+        }
+        self.write(
+            method,
+            WriteOp::SetStatus {
+                uid: user.id.clone(),
+                status,
+                status_text: text.map(str::to_owned),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// What others see of `user`'s presence now: (status, connection status, status text).
+    pub async fn presence(&self, user: &User) -> PresenceRead {
+        self.ctx
+            .hub
+            .query_presence(vec![user.id.clone()])
+            .await
+            .pop()
+            .unwrap_or((Status::Offline, Status::Offline, String::new()))
     }
 }

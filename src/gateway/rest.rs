@@ -18,7 +18,7 @@ use crate::auth;
 use crate::ids::{RoomId, UserId};
 use crate::protocol::ddp::MeteorError;
 use crate::protocol::wire::{self, Dates};
-use crate::store::{HistoryQuery, Room, RoomType, User, WriteOp};
+use crate::store::{HistoryQuery, Room, RoomType, User};
 
 /// `API_Default_Count` and `API_Upper_Count_Limit` of Rocket.Chat.
 const DEFAULT_COUNT: usize = 50;
@@ -369,11 +369,16 @@ impl Call<'_> {
                     json!({"status": "success", "data": {"message": "You've been logged out!"}}),
                 ))
             }
-            "me" => Ok(ok(wire::user(user, &user.status, Dates::Iso, true))),
-            "users.info" => self.users_info(user),
+            "me" => Ok(ok(wire::user(
+                user,
+                self.ops.presence(user).await.0.as_str(),
+                Dates::Iso,
+                true,
+            ))),
+            "users.info" => self.users_info(user).await,
             "users.setStatus" => self.set_status(user).await,
-            "users.getStatus" => self.get_status(user, false),
-            "users.getPresence" => self.get_status(user, true),
+            "users.getStatus" => self.get_status(user, false).await,
+            "users.getPresence" => self.get_status(user, true).await,
             "rooms.get" => {
                 let since = self.query.date("updatedSince")?;
                 let rooms = self.ops.rooms_since("rooms.get", user, since, Dates::Iso)?;
@@ -468,7 +473,12 @@ impl Call<'_> {
             Err(e) if e.code_text() == "403" => return Err(login_failed()),
             Err(e) => return Err(e.into()),
         };
-        let me = wire::user(&logged_in.user, &logged_in.user.status, Dates::Iso, true);
+        let me = wire::user(
+            &logged_in.user,
+            self.ops.presence(&logged_in.user).await.0.as_str(),
+            Dates::Iso,
+            true,
+        );
         Ok(ok(json!({
             "status": "success",
             "data": {"userId": logged_in.user.id, "authToken": logged_in.token, "me": me},
@@ -489,7 +499,7 @@ impl Call<'_> {
                 b.opt_str("name")?,
             )
             .await?;
-        Ok(ok(json!({"user": wire::user(&user, &user.status, Dates::Iso, false)})))
+        Ok(ok(json!({"user": wire::user(&user, "offline", Dates::Iso, false)})))
     }
 
     /// The user named by `userId` or `username` in the query, or the caller.
@@ -504,7 +514,7 @@ impl Call<'_> {
         found.ok_or_else(|| RestError::typed(StatusCode::BAD_REQUEST, "User not found.", "error-invalid-user"))
     }
 
-    fn users_info(&self, caller: &User) -> RestResult {
+    async fn users_info(&self, caller: &User) -> RestResult {
         if self.query.get("userId").is_none() && self.query.get("username").is_none() {
             return Err(RestError::invalid(
                 "The required \"userId\" or \"username\" param was not provided",
@@ -512,13 +522,12 @@ impl Call<'_> {
         }
         let user = self.target_user(caller)?;
         let own = user.id == caller.id;
-        Ok(ok(json!({"user": wire::user(&user, &user.status, Dates::Iso, own)})))
+        let status = self.ops.presence(&user).await.0;
+        Ok(ok(json!({"user": wire::user(&user, status.as_str(), Dates::Iso, own)})))
     }
 
     async fn set_status(&self, user: &User) -> RestResult {
         let b = &self.body;
-        let status = b.opt_str("status")?.unwrap_or(&user.status).to_owned();
-        let message = b.opt_str("message")?.map(str::to_owned);
         if let Some(target) = b.opt_str("userId")?.or(b.opt_str("username")?) {
             if target != user.id.as_str() && target != user.username {
                 return Err(RestError::typed(
@@ -529,26 +538,22 @@ impl Call<'_> {
             }
         }
         self.ops
-            .write(
-                "users.setStatus",
-                WriteOp::SetStatus {
-                    uid: user.id.clone(),
-                    status,
-                    status_text: message,
-                },
-            )
+            .set_status("users.setStatus", user, b.opt_str("status")?, b.opt_str("message")?)
             .await?;
         Ok(ok(json!({})))
     }
 
-    fn get_status(&self, caller: &User, presence: bool) -> RestResult {
+    async fn get_status(&self, caller: &User, presence: bool) -> RestResult {
         let user = self.target_user(caller)?;
+        let (status, connection, text) = self.ops.presence(&user).await;
         if presence {
-            return Ok(ok(json!({"presence": user.status})));
+            return Ok(ok(
+                json!({"presence": status.as_str(), "connectionStatus": connection.as_str()}),
+            ));
         }
-        let mut v = json!({"_id": user.id, "status": user.status, "message": user.status_text});
+        let mut v = json!({"_id": user.id, "status": status.as_str(), "message": text});
         if user.id == caller.id {
-            v["connectionStatus"] = json!(user.status);
+            v["connectionStatus"] = json!(connection.as_str());
         }
         Ok(ok(v))
     }
@@ -623,7 +628,8 @@ impl Call<'_> {
         let mut page = Vec::new();
         for uid in members.iter().skip(offset).take(count) {
             if let Some(u) = store.user(uid).map_err(|e| store_err("channels.members", e))? {
-                page.push(json!({"_id": u.id, "username": u.username, "name": u.name, "status": u.status}));
+                let status = self.ops.ctx.hub.presence_of(&u.id).0;
+                page.push(json!({"_id": u.id, "username": u.username, "name": u.name, "status": status.as_str()}));
             }
         }
         Ok(ok(

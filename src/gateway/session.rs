@@ -16,7 +16,7 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
 use super::ShardCtx;
-use crate::chat::hub::SessionHandle;
+use crate::chat::hub::{SessionHandle, STREAM_USER_PRESENCE};
 use crate::chat::outbound::{Batch, CloseReason, Outbound};
 use crate::ids::random_id;
 use crate::protocol::ddp::{self, ClientFrame, MeteorError};
@@ -340,6 +340,14 @@ impl Session {
                 self.push(ddp::updated(&id));
                 true
             }
+            ClientFrame::Sub { id, name, params } if name == STREAM_USER_PRESENCE => {
+                match self.subscribe_presence(&id, &params) {
+                    Ok(true) => self.push(ddp::ready(&id)),
+                    Ok(false) => self.push(ddp::nosub(&id, None)),
+                    Err(e) => self.push(ddp::nosub(&id, Some(&e))),
+                }
+                true
+            }
             ClientFrame::Sub { id, name, params } => {
                 match self.subscribe(&id, &name, &params) {
                     Ok(true) => self.push(ddp::ready(&id)),
@@ -350,6 +358,7 @@ impl Session {
             }
             ClientFrame::Unsub { id } => {
                 self.handle.remove_sub(&id);
+                self.ctx.hub.clear_presence_watch_if(&self.handle, &id);
                 self.push(ddp::nosub(&id, None));
                 true
             }

@@ -38,14 +38,59 @@ def check_users(anon, alice, bob):
     info = alice.users_info(username="bob")
     expect(info["user"]["_id"] == bob.headers["X-User-Id"], f"users.info: {info}")
     expect(alice.users_info(user_id=info["user"]["_id"])["user"]["username"] == "bob", "users.info by id")
+    # Presence needs a connection: a user with none is offline whatever they chose.
+    expect(bob.users_get_presence(username="alice")["presence"] == "offline", "offline without a connection")
+    asyncio.run(status_while_connected(url_of(alice), alice, bob))
+    expect(bob.users_get_presence(username="alice")["presence"] == "offline", "offline again after disconnecting")
+
+
+def url_of(rest):
+    return rest.server_url.replace("http://", "ws://") + "/websocket"
+
+
+async def next_status(events, username):
+    """The next user-status event for `username` seen by the watcher (bounded wait)."""
+    while True:
+        name, code = await asyncio.wait_for(events.get(), WAIT)
+        if name == username:
+            return code
+
+
+async def status_while_connected(ws_url, alice, bob):
+    # bob watches user-status over the realtime API (through the client's own dispatcher).
+    watcher = Realtime()
+    await asyncio.wait_for(watcher.start(ws_url, "bob", "bob-pw"), WAIT)
+    events = asyncio.Queue()
+
+    def on_status(msg):
+        for entry in msg["fields"]["args"]:
+            events.put_nowait((entry[1], entry[2]))
+
+    sub = {"msg": "sub", "id": "status-watch", "name": "stream-notify-logged", "params": ["user-status", False]}
+    await watcher._dispatcher.create_subscription(sub, "status-watch", on_status)
+    await asyncio.wait_for(watcher.get_channels(), WAIT)  # the subscription is in place after this
+
+    rt = Realtime()
+    await asyncio.wait_for(rt.start(ws_url, "alice", "alice-pw"), WAIT)
+    expect(await next_status(events, "alice") == 1, "bob sees alice come online")
+    expect(bob.users_get_presence(username="alice")["presence"] == "online", "online once connected")
     expect(alice.users_set_status(message="at lunch", status="away")["success"], "users.setStatus")
     own = alice.call_api_get("users.getStatus")
     expect(own["status"] == "away" and own["_id"] == alice.headers["X-User-Id"], f"own status: {own}")
+    expect(own["connectionStatus"] == "online" and own["message"] == "at lunch", f"own connection status: {own}")
     other = bob.call_api_get("users.getStatus", username="alice")
     expect(other["status"] == "away", f"alice's status seen by bob: {other}")
-    presence = bob.users_get_presence(username="alice")
-    expect(presence["presence"] == "away", f"presence: {presence}")
-    alice.users_set_status(message="", status="online")
+    expect(await next_status(events, "alice") == 2, "bob sees alice go away")
+    expect(alice.users_set_status(message="", status="online")["success"], "back online")
+    expect(bob.users_get_presence(username="alice")["presence"] == "online", "online again")
+    expect(await next_status(events, "alice") == 1, "bob sees alice back online")
+    rt._ws_connection_task.cancel()
+    try:
+        await rt._ws_connection_task
+    except asyncio.CancelledError:
+        pass
+    expect(await next_status(events, "alice") == 0, "bob sees alice go offline when she disconnects")
+    expect(bob.users_get_presence(username="alice")["presence"] == "offline", "offline after disconnect")
 
 
 def check_rooms(alice, bob):

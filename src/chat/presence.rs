@@ -1,0 +1,369 @@
+//! Ephemeral events: typing / user activity and presence. Nothing here is written to the store
+//! except a user's *chosen* status (through the normal write path); connection state lives only
+//! in memory.
+//!
+//! The event types are plain data (serde) and carry their origin, so that host-to-host peering can
+//! later carry the same events between hosts unchanged:
+//!
+//! - [`Activity`]: a typing / user-activity notice for a room. The shard where it was sent hands it
+//!   to every shard over the *ephemeral lane* of the mesh (a separate bounded channel per
+//!   destination, `try_send` only): under overload it is dropped and counted, never waited for.
+//! - Presence: every shard reports, per user, whether the user has sessions on it and whether all
+//!   of them are idle ("away"). One shard, the [`PresenceOwner`] (the tailer shard), combines the
+//!   reports and the user's chosen status into the host-level status, and broadcasts transitions
+//!   in batches ([`PresenceUpdate`]) over the reliable lane. No lock is shared between shards.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatd_shards::Mesh;
+use serde::{Deserialize, Serialize};
+
+use super::ShardMsg;
+use crate::ids::{RoomId, UserId};
+use crate::store::Store;
+
+/// How long the owner gathers transitions before broadcasting them as one batch: 10,000 users
+/// logging in at once become a few messages per shard, not 10,000.
+const PRESENCE_FLUSH: Duration = Duration::from_millis(10);
+/// Most updates per broadcast message.
+const PRESENCE_BATCH: usize = 2048;
+
+/// Rocket.Chat's user statuses, with their numeric codes (offline 0, online 1, away 2, busy 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Offline,
+    Online,
+    Away,
+    Busy,
+}
+
+impl Status {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "offline" | "invisible" => Some(Self::Offline),
+            "online" => Some(Self::Online),
+            "away" => Some(Self::Away),
+            "busy" => Some(Self::Busy),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::Online => "online",
+            Self::Away => "away",
+            Self::Busy => "busy",
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Offline => 0,
+            Self::Online => 1,
+            Self::Away => 2,
+            Self::Busy => 3,
+        }
+    }
+}
+
+/// A presence read: (status others see, connection status, status text).
+pub type PresenceRead = (Status, Status, String);
+
+/// Where an ephemeral event came from. `host` is 0 for this host; peering assigns the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub host: u32,
+    pub shard: usize,
+    pub session: u64,
+}
+
+/// A typing / user-activity notice, as written by a member of `rid`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Activity {
+    pub rid: RoomId,
+    pub username: String,
+    /// Activities in progress (`["user-typing"]`), empty when the user stopped.
+    pub activities: Vec<String>,
+    /// The client's extra object (e.g. `{tmid}`), passed through.
+    pub extra: Option<serde_json::Value>,
+    pub origin: Origin,
+}
+
+impl Activity {
+    pub fn typing(&self) -> bool {
+        self.activities.iter().any(|a| a == "user-typing")
+    }
+}
+
+/// One user's host-level presence after a transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceUpdate {
+    pub uid: UserId,
+    pub username: String,
+    pub name: String,
+    /// What others see: offline, or the chosen status, or away when every connection is idle.
+    pub status: Status,
+    /// The connection status alone (offline / online / away).
+    pub connection: Status,
+    pub text: String,
+}
+
+/// What the owner knows of one user.
+struct UserPresence {
+    username: String,
+    name: String,
+    /// The chosen (persisted) status and its text.
+    chosen: Status,
+    text: String,
+    /// Per shard: presence notices counted (> 0: has sessions there; counting makes their
+    /// arrival order irrelevant), and whether all of them are idle.
+    present: Vec<i32>,
+    idle: Vec<bool>,
+    /// What was last broadcast.
+    published: Option<(Status, Status, String)>,
+}
+
+impl UserPresence {
+    fn connection(&self) -> Status {
+        let mut any = false;
+        for (i, p) in self.present.iter().enumerate() {
+            if *p > 0 {
+                any = true;
+                if !self.idle.get(i).copied().unwrap_or(false) {
+                    return Status::Online;
+                }
+            }
+        }
+        if any {
+            Status::Away
+        } else {
+            Status::Offline
+        }
+    }
+
+    fn effective(&self) -> Status {
+        match (self.connection(), self.chosen) {
+            (Status::Offline, _) => Status::Offline,
+            (conn, Status::Online) => conn,
+            (_, chosen) => chosen,
+        }
+    }
+}
+
+/// Host-level presence, owned by one shard (the tailer shard).
+pub struct PresenceOwner {
+    store: Store,
+    mesh: Rc<Mesh<ShardMsg>>,
+    nr_shards: usize,
+    users: RefCell<HashMap<UserId, UserPresence>>,
+    dirty: RefCell<Vec<UserId>>,
+    dirty_set: RefCell<HashSet<UserId>>,
+    flush_scheduled: Cell<bool>,
+}
+
+impl PresenceOwner {
+    pub fn new(store: Store, mesh: Rc<Mesh<ShardMsg>>) -> Rc<Self> {
+        let nr_shards = mesh.nr_shards();
+        Rc::new(Self {
+            store,
+            mesh,
+            nr_shards,
+            users: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(Vec::new()),
+            dirty_set: RefCell::new(HashSet::new()),
+            flush_scheduled: Cell::new(false),
+        })
+    }
+
+    /// A shard reports that `uid` now has (`present`) or no longer has sessions there.
+    pub fn on_shard_presence(self: &Rc<Self>, uid: &UserId, shard: usize, present: bool) {
+        let mut users = self.users.borrow_mut();
+        if !users.contains_key(uid) {
+            if !present {
+                return;
+            }
+            // First sight: the chosen status comes from the store (anything committed later
+            // arrives through the change feed as a status change).
+            let user = match self.store.user(uid) {
+                Ok(Some(u)) => u,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(uid = %uid, error = %e, "presence: cannot read the user");
+                    return;
+                }
+            };
+            users.insert(
+                uid.clone(),
+                UserPresence {
+                    username: user.username,
+                    name: user.name,
+                    chosen: Status::parse(&user.status).unwrap_or(Status::Online),
+                    text: user.status_text,
+                    present: vec![0; self.nr_shards],
+                    idle: vec![false; self.nr_shards],
+                    published: None,
+                },
+            );
+        }
+        if let Some(p) = users.get_mut(uid) {
+            if let Some(slot) = p.present.get_mut(shard) {
+                *slot += if present { 1 } else { -1 };
+                if *slot <= 0 {
+                    if let Some(idle) = p.idle.get_mut(shard) {
+                        *idle = false;
+                    }
+                }
+            }
+        }
+        drop(users);
+        self.mark(uid);
+    }
+
+    /// A shard reports that every session of `uid` there is idle (`true`) or one is active.
+    pub fn on_shard_idle(self: &Rc<Self>, uid: &UserId, shard: usize, idle: bool) {
+        if let Some(p) = self.users.borrow_mut().get_mut(uid) {
+            if let Some(slot) = p.idle.get_mut(shard) {
+                *slot = idle;
+            }
+        } else {
+            return;
+        }
+        self.mark(uid);
+    }
+
+    /// The user's chosen status changed (from the change feed).
+    pub fn on_chosen_status(self: &Rc<Self>, uid: &UserId, status: &str, text: &str) {
+        if let Some(p) = self.users.borrow_mut().get_mut(uid) {
+            p.chosen = Status::parse(status).unwrap_or(Status::Online);
+            p.text = text.to_owned();
+        } else {
+            return;
+        }
+        self.mark(uid);
+    }
+
+    /// The current host-level presence of `uids`: (status, connection status, status text).
+    pub fn query(&self, uids: &[UserId]) -> Vec<PresenceRead> {
+        let users = self.users.borrow();
+        uids.iter()
+            .map(|uid| match users.get(uid) {
+                Some(p) => (p.effective(), p.connection(), p.text.clone()),
+                None => (Status::Offline, Status::Offline, String::new()),
+            })
+            .collect()
+    }
+
+    fn mark(self: &Rc<Self>, uid: &UserId) {
+        if self.dirty_set.borrow_mut().insert(uid.clone()) {
+            self.dirty.borrow_mut().push(uid.clone());
+        }
+        if !self.flush_scheduled.replace(true) {
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(PRESENCE_FLUSH).await;
+                me.flush().await;
+            })
+            .detach();
+        }
+    }
+
+    /// Broadcasts the transitions gathered since the last flush, in the order they happened.
+    async fn flush(&self) {
+        self.flush_scheduled.set(false);
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        self.dirty_set.borrow_mut().clear();
+        let mut updates = Vec::new();
+        {
+            let mut users = self.users.borrow_mut();
+            for uid in dirty {
+                let Some(p) = users.get_mut(&uid) else { continue };
+                let now = (p.effective(), p.connection(), p.text.clone());
+                if p.published.as_ref() != Some(&now) {
+                    updates.push(PresenceUpdate {
+                        uid: uid.clone(),
+                        username: p.username.clone(),
+                        name: p.name.clone(),
+                        status: now.0,
+                        connection: now.1,
+                        text: now.2.clone(),
+                    });
+                    p.published = Some(now);
+                }
+                if p.connection() == Status::Offline {
+                    users.remove(&uid);
+                }
+            }
+        }
+        for chunk in updates.chunks(PRESENCE_BATCH) {
+            let batch = Arc::new(chunk.to_vec());
+            for shard in 0..self.nr_shards {
+                if self
+                    .mesh
+                    .send_to(shard, ShardMsg::Presence(batch.clone()))
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(shard, "shard gone; presence not delivered there");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(present: &[bool], idle: &[bool], chosen: Status) -> UserPresence {
+        let present = present.iter().map(|p| i32::from(*p)).collect();
+        UserPresence {
+            username: "u".into(),
+            name: "U".into(),
+            chosen,
+            text: String::new(),
+            present,
+            idle: idle.to_vec(),
+            published: None,
+        }
+    }
+
+    #[test]
+    fn effective_status_combines_connections_and_choice() {
+        assert_eq!(
+            user(&[false, false], &[false, false], Status::Online).effective(),
+            Status::Offline
+        );
+        assert_eq!(
+            user(&[true, false], &[false, false], Status::Online).effective(),
+            Status::Online
+        );
+        assert_eq!(
+            user(&[true, true], &[true, false], Status::Online).effective(),
+            Status::Online
+        );
+        assert_eq!(
+            user(&[true, true], &[true, true], Status::Online).effective(),
+            Status::Away
+        );
+        assert_eq!(
+            user(&[true, false], &[false, false], Status::Busy).effective(),
+            Status::Busy
+        );
+        assert_eq!(
+            user(&[false, false], &[false, false], Status::Busy).effective(),
+            Status::Offline
+        );
+        // Chosen "offline" is invisible: offline to others while connected.
+        let invisible = user(&[true, false], &[false, false], Status::Offline);
+        assert_eq!(
+            (invisible.effective(), invisible.connection()),
+            (Status::Offline, Status::Online)
+        );
+    }
+}
