@@ -211,3 +211,58 @@ fn second_set_on_the_same_port_is_refused() {
     );
     first.stop().unwrap();
 }
+
+#[test]
+fn a_full_ephemeral_lane_never_holds_up_the_main_mesh() {
+    let (report_tx, report_rx) = mpsc::channel::<Result<String, String>>();
+    let report_tx = Arc::new(Mutex::new(report_tx));
+    let cfg = ShardSetConfig {
+        ephemeral_capacity: 2,
+        ..config(2, 4)
+    };
+    let shard_main = move |ctx: chatd_shards::ShardContext<u32>| {
+        let report_tx = report_tx.clone();
+        async move {
+            // Keep the ephemeral receivers alive (an async block captures only the fields it
+            // names; dropping them would close the lane instead of leaving it unread).
+            let _lane = &ctx.ephemeral_receivers;
+            let res = if ctx.id == 0 {
+                // Once shard 1 is up (it says so over the main mesh), it never reads its
+                // ephemeral lane: the lane (connected by one waiting send) fills and hands
+                // messages back, while the main mesh still delivers.
+                let _ = ctx.receivers[1].recv().await;
+                let connected = ctx.ephemeral.send_to(1, 0).await.is_ok();
+                let handed_back = (1..=10u32)
+                    .filter(|seq| ctx.ephemeral.try_send_to(1, *seq).is_err())
+                    .count();
+                let sent = ctx.mesh.send_to(1, 7777).await.is_ok();
+                if connected && handed_back >= 8 && sent {
+                    Ok("lane full".to_owned())
+                } else {
+                    Err(format!(
+                        "connected {connected}, handed back {handed_back} of 10, main send ok: {sent}"
+                    ))
+                }
+            } else {
+                let _ = ctx.mesh.send_to(0, 1).await;
+                match ctx.receivers[0].recv().await {
+                    Some(7777) => Ok("main mesh delivered".to_owned()),
+                    other => Err(format!("unexpected {other:?}")),
+                }
+            };
+            report_tx.lock().unwrap().send(res).unwrap();
+            ctx.shutdown.wait().await;
+        }
+    };
+    let set = ShardSet::start(&cfg, ShutdownHandle::new(), shard_main).unwrap();
+    let mut reports = vec![
+        report_rx.recv_timeout(WAIT).unwrap(),
+        report_rx.recv_timeout(WAIT).unwrap(),
+    ];
+    set.stop().unwrap();
+    reports.sort();
+    assert_eq!(
+        reports,
+        [Ok("lane full".to_owned()), Ok("main mesh delivered".to_owned())]
+    );
+}

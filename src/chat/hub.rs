@@ -467,15 +467,17 @@ impl Hub {
                 }
             }
         }
+        let mut fresh = Vec::new();
         for uid in added {
             if watched.insert(uid.clone()) {
                 watchers.entry(uid.clone()).or_default().insert(session.id);
+                fresh.push(uid);
             }
         }
         drop(watchers);
         drop(sub);
         // The current state of every newly watched user, so the client starts out right.
-        for uid in added {
+        for uid in fresh {
             let (status, _, text) = self.presence_of(uid);
             let username = self
                 .presence

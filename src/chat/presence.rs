@@ -14,7 +14,7 @@
 //!   in batches ([`PresenceUpdate`]) over the reliable lane. No lock is shared between shards.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use crate::ids::{RoomId, UserId};
 use crate::store::Store;
 
 /// How long the owner gathers transitions before broadcasting them as one batch: 10,000 users
-/// logging in at once become a few messages per shard, not 10,000.
+/// logging in at once become a few messages per shard, not 10,000. Every transition is kept.
 const PRESENCE_FLUSH: Duration = Duration::from_millis(10);
 /// Most updates per broadcast message.
 const PRESENCE_BATCH: usize = 2048;
@@ -162,8 +162,9 @@ pub struct PresenceOwner {
     mesh: Rc<Mesh<ShardMsg>>,
     nr_shards: usize,
     users: RefCell<HashMap<UserId, UserPresence>>,
-    dirty: RefCell<Vec<UserId>>,
-    dirty_set: RefCell<HashSet<UserId>>,
+    /// Transitions not yet broadcast, in the order they happened (every one is kept; only the
+    /// broadcasting is batched).
+    pending: RefCell<Vec<PresenceUpdate>>,
     flush_scheduled: Cell<bool>,
 }
 
@@ -175,8 +176,7 @@ impl PresenceOwner {
             mesh,
             nr_shards,
             users: RefCell::new(HashMap::new()),
-            dirty: RefCell::new(Vec::new()),
-            dirty_set: RefCell::new(HashSet::new()),
+            pending: RefCell::new(Vec::new()),
             flush_scheduled: Cell::new(false),
         })
     }
@@ -259,9 +259,26 @@ impl PresenceOwner {
             .collect()
     }
 
+    /// Records `uid`'s transition, if its visible state changed, and schedules a broadcast.
     fn mark(self: &Rc<Self>, uid: &UserId) {
-        if self.dirty_set.borrow_mut().insert(uid.clone()) {
-            self.dirty.borrow_mut().push(uid.clone());
+        {
+            let mut users = self.users.borrow_mut();
+            let Some(p) = users.get_mut(uid) else { return };
+            let now = (p.effective(), p.connection(), p.text.clone());
+            if p.published.as_ref() != Some(&now) {
+                self.pending.borrow_mut().push(PresenceUpdate {
+                    uid: uid.clone(),
+                    username: p.username.clone(),
+                    name: p.name.clone(),
+                    status: now.0,
+                    connection: now.1,
+                    text: now.2.clone(),
+                });
+                p.published = Some(now);
+            }
+            if p.connection() == Status::Offline {
+                users.remove(uid);
+            }
         }
         if !self.flush_scheduled.replace(true) {
             let me = self.clone();
@@ -273,43 +290,26 @@ impl PresenceOwner {
         }
     }
 
-    /// Broadcasts the transitions gathered since the last flush, in the order they happened.
+    /// Broadcasts the transitions gathered since the last flush, in the order they happened. Runs
+    /// until nothing is pending, so two flushes never interleave.
     async fn flush(&self) {
-        self.flush_scheduled.set(false);
-        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
-        self.dirty_set.borrow_mut().clear();
-        let mut updates = Vec::new();
-        {
-            let mut users = self.users.borrow_mut();
-            for uid in dirty {
-                let Some(p) = users.get_mut(&uid) else { continue };
-                let now = (p.effective(), p.connection(), p.text.clone());
-                if p.published.as_ref() != Some(&now) {
-                    updates.push(PresenceUpdate {
-                        uid: uid.clone(),
-                        username: p.username.clone(),
-                        name: p.name.clone(),
-                        status: now.0,
-                        connection: now.1,
-                        text: now.2.clone(),
-                    });
-                    p.published = Some(now);
-                }
-                if p.connection() == Status::Offline {
-                    users.remove(&uid);
-                }
+        loop {
+            let updates = std::mem::take(&mut *self.pending.borrow_mut());
+            if updates.is_empty() {
+                self.flush_scheduled.set(false);
+                return;
             }
-        }
-        for chunk in updates.chunks(PRESENCE_BATCH) {
-            let batch = Arc::new(chunk.to_vec());
-            for shard in 0..self.nr_shards {
-                if self
-                    .mesh
-                    .send_to(shard, ShardMsg::Presence(batch.clone()))
-                    .await
-                    .is_err()
-                {
-                    tracing::debug!(shard, "shard gone; presence not delivered there");
+            for chunk in updates.chunks(PRESENCE_BATCH) {
+                let batch = Arc::new(chunk.to_vec());
+                for shard in 0..self.nr_shards {
+                    if self
+                        .mesh
+                        .send_to(shard, ShardMsg::Presence(batch.clone()))
+                        .await
+                        .is_err()
+                    {
+                        tracing::debug!(shard, "shard gone; presence not delivered there");
+                    }
                 }
             }
         }

@@ -86,7 +86,19 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 pub fn ws_connect(addr: SocketAddr) -> WebSocket<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, WAIT).expect("tcp connect");
+    ws_over(TcpStream::connect_timeout(&addr, WAIT).expect("tcp connect"), addr)
+}
+
+/// A connection whose socket receive buffer is tiny, so that a client that stops reading backs
+/// up into the server's queue quickly instead of into kernel buffers.
+pub fn ws_connect_small_rcvbuf(addr: SocketAddr) -> WebSocket<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect_timeout(&addr.into(), WAIT).expect("tcp connect");
+    ws_over(socket.into(), addr)
+}
+
+fn ws_over(stream: TcpStream, addr: SocketAddr) -> WebSocket<TcpStream> {
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     stream.set_nodelay(true).expect("nodelay");
     let (ws, _) = tungstenite::client::client(format!("ws://{addr}/websocket"), stream).expect("ws handshake");
@@ -108,8 +120,13 @@ pub struct Ddp {
 impl Ddp {
     /// Opens a WebSocket and completes the DDP handshake.
     pub fn open(addr: SocketAddr) -> Self {
+        Self::open_on(ws_connect(addr))
+    }
+
+    /// Completes the DDP handshake on an open WebSocket.
+    pub fn open_on(ws: WebSocket<TcpStream>) -> Self {
         let mut c = Self {
-            ws: ws_connect(addr),
+            ws,
             next_id: 0,
             events: VecDeque::new(),
             user_id: None,

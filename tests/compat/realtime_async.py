@@ -70,11 +70,27 @@ async def main(url, alice_pw, bob_pw, alice_token):
     ids = [item[2] for item in bob_inbox.items]
     expect(len(ids) == len(set(ids)) == 3, f"bob received each message exactly once: {bob_inbox.items}")
 
+    # Typing: alice's send_typing_event reaches bob, who listens through the client's own
+    # subscription machinery (the package has no typing helper for receiving).
+    typing = asyncio.get_running_loop().create_future()
+
+    def on_activity(msg):
+        fields = msg["fields"]
+        if fields["eventName"] == "GENERAL/user-activity" and not typing.done():
+            typing.set_result(fields["args"])
+
+    sub = {"msg": "sub", "id": "typing-watch", "name": "stream-notify-room", "params": ["GENERAL/user-activity", False]}
+    await bob._dispatcher.create_subscription(sub, "typing-watch", on_activity)
+    await asyncio.wait_for(bob.get_channels(), WAIT)
+    await asyncio.wait_for(alice.send_typing_event("GENERAL"), WAIT)
+    args = await asyncio.wait_for(typing, WAIT)
+    expect(args[0] == "alice" and args[1] == ["user-typing"], f"bob sees alice typing: {args}")
+
     # Resume with a token issued elsewhere.
     again = RocketChat()
     await asyncio.wait_for(again.resume(url, "alice", alice_token), WAIT)
     expect(again.user_id == alice.user_id, "resume token logs in as alice")
-    print("rocketchat-async: login, rooms, send, live receive, resume: ok")
+    print("rocketchat-async: login, rooms, send, live receive, typing, resume: ok")
 
 
 if __name__ == "__main__":
