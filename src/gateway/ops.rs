@@ -11,7 +11,8 @@ use serde_json::Value;
 use crate::protocol::ddp::MeteorError;
 use crate::protocol::wire::{self, Dates};
 use crate::store::{
-    HistoryQuery, LoginToken, Message, Room, RoomType, StoreError, User, WriteOp, WriteOutcome, WriteOutput,
+    HistoryQuery, LoginToken, Message, Room, RoomType, StoreError, Subscription, User, WriteOp, WriteOutcome,
+    WriteOutput,
 };
 
 use super::ShardCtx;
@@ -386,6 +387,14 @@ impl<'a> Ops<'a> {
         Ok(Some((room, messages, total)))
     }
 
+    fn subscriptions_of(&self, method: &str, user: &User) -> Result<Vec<(Subscription, Room)>, MeteorError> {
+        self.ctx
+            .hub
+            .store
+            .subscriptions_of(&user.id)
+            .map_err(|e| store_err(method, e))
+    }
+
     /// The user's rooms updated after `since` (all when `None`).
     pub fn rooms_since(
         &self,
@@ -394,13 +403,8 @@ impl<'a> Ops<'a> {
         since: Option<i64>,
         d: Dates,
     ) -> Result<Vec<Value>, MeteorError> {
-        let subs = self
-            .ctx
-            .hub
-            .store
-            .subscriptions_of(&user.id)
-            .map_err(|e| store_err(method, e))?;
-        Ok(subs
+        Ok(self
+            .subscriptions_of(method, user)?
             .iter()
             .filter(|(_, r)| since.is_none_or(|s| r.updated_at > s))
             .map(|(_, r)| wire::room(r, d))
@@ -415,13 +419,8 @@ impl<'a> Ops<'a> {
         since: Option<i64>,
         d: Dates,
     ) -> Result<Vec<Value>, MeteorError> {
-        let subs = self
-            .ctx
-            .hub
-            .store
-            .subscriptions_of(&user.id)
-            .map_err(|e| store_err(method, e))?;
-        Ok(subs
+        Ok(self
+            .subscriptions_of(method, user)?
             .iter()
             .filter(|(s, r)| since.is_none_or(|t| s.updated_at.max(r.updated_at) > t))
             .map(|(s, r)| wire::subscription(s, r, d))
