@@ -1,0 +1,282 @@
+//! The three wire protocols the load generator speaks: chatd's DDP (Rocket.Chat realtime API),
+//! socket.io (Engine.IO v4 over WebSocket, against the relay in `benches/peers`), and NATS over
+//! WebSocket. Each message carries `b|<sender>|<seq>|<send time ns>` so loss, duplicates and
+//! latency can be told apart on receipt.
+
+use std::collections::VecDeque;
+
+use anyhow::{anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::Proto;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub enum Event {
+    Message { sender: u32, seq: u32, sent_ns: u64 },
+    Ack { id: u64 },
+    Other,
+}
+
+pub struct Conn {
+    proto: Proto,
+    ws: Ws,
+    next_id: u64,
+    /// NATS: bytes not parsed yet, and events parsed but not returned yet.
+    buf: Vec<u8>,
+    queue: VecDeque<Event>,
+}
+
+fn payload(sender: u32, seq: u32, t: u64) -> String {
+    format!("b|{sender}|{seq}|{t}")
+}
+
+fn parse_payload(s: &str) -> Option<Event> {
+    let mut it = s.strip_prefix("b|")?.split('|');
+    Some(Event::Message {
+        sender: it.next()?.parse().ok()?,
+        seq: it.next()?.parse().ok()?,
+        sent_ns: it.next()?.parse().ok()?,
+    })
+}
+
+impl Conn {
+    /// Connects, logs in (chatd: resume token), and subscribes to `room` when given; returns once
+    /// the subscription is confirmed by the server.
+    pub async fn open(proto: Proto, url: &str, token: Option<&str>, room: Option<&str>) -> anyhow::Result<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut c = Self {
+            proto,
+            ws,
+            next_id: 0,
+            buf: Vec::new(),
+            queue: VecDeque::new(),
+        };
+        match proto {
+            Proto::Chatd => c.open_chatd(token, room).await?,
+            Proto::Socketio => c.open_socketio(room).await?,
+            Proto::Nats => c.open_nats(room).await?,
+        }
+        Ok(c)
+    }
+
+    async fn text(&mut self, s: String) -> anyhow::Result<()> {
+        self.ws.send(Message::text(s)).await?;
+        Ok(())
+    }
+
+    /// The next text (or binary) frame as a string, answering protocol pings on the way.
+    async fn frame(&mut self) -> anyhow::Result<String> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+                Some(Ok(Message::Binary(b))) => return Ok(String::from_utf8_lossy(&b).into_owned()),
+                Some(Ok(Message::Close(_))) | None => bail!("connection closed"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn open_chatd(&mut self, token: Option<&str>, room: Option<&str>) -> anyhow::Result<()> {
+        let token = token.ok_or_else(|| anyhow!("chatd needs a token"))?;
+        self.text(json!({"msg": "connect", "version": "1", "support": ["1"]}).to_string())
+            .await?;
+        self.text(
+            json!({"msg": "method", "method": "login", "id": "login", "params": [{"resume": token}]}).to_string(),
+        )
+        .await?;
+        loop {
+            let f: Value = serde_json::from_str(&self.frame().await?)?;
+            if f["msg"] == "ping" {
+                self.text(r#"{"msg":"pong"}"#.into()).await?;
+            } else if f["msg"] == "result" && f["id"] == "login" {
+                if f.get("error").is_some() {
+                    bail!("login failed: {f}");
+                }
+                break;
+            }
+        }
+        if let Some(rid) = room {
+            self.text(
+                json!({"msg": "sub", "id": "room", "name": "stream-room-messages", "params": [rid, false]}).to_string(),
+            )
+            .await?;
+            loop {
+                let f: Value = serde_json::from_str(&self.frame().await?)?;
+                if f["msg"] == "ready" {
+                    break;
+                }
+                if f["msg"] == "nosub" {
+                    bail!("subscription refused: {f}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_socketio(&mut self, room: Option<&str>) -> anyhow::Result<()> {
+        let open = self.frame().await?;
+        if !open.starts_with('0') {
+            bail!("unexpected Engine.IO open: {open}");
+        }
+        self.text("40".into()).await?;
+        loop {
+            let f = self.frame().await?;
+            if f.starts_with("40") {
+                break;
+            }
+            if f == "2" {
+                self.text("3".into()).await?;
+            }
+        }
+        if let Some(room) = room {
+            self.text(format!("420{}", json!(["join", room]))).await?;
+            loop {
+                let f = self.frame().await?;
+                if f.starts_with("430") {
+                    break;
+                }
+                if f == "2" {
+                    self.text("3".into()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_nats(&mut self, room: Option<&str>) -> anyhow::Result<()> {
+        let info = self.frame().await?;
+        if !info.starts_with("INFO") {
+            bail!("unexpected NATS greeting: {info}");
+        }
+        let mut cmd = String::from("CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\n");
+        if let Some(room) = room {
+            cmd.push_str(&format!("SUB room.{room} 1\r\n"));
+        }
+        cmd.push_str("PING\r\n");
+        self.text(cmd).await?;
+        // PONG means everything before it (the subscription) was processed.
+        loop {
+            let f = self.frame().await?;
+            if f.contains("PONG") {
+                break;
+            }
+            if f.starts_with("-ERR") {
+                bail!("NATS error: {f}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one message; returns the id to match its acknowledgment with (chatd only).
+    pub async fn send(&mut self, room: &str, sender: u32, seq: u32, t: u64) -> anyhow::Result<Option<u64>> {
+        let body = payload(sender, seq, t);
+        match self.proto {
+            Proto::Chatd => {
+                self.next_id += 1;
+                let id = self.next_id;
+                self.text(format!(
+                    r#"{{"msg":"method","method":"sendMessage","id":"{id}","params":[{{"rid":{},"msg":"{body}"}}]}}"#,
+                    json!(room)
+                ))
+                .await?;
+                Ok(Some(id))
+            }
+            Proto::Socketio => {
+                self.text(format!("42{}", json!(["msg", room, body]))).await?;
+                Ok(None)
+            }
+            Proto::Nats => {
+                self.text(format!("PUB room.{room} {}\r\n{body}\r\n", body.len()))
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub async fn next_event(&mut self) -> anyhow::Result<Event> {
+        if let Some(e) = self.queue.pop_front() {
+            return Ok(e);
+        }
+        let f = self.frame().await?;
+        match self.proto {
+            Proto::Chatd => {
+                if f.starts_with(r#"{"msg":"changed""#) {
+                    let v: Value = serde_json::from_str(&f)?;
+                    let msg = v["fields"]["args"][0]["msg"].as_str().unwrap_or_default();
+                    return Ok(parse_payload(msg).unwrap_or(Event::Other));
+                }
+                let v: Value = serde_json::from_str(&f)?;
+                match v["msg"].as_str() {
+                    Some("ping") => {
+                        self.text(r#"{"msg":"pong"}"#.into()).await?;
+                        Ok(Event::Other)
+                    }
+                    Some("result") => Ok(v["id"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .map_or(Event::Other, |id| Event::Ack { id })),
+                    _ => Ok(Event::Other),
+                }
+            }
+            Proto::Socketio => {
+                if f == "2" {
+                    self.text("3".into()).await?;
+                    return Ok(Event::Other);
+                }
+                if let Some(rest) = f.strip_prefix("42") {
+                    let v: Value = serde_json::from_str(rest)?;
+                    if v[0] == "msg" {
+                        return Ok(v[1].as_str().and_then(parse_payload).unwrap_or(Event::Other));
+                    }
+                }
+                Ok(Event::Other)
+            }
+            Proto::Nats => {
+                self.buf.extend_from_slice(f.as_bytes());
+                self.parse_nats().await?;
+                Ok(self.queue.pop_front().unwrap_or(Event::Other))
+            }
+        }
+    }
+
+    async fn parse_nats(&mut self) -> anyhow::Result<()> {
+        loop {
+            let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(());
+            };
+            let line = String::from_utf8_lossy(&self.buf[..eol]).into_owned();
+            if let Some(rest) = line.strip_prefix("MSG ") {
+                let len: usize = rest.split_whitespace().last().and_then(|l| l.parse().ok()).unwrap_or(0);
+                let start = eol + 2;
+                if self.buf.len() < start + len + 2 {
+                    return Ok(());
+                }
+                let body = String::from_utf8_lossy(&self.buf[start..start + len]).into_owned();
+                self.buf.drain(..start + len + 2);
+                if let Some(e) = parse_payload(&body) {
+                    self.queue.push_back(e);
+                }
+            } else {
+                self.buf.drain(..eol + 2);
+                if line == "PING" {
+                    self.text("PONG\r\n".into()).await?;
+                }
+            }
+        }
+    }
+
+    /// Holds the connection, answering pings, until the caller stops waiting.
+    pub async fn idle(&mut self) {
+        while self.next_event().await.is_ok() {}
+    }
+
+    pub async fn close(&mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
