@@ -80,7 +80,8 @@ enum Mode {
     Fanout,
     /// Connections log in and stay idle (S1): setup rate and server memory per connection.
     Idle,
-    /// Senders only, nobody subscribed: acknowledged writes per second and ack latency (S5, chatd).
+    /// Senders only, nobody subscribed, each sending its next message as soon as the previous one
+    /// is acknowledged: acknowledged writes per second and ack latency (S5, chatd).
     Acks,
 }
 
@@ -181,11 +182,15 @@ pub struct RunResult {
     server_cpu_s: f64,
     deliveries_per_cpu_s: f64,
     acks_per_s: f64,
+    /// Server RSS before any connection, with every connection set up, and at the end.
+    server_rss_kib_base: u64,
     server_rss_kib_idle: u64,
     server_rss_kib_end: u64,
     rss_per_conn_kib: f64,
     /// chatd: authenticated sessions per shard at the start of sending.
     sessions_per_shard: Vec<u64>,
+    /// The server processes measured.
+    server_pids: Vec<u32>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -264,20 +269,31 @@ fn pids_of(args: &RunArgs) -> Vec<u32> {
     pids
 }
 
-/// utime + stime of the processes, in seconds.
-fn cpu_secs(pids: &[u32]) -> f64 {
+/// utime + stime of each process, in seconds (`None` for a process that is gone).
+fn cpu_of(pids: &[u32]) -> Vec<Option<f64>> {
+    pids.iter().map(|pid| cpu_secs(&[*pid]).ok()).collect()
+}
+
+/// utime + stime of the processes, in seconds; an error if one of them is gone.
+fn cpu_secs(pids: &[u32]) -> Result<f64, u32> {
     let tick = 100.0; // USER_HZ on Linux
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may contain spaces) start after ')'.
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / tick)
-        })
-        .sum()
+    let mut total = 0.0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| *pid)?;
+        total += parse_cpu(&stat).ok_or(*pid)? / tick;
+    }
+    Ok(total)
+}
+
+fn parse_cpu(stat: &str) -> Option<f64> {
+    Some(stat).and_then(|stat| {
+        // Fields after the command name (which may contain spaces) start after ')'.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = f.get(11)?.parse().ok()?;
+        let stime: f64 = f.get(12)?.parse().ok()?;
+        Some(utime + stime)
+    })
 }
 
 fn rss_kib(pids: &[u32]) -> u64 {
@@ -344,6 +360,7 @@ fn run_parent(args: RunArgs) -> anyhow::Result<RunResult> {
     }
     let procs = args.procs.clamp(1, 64);
     let exe = std::env::current_exe()?;
+    let rss_base = rss_kib(&pids_of(&args));
     let mut children = Vec::new();
     for index in 0..procs {
         let child = std::process::Command::new(&exe)
@@ -381,7 +398,7 @@ fn run_parent(args: RunArgs) -> anyhow::Result<RunResult> {
     } else {
         Vec::new()
     };
-    let cpu0 = cpu_secs(&pids);
+    let cpu0 = cpu_of(&pids);
     let t0 = Instant::now();
     for c in children.iter_mut() {
         if let Some(stdin) = c.stdin.as_mut() {
@@ -395,7 +412,17 @@ fn run_parent(args: RunArgs) -> anyhow::Result<RunResult> {
         results.push(serde_json::from_str::<WorkerResult>(line.trim()).context("worker result")?);
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_secs(&pids) - cpu0;
+    let cpu1 = cpu_of(&pids);
+    let mut cpu = 0.0;
+    for (i, (a, b)) in cpu0.iter().zip(&cpu1).enumerate() {
+        match (a, b) {
+            (Some(a), Some(b)) => cpu += b - a,
+            _ => eprintln!(
+                "warning: server process {} was not there for the whole run; its CPU is not counted",
+                pids[i]
+            ),
+        }
+    }
     let rss_end = rss_kib(&pids);
     for mut c in children {
         let _ = c.wait();
@@ -449,12 +476,14 @@ fn run_parent(args: RunArgs) -> anyhow::Result<RunResult> {
         acks_per_s: total.acked as f64 / send_window,
         server_rss_kib_idle: rss_idle,
         server_rss_kib_end: rss_end,
+        server_rss_kib_base: rss_base,
         rss_per_conn_kib: if total.connections > 0 {
-            rss_idle as f64 / total.connections as f64
+            rss_idle.saturating_sub(rss_base) as f64 / total.connections as f64
         } else {
             0.0
         },
         sessions_per_shard,
+        server_pids: pids.clone(),
     };
     Ok(res)
 }
@@ -819,7 +848,8 @@ async fn drive(
     let mut pending_acks: HashMap<u64, u64> = HashMap::new();
     loop {
         let now = tokio::time::Instant::now();
-        let sending = role.sender.is_some() && now < send_end;
+        // Acks mode is closed-loop: each sender waits for its acknowledgment before the next.
+        let sending = role.sender.is_some() && now < send_end && (mode != Mode::Acks || pending_acks.is_empty());
         if !sending && now >= send_end {
             // Drain: done once this connection has everything its room's senders sent, or at
             // the hard end.
@@ -878,7 +908,7 @@ async fn drive(
                                 break;
                             }
                         }
-                        next_send += period;
+                        next_send = if mode == Mode::Acks { tokio::time::Instant::now() } else { next_send + period };
                     }
                 }
             }
@@ -925,7 +955,7 @@ fn main() {
             }
             eprintln!(
                 "{} {}: {} conns, sent {}, deliveries {} ({:.0}/s), lost {}, dup {}, p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs, \
-                 server CPU {:.2} s ({:.0} deliveries/CPU-s), setup {:.0} conns/s, RSS {} KiB ({:.1} KiB/conn), acks {:.0}/s (p50 {} µs, p99 {} µs), shards {:?}",
+                 server CPU {:.2} s ({:.0} deliveries/CPU-s), setup {:.0} conns/s, RSS {} KiB ({:.1} KiB/conn over the base), acks {:.0}/s (p50 {} µs, p99 {} µs), shards {:?}",
                 r.proto, r.mode, r.connections, r.sent, r.deliveries, r.deliveries_per_s, r.lost, r.duplicated,
                 r.latency_us.p50, r.latency_us.p99, r.latency_us.p999, r.latency_us.max,
                 r.server_cpu_s, r.deliveries_per_cpu_s, r.setup_conns_per_s, r.server_rss_kib_idle, r.rss_per_conn_kib,

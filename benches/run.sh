@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Benchmark scenarios (see benches/README.md). Each run is bounded in time and connections and
+# uses loopback only. Results are appended as JSON lines to $OUT/<scenario>.jsonl.
+#
+#   bash benches/run.sh s1|s2|s3|s4|s5|all [chatd] [socketio] [nats]
+#
+# Environment: RUNS (default 3) repetitions of every measurement, OUT (default benches/results).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/benches/results}
+RUNS=${RUNS:-3}
+PORT_CHATD=3900
+PORT_NGINX=4000
+PORT_REDIS=6390
+PORT_NATS_WS=4223
+NPROC=$(nproc)
+WORK=$(mktemp -d /tmp/chatd-bench.XXXXXX)
+LOAD=$ROOT/target/release/chatd-load
+CHATD=$ROOT/target/release/chatd
+PIDS=()
+mkdir -p "$OUT"
+
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+build() {
+  cargo build --release -q -p chatd -p chatd-bench
+}
+
+wait_port() { # bounded wait for a TCP port to accept
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 did not open" >&2
+  return 1
+}
+
+stop_all() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# --- systems ---------------------------------------------------------------------------------
+
+# start_chatd SHARDS USERS ROOMS MEMBERS: seeds a fresh data dir, starts chatd.
+start_chatd() {
+  local shards=$1 users=$2 rooms=$3 members=$4
+  rm -rf "$WORK/data" "$WORK/plan.json"
+  "$LOAD" seed --data-dir "$WORK/data" --users "$users" --rooms "$rooms" --members "$members" --plan "$WORK/plan.json"
+  RUST_LOG=warn "$CHATD" serve --listen 127.0.0.1:$PORT_CHATD --shards "$shards" --data-dir "$WORK/data" \
+    >"$WORK/chatd.log" 2>&1 &
+  local pid=$!
+  PIDS+=($pid)
+  wait_port $PORT_CHATD
+  kill -0 $pid 2>/dev/null || { cat "$WORK/chatd.log" >&2; return 1; }
+}
+
+start_socketio() {
+  redis-server --port $PORT_REDIS --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  wait_port $PORT_REDIS
+  local upstreams=""
+  for i in $(seq 1 "$NPROC"); do
+    local port=$((PORT_NGINX + i))
+    PORT=$port REDIS_URL=redis://127.0.0.1:$PORT_REDIS node "$ROOT/benches/peers/socketio/relay.js" \
+      >"$WORK/relay$i.log" 2>&1 &
+    PIDS+=($!)
+    upstreams="$upstreams server 127.0.0.1:$port;"
+  done
+  for i in $(seq 1 "$NPROC"); do wait_port $((PORT_NGINX + i)); done
+  mkdir -p "$WORK/nginx/logs"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes $NPROC;
+worker_rlimit_nofile 20000;
+daemon off;
+error_log $WORK/nginx/logs/error.log warn;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  upstream relays { least_conn; $upstreams }
+  server {
+    listen 127.0.0.1:$PORT_NGINX;
+    location / {
+      proxy_pass http://relays;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 3600s;
+    }
+  }
+}
+EOF
+  nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+  PIDS+=($!)
+  wait_port $PORT_NGINX
+}
+
+start_nats() {
+  cat >"$WORK/nats.conf" <<EOF
+listen: 127.0.0.1:4222
+max_connections: 20000
+max_payload: 65536
+websocket { listen: "127.0.0.1:$PORT_NATS_WS", no_tls: true }
+EOF
+  nats-server -c "$WORK/nats.conf" >"$WORK/nats.log" 2>&1 &
+  PIDS+=($!)
+  wait_port $PORT_NATS_WS
+}
+
+url_of() {
+  case $1 in
+    chatd) echo "ws://127.0.0.1:$PORT_CHATD/websocket" ;;
+    socketio) echo "ws://127.0.0.1:$PORT_NGINX/socket.io/?EIO=4&transport=websocket" ;;
+    nats) echo "ws://127.0.0.1:$PORT_NATS_WS" ;;
+  esac
+}
+
+names_of() {
+  case $1 in
+    chatd) echo "--server-name chatd" ;;
+    socketio) echo "--server-name node --server-name nginx --server-name redis-server" ;;
+    nats) echo "--server-name nats-server" ;;
+  esac
+}
+
+# start SYSTEM SHARDS USERS ROOMS MEMBERS
+start() {
+  case $1 in
+    chatd) start_chatd "$2" "$3" "$4" "$5" ;;
+    socketio) start_socketio ;;
+    nats) start_nats ;;
+  esac
+}
+
+# load SCENARIO SYSTEM LABEL ARGS...
+load() {
+  local scenario=$1 system=$2 label=$3
+  shift 3
+  local plan=()
+  [ "$system" = chatd ] && plan=(--plan "$WORK/plan.json")
+  # shellcheck disable=SC2046
+  "$LOAD" run --proto "$system" --url "$(url_of "$system")" $(names_of "$system") "${plan[@]}" \
+    --label "$label" --out "$OUT/$scenario.jsonl" "$@"
+}
+
+# --- scenarios -------------------------------------------------------------------------------
+
+s1() { # idle authenticated connections held, memory per connection
+  local n=15000
+  for system in "$@"; do
+    for run in $(seq 1 "$RUNS"); do
+      start "$system" "$NPROC" $n 0 0
+      load s1 "$system" "s1/$system/run$run" --mode idle --connections $n --procs 4 --threads 1 --duration 5
+      stop_all
+    done
+  done
+}
+
+s2() { # fan-out: 1 room x 1000 members, and 100 rooms x 50 members
+  for system in "$@"; do
+    for run in $(seq 1 "$RUNS"); do
+      start "$system" "$NPROC" 1000 1 1000
+      load s2 "$system" "s2/1x1000/$system/run$run" --rooms 1 --members 1000 --rate 40 --duration 10 --procs 2
+      stop_all
+      start "$system" "$NPROC" 5000 100 50
+      load s2 "$system" "s2/100x50/$system/run$run" --rooms 100 --members 50 --rate 800 --duration 10 --procs 2
+      stop_all
+    done
+  done
+}
+
+s3() { # latency at a fixed 20,000 deliveries/s, and a sweep up to saturation (100 rooms x 50)
+  for system in "$@"; do
+    for run in $(seq 1 "$RUNS"); do
+      for rate in 100 200 400 800 1600 3200; do
+        start "$system" "$NPROC" 5000 100 50
+        load s3 "$system" "s3/$system/rate$rate/run$run" --rooms 100 --members 50 --rate $rate --duration 10 --procs 2
+        stop_all
+      done
+    done
+  done
+}
+
+s4() { # core scaling: chatd --shards 1 vs --shards 2, same workload and sweep
+  for run in $(seq 1 "$RUNS"); do
+    for shards in 1 2; do
+      for rate in 400 800 1600 3200; do
+        start_chatd $shards 5000 100 50
+        load s4 chatd "s4/shards$shards/rate$rate/run$run" --rooms 100 --members 50 --rate $rate --duration 10 --procs 2
+        stop_all
+      done
+    done
+  done
+}
+
+s5() { # durable writes: acknowledged messages per second and ack latency, 1 / 10 / 100 senders
+  for run in $(seq 1 "$RUNS"); do
+    for senders in 1 10 100; do
+      start_chatd "$NPROC" 100 100 1
+      load s5 chatd "s5/senders$senders/run$run" --mode acks --senders $senders --rate 1000000 --duration 10 --procs 1
+      stop_all
+    done
+  done
+}
+
+smoke() { # a few seconds per system: checks that every setup works before a long run
+  for system in "$@"; do
+    start "$system" "$NPROC" 500 10 50
+    load smoke "$system" "smoke/$system" --rooms 10 --members 50 --rate 200 --duration 4 --procs 2
+    stop_all
+  done
+}
+
+scenario=${1:-}
+shift || true
+systems=("$@")
+[ ${#systems[@]} -eq 0 ] && systems=(chatd)
+build
+case $scenario in
+  s1 | s2 | s3 | smoke) "$scenario" "${systems[@]}" ;;
+  s4 | s5) "$scenario" ;;
+  all)
+    s1 "${systems[@]}"
+    s2 "${systems[@]}"
+    s3 "${systems[@]}"
+    s4
+    s5
+    ;;
+  *)
+    echo "usage: bash benches/run.sh smoke|s1|s2|s3|s4|s5|all [chatd] [socketio] [nats]" >&2
+    exit 2
+    ;;
+esac
+echo "results in $OUT"
