@@ -181,9 +181,9 @@ s2() { # fan-out: 1 room x 1000 members, and 100 rooms x 50 members
 s3() { # latency at a fixed 20,000 deliveries/s, and a sweep up to saturation (100 rooms x 50)
   for system in "$@"; do
     for run in $(seq 1 "$RUNS"); do
-      for rate in 100 200 400 800 1600 3200; do
+      for rate in 200 400 800 1600 3200; do
         start "$system" "$NPROC" 5000 100 50
-        load s3 "$system" "s3/$system/rate$rate/run$run" --rooms 100 --members 50 --rate $rate --duration 10 --procs 2
+        load s3 "$system" "s3/$system/rate$rate/run$run" --rooms 100 --members 50 --rate $rate --duration 6 --procs 2
         stop_all
       done
     done

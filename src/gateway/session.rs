@@ -24,6 +24,9 @@ use crate::store::User;
 
 /// After this many malformed frames a connection is closed (abusive client).
 const MAX_BAD_FRAMES: u32 = 50;
+/// Read chunk of each WebSocket. tungstenite allocates it up front (128 KiB by default, which made
+/// an idle connection cost ~142 KiB); chat clients send small frames, and larger ones still work.
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// How long a closing session's writer may take to deliver what is queued and the close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The same for a slow consumer, whose socket is known to be full.
@@ -50,6 +53,7 @@ enum Wake {
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>) {
     let limits = &ctx.config.limits;
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
     let handshake = async_tungstenite::accept_hdr_async_with_config(

@@ -1,0 +1,239 @@
+"""Turns benches/results/*.jsonl (written by benches/run.sh) into the tables of RESULTS.md
+(markdown on stdout: medians of the runs, and ratios chatd / peer) and PNG plots in
+benches/results/. Usage: benches/.plot-venv/bin/python benches/report.py"""
+import collections
+import json
+import pathlib
+import statistics
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def load(name):
+    path = RESULTS / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def group(rows):
+    """label without the trailing /runN → rows"""
+    out = collections.OrderedDict()
+    for r in rows:
+        key = r["label"].rsplit("/run", 1)[0]
+        out.setdefault(key, []).append(r)
+    return out
+
+
+def med(rows, f):
+    vals = [f(r) for r in rows]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def fmt(x, unit=""):
+    if x != x:  # NaN
+        return "–"
+    if abs(x) >= 100:
+        return f"{x:,.0f}{unit}"
+    return f"{x:.2f}{unit}"
+
+
+def table(header, rows):
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+
+
+def s1():
+    g = group(load("s1"))
+    if not g:
+        return
+    print("### S1 — idle authenticated connections\n")
+    rows = []
+    for key, rs in g.items():
+        rows.append([
+            key.split("/")[1], str(len(rs)), fmt(med(rs, lambda r: r["connections"])),
+            fmt(med(rs, lambda r: r["setup_conns_per_s"])),
+            fmt(med(rs, lambda r: r["server_rss_kib_idle"] / 1024), " MiB"),
+            fmt(med(rs, lambda r: r["rss_per_conn_kib"]), " KiB"),
+            fmt(med(rs, lambda r: r["errors"])),
+        ])
+    table(["system", "runs", "connections held", "setup (conns/s)", "server RSS", "RSS per connection", "errors"], rows)
+
+
+def s2():
+    g = group(load("s2"))
+    if not g:
+        return
+    print("### S2 — fan-out\n")
+    rows = []
+    for key, rs in g.items():
+        _, shape, system = key.split("/")
+        rows.append([
+            shape, system, str(len(rs)), fmt(med(rs, lambda r: r["deliveries_per_s"])),
+            fmt(med(rs, lambda r: r["server_cpu_s"]), " s"),
+            fmt(med(rs, lambda r: r["deliveries_per_cpu_s"])),
+            fmt(med(rs, lambda r: r["latency_us"]["p50"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["latency_us"]["p99"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["lost"])), fmt(med(rs, lambda r: r["duplicated"])),
+        ])
+    table(["shape", "system", "runs", "deliveries/s", "server CPU", "deliveries per CPU-s", "p50", "p99", "lost", "dup"], rows)
+    ratios = []
+    for shape in ("1x1000", "100x50"):
+        c = g.get(f"s2/{shape}/chatd")
+        for peer in ("socketio", "nats"):
+            p = g.get(f"s2/{shape}/{peer}")
+            if c and p:
+                ratios.append([shape, f"chatd / {peer}",
+                               fmt(med(c, lambda r: r["deliveries_per_cpu_s"]) / med(p, lambda r: r["deliveries_per_cpu_s"]), "×")])
+    if ratios:
+        table(["shape", "ratio", "deliveries per CPU-second"], ratios)
+    plot_bars(g)
+
+
+def s3():
+    g = group(load("s3"))
+    if not g:
+        return
+    print("### S3 — latency vs offered load (100 rooms × 50 members)\n")
+    rows = []
+    for key, rs in g.items():
+        _, system, rate = key.split("/")
+        offered = int(rate.removeprefix("rate")) * 50
+        rows.append([
+            system, f"{offered:,}", str(len(rs)), fmt(med(rs, lambda r: r["deliveries_per_s"])),
+            fmt(med(rs, lambda r: r["latency_us"]["p50"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["latency_us"]["p99"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["latency_us"]["p999"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["latency_us"]["max"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["deliveries_per_cpu_s"])),
+            fmt(med(rs, lambda r: r["lost"])),
+        ])
+    table(["system", "offered deliveries/s", "runs", "achieved/s", "p50", "p99", "p99.9", "max", "deliveries per CPU-s", "lost"], rows)
+    plot_latency(g)
+
+
+def s4():
+    g = group(load("s4"))
+    if not g:
+        return
+    print("### S4 — core scaling: chatd --shards 1 vs --shards 2 (100 rooms × 50 members)\n")
+    rows = []
+    for key, rs in g.items():
+        _, shards, rate = key.split("/")
+        offered = int(rate.removeprefix("rate")) * 50
+        rows.append([
+            shards.removeprefix("shards"), f"{offered:,}", str(len(rs)),
+            fmt(med(rs, lambda r: r["deliveries_per_s"])),
+            fmt(med(rs, lambda r: r["deliveries_per_cpu_s"])),
+            fmt(med(rs, lambda r: r["latency_us"]["p99"] / 1000), " ms"),
+            " / ".join(str(x) for x in rs[0].get("sessions_per_shard", [])),
+            fmt(med(rs, lambda r: r["lost"])),
+        ])
+    table(["shards", "offered deliveries/s", "runs", "achieved/s", "deliveries per CPU-s", "p99", "sessions per shard (run 1)", "lost"], rows)
+    plot_scaling(g)
+
+
+def s5():
+    g = group(load("s5"))
+    if not g:
+        return
+    print("### S5 — durable writes (each sender waits for its ack)\n")
+    rows = []
+    for key, rs in g.items():
+        senders = key.split("/")[1].removeprefix("senders")
+        rows.append([
+            senders, str(len(rs)), fmt(med(rs, lambda r: r["acks_per_s"])),
+            fmt(med(rs, lambda r: r["ack_latency_us"]["p50"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["ack_latency_us"]["p99"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["ack_latency_us"]["max"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r["server_cpu_s"]), " s"),
+        ])
+    table(["senders", "runs", "acked messages/s", "ack p50", "ack p99", "ack max", "server CPU"], rows)
+
+
+def plt():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as p
+        return p
+    except ImportError:
+        print("(matplotlib not installed: no plots; run benches/peers/install.sh)", file=sys.stderr)
+        return None
+
+
+def plot_latency(g):
+    p = plt()
+    if not p:
+        return
+    fig, ax = p.subplots(figsize=(7, 4.5))
+    series = collections.defaultdict(list)
+    for key, rs in g.items():
+        _, system, rate = key.split("/")
+        offered = int(rate.removeprefix("rate")) * 50
+        series[system].append((offered, med(rs, lambda r: r["latency_us"]["p50"] / 1000),
+                               med(rs, lambda r: r["latency_us"]["p99"] / 1000)))
+    for system, pts in series.items():
+        pts.sort()
+        xs = [x for x, _, _ in pts]
+        line, = ax.plot(xs, [y for _, y, _ in pts], marker="o", label=f"{system} p50")
+        ax.plot(xs, [y for _, _, y in pts], marker="x", linestyle="--", color=line.get_color(), label=f"{system} p99")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered deliveries per second")
+    ax.set_ylabel("send → receive latency (ms)")
+    ax.set_title("S3: latency vs offered load (100 rooms × 50 members, medians)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "latency_vs_load.png", dpi=110)
+
+
+def plot_bars(g):
+    p = plt()
+    if not p:
+        return
+    fig, ax = p.subplots(figsize=(7, 4))
+    labels, vals = [], []
+    for key, rs in g.items():
+        _, shape, system = key.split("/")
+        labels.append(f"{system}\n{shape}")
+        vals.append(med(rs, lambda r: r["deliveries_per_cpu_s"]))
+    ax.bar(range(len(vals)), vals)
+    ax.set_xticks(range(len(vals)), labels, fontsize=8)
+    ax.set_ylabel("deliveries per server CPU-second")
+    ax.set_title("S2: fan-out efficiency (medians)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "deliveries_per_cpu.png", dpi=110)
+
+
+def plot_scaling(g):
+    p = plt()
+    if not p:
+        return
+    fig, ax = p.subplots(figsize=(7, 4))
+    series = collections.defaultdict(list)
+    for key, rs in g.items():
+        _, shards, rate = key.split("/")
+        series[shards].append((int(rate.removeprefix("rate")) * 50, med(rs, lambda r: r["deliveries_per_s"])))
+    for shards, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=shards.replace("shards", "--shards "))
+    ax.plot([x for x, _ in pts], [x for x, _ in pts], linestyle=":", color="grey", label="offered")
+    ax.set_xlabel("offered deliveries per second")
+    ax.set_ylabel("achieved deliveries per second")
+    ax.set_title("S4: chatd core scaling (medians)")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "s4_scaling.png", dpi=110)
+
+
+if __name__ == "__main__":
+    for f in (s1, s2, s3, s4, s5):
+        f()
