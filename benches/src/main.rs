@@ -54,13 +54,13 @@ enum Cmd {
     },
     /// Run a workload and print the results (JSON on stdout, a summary on stderr).
     Run(RunArgs),
-    /// One worker process of a run (started by `run`).
+    /// One worker process of a run (started by `run`, which passes its options as JSON).
     #[command(hide = true)]
     Worker {
         #[arg(long)]
         index: usize,
-        #[command(flatten)]
-        args: RunArgs,
+        #[arg(long)]
+        args_json: String,
     },
 }
 
@@ -360,6 +360,7 @@ fn run_parent(args: RunArgs) -> anyhow::Result<RunResult> {
     }
     let procs = args.procs.clamp(1, 64);
     let exe = std::env::current_exe()?;
+    let args_json = serde_json::to_string(&args)?;
     let rss_base = rss_kib(&pids_of(&args));
     let mut children = Vec::new();
     for index in 0..procs {
@@ -367,7 +368,8 @@ fn run_parent(args: RunArgs) -> anyhow::Result<RunResult> {
             .arg("worker")
             .arg("--index")
             .arg(index.to_string())
-            .args(to_cli(&args))
+            .arg("--args-json")
+            .arg(&args_json)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -486,43 +488,6 @@ fn run_parent(args: RunArgs) -> anyhow::Result<RunResult> {
         server_pids: pids.clone(),
     };
     Ok(res)
-}
-
-/// The command line of a worker (same options as the run).
-fn to_cli(a: &RunArgs) -> Vec<String> {
-    let mut v = vec![
-        "--proto".into(),
-        format!("{:?}", a.proto).to_lowercase(),
-        "--mode".into(),
-        format!("{:?}", a.mode).to_lowercase(),
-        "--url".into(),
-        a.url.clone(),
-        "--rooms".into(),
-        a.rooms.to_string(),
-        "--members".into(),
-        a.members.to_string(),
-        "--connections".into(),
-        a.connections.to_string(),
-        "--senders".into(),
-        a.senders.to_string(),
-        "--rate".into(),
-        a.rate.to_string(),
-        "--duration".into(),
-        a.duration.to_string(),
-        "--drain".into(),
-        a.drain.to_string(),
-        "--procs".into(),
-        a.procs.to_string(),
-        "--threads".into(),
-        a.threads.to_string(),
-        "--connect-concurrency".into(),
-        a.connect_concurrency.to_string(),
-    ];
-    if let Some(p) = &a.plan {
-        v.push("--plan".into());
-        v.push(p.display().to_string());
-    }
-    v
 }
 
 // ---------- a worker ----------
@@ -963,7 +928,9 @@ fn main() {
             );
             Ok(())
         }),
-        Cmd::Worker { index, args } => worker(index, args),
+        Cmd::Worker { index, args_json } => serde_json::from_str(&args_json)
+            .map_err(anyhow::Error::from)
+            .and_then(|args| worker(index, args)),
     };
     if let Err(e) = res {
         eprintln!("chatd-load: {e:#}");

@@ -191,25 +191,11 @@ impl EmbeddedStore {
     }
 
     pub fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
-        self.read(|t| {
-            let ids = t.open_table(USERNAMES).map_err(ie)?;
-            let Some(uid) = ids.get(username.to_lowercase().as_str()).map_err(ie)? else {
-                return Ok(None);
-            };
-            let uid = uid.value().to_owned();
-            get_json(t, USERS, &uid)
-        })
+        self.read(|t| by_index(t, USERNAMES, username, USERS))
     }
 
     pub fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        self.read(|t| {
-            let ids = t.open_table(EMAILS).map_err(ie)?;
-            let Some(uid) = ids.get(email.to_lowercase().as_str()).map_err(ie)? else {
-                return Ok(None);
-            };
-            let uid = uid.value().to_owned();
-            get_json(t, USERS, &uid)
-        })
+        self.read(|t| by_index(t, EMAILS, email, USERS))
     }
 
     /// The user owning an unexpired token (looked up by the token's SHA-256).
@@ -230,14 +216,7 @@ impl EmbeddedStore {
     }
 
     pub fn room_by_name(&self, name: &str) -> StoreResult<Option<Room>> {
-        self.read(|t| {
-            let names = t.open_table(ROOM_NAMES).map_err(ie)?;
-            let Some(rid) = names.get(name.to_lowercase().as_str()).map_err(ie)? else {
-                return Ok(None);
-            };
-            let rid = rid.value().to_owned();
-            get_json(t, ROOMS, &rid)
-        })
+        self.read(|t| by_index(t, ROOM_NAMES, name, ROOMS))
     }
 
     pub fn subscription(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>> {
@@ -436,6 +415,21 @@ fn get_json<T: DeserializeOwned>(
     let table = t.open_table(def).map_err(ie)?;
     let v = table.get(key).map_err(ie)?;
     v.map(|v| dec(v.value())).transpose()
+}
+
+/// A record found through a case-insensitive name index (`index`: name → id, `data`: id → record).
+fn by_index<T: DeserializeOwned>(
+    t: &ReadTransaction,
+    index: TableDefinition<&str, &str>,
+    name: &str,
+    data: TableDefinition<&str, &[u8]>,
+) -> StoreResult<Option<T>> {
+    let ids = t.open_table(index).map_err(ie)?;
+    let Some(id) = ids.get(name.to_lowercase().as_str()).map_err(ie)? else {
+        return Ok(None);
+    };
+    let id = id.value().to_owned();
+    get_json(t, data, &id)
 }
 
 /// Creates every table, the GENERAL channel, and returns the change-log head.
