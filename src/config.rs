@@ -27,6 +27,9 @@ pub struct Config {
     pub ephemeral_capacity: usize,
     /// Locked I/O memory per shard executor, bytes (glommio needs at least 512 KiB).
     pub io_memory_bytes: usize,
+    /// Store reader threads: every store read (lookups, listings, history pages) runs on one
+    /// of them, never on a shard's event loop.
+    pub store_readers: usize,
     /// Log filter (tracing EnvFilter syntax), overridden by `RUST_LOG`.
     pub log: String,
 }
@@ -77,6 +80,7 @@ impl Default for Config {
             mesh_capacity: 1024,
             ephemeral_capacity: 1024,
             io_memory_bytes: 512 * 1024,
+            store_readers: 2,
             log: "info".into(),
         }
     }
@@ -179,6 +183,9 @@ impl Config {
         }
         if self.ephemeral_capacity == 0 {
             return bad("ephemeral_capacity", "must be at least 1");
+        }
+        if self.store_readers == 0 || self.store_readers > 64 {
+            return bad("store_readers", "must be between 1 and 64");
         }
         if self.mesh_capacity == 0 {
             return bad("mesh_capacity", "must be at least 1");

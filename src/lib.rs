@@ -1,9 +1,11 @@
 //! chatd: a realtime chat server speaking Rocket.Chat's realtime (DDP) and REST APIs.
+pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod gateway;
 pub mod ids;
+pub mod import;
 pub mod protocol;
 pub mod server;
 pub mod store;

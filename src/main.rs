@@ -28,6 +28,33 @@ enum Command {
     /// Manage users while the server is stopped.
     #[command(subcommand)]
     User(UserCommand),
+    /// Copy data from another chat server into chatd's store (the server must be stopped).
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Import a Rocket.Chat database: users (with their passwords and resume tokens), rooms,
+    /// subscriptions and messages, keeping every id. Safe to run again.
+    Rocketchat(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// A `mongodump` folder holding users.bson, rocketchat_room.bson,
+    /// rocketchat_subscription.bson and rocketchat_message.bson (or .bson.gz).
+    #[arg(long, conflicts_with = "mongo_url", required_unless_present = "mongo_url")]
+    dump: Option<PathBuf>,
+    /// A live Rocket.Chat database, e.g. mongodb://host:27017/rocketchat?replicaSet=rs0.
+    #[arg(long)]
+    mongo_url: Option<String>,
+    /// Data directory of the embedded store. Default ./chatd-data.
+    #[arg(long, default_value = "./chatd-data")]
+    data_dir: PathBuf,
+    /// Days an imported resume token lives after its login (Accounts_LoginExpiration).
+    #[arg(long, default_value_t = 90)]
+    token_ttl_days: u64,
 }
 
 #[derive(Args)]
@@ -136,8 +163,8 @@ fn user_add(
     email: Option<String>,
     name: Option<String>,
 ) -> anyhow::Result<()> {
-    let (backend, _feed) = EmbeddedStore::open(&data_dir)?;
-    let store = Store::new(backend);
+    let backend = EmbeddedStore::open(&data_dir)?;
+    let store = Store::new(backend, 1)?;
     let hash = chatd::auth::hash_password_digest(&chatd::auth::sha256_hex(&password)).map_err(anyhow::Error::msg)?;
     let op = WriteOp::CreateUser {
         name: name.unwrap_or_else(|| username.clone()),
@@ -145,13 +172,29 @@ fn user_add(
         email,
         password_hash: hash,
     };
-    let result = store.submit_blocking(op);
+    let result = store.write_blocking(op);
     store.close();
     let outcome = result?;
     match outcome.output {
         chatd::store::WriteOutput::User(u) => println!("created user {} with id {}", u.username, u.id),
         _ => println!("created user {username}"),
     }
+    Ok(())
+}
+
+fn import_rocketchat(args: ImportArgs) -> anyhow::Result<()> {
+    use chatd::import::{self, Source};
+    // The store first: a running server means exit code 3 before any source is touched.
+    let mut sink = chatd::store::embedded::import::EmbeddedImport::open(&args.data_dir)?;
+    let source = match (&args.dump, &args.mongo_url) {
+        (Some(dir), _) => Source::dump(dir)?,
+        (None, Some(url)) => Source::mongo(url)?,
+        (None, None) => anyhow::bail!("name a source: --dump DIR or --mongo-url URL"),
+    };
+    let started = std::time::Instant::now();
+    let report = import::run(&source, &mut sink, args.token_ttl_days)?;
+    print!("{}", report.summary());
+    println!("import finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -168,6 +211,10 @@ fn main() {
         }) => {
             init_logging("warn");
             user_add(data_dir, username, password, email, name)
+        }
+        Command::Import(ImportCommand::Rocketchat(args)) => {
+            init_logging("warn");
+            import_rocketchat(args)
         }
     };
     if let Err(e) = result {

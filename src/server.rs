@@ -14,7 +14,7 @@ use crate::chat::tailer::Tailer;
 use crate::chat::{ShardMsg, TAILER_SHARD};
 use crate::config::{Config, ConfigError};
 use crate::gateway::{self, ShardCtx};
-use crate::store::{CommitFeed, EmbeddedStore, OpenError, Store};
+use crate::store::{EmbeddedStore, FeedReceiver, OpenError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -22,6 +22,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] OpenError),
+    #[error("cannot start the store: {0}")]
+    StoreStart(#[from] StoreError),
     #[error(transparent)]
     Shards(#[from] chatd_shards::StartError),
 }
@@ -43,8 +45,21 @@ pub fn raise_fd_limit() {
 impl Server {
     pub fn start(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
-        let (backend, feed) = EmbeddedStore::open(&config.data_dir)?;
-        let store = Store::new(backend);
+        let backend = EmbeddedStore::open(&config.data_dir)?;
+        let store = match Store::new(backend.clone(), config.store_readers) {
+            Ok(s) => s,
+            Err(e) => {
+                crate::store::Backend::close(&*backend);
+                return Err(e.into());
+            }
+        };
+        let feed = match store.start_feed() {
+            Ok(f) => f,
+            Err(e) => {
+                store.close();
+                return Err(e.into());
+            }
+        };
         let shard_cfg = ShardSetConfig {
             shards: config.shard_count(),
             listen: config.listen,
@@ -165,7 +180,7 @@ async fn shard_main(
     ctx: ShardContext<ShardMsg>,
     store: Store,
     config: Arc<Config>,
-    feed: Option<CommitFeed>,
+    feed: Option<FeedReceiver>,
     start_head: u64,
 ) {
     let ShardContext {
@@ -190,7 +205,7 @@ async fn shard_main(
         start_head,
     ));
     let tailer = match (id == TAILER_SHARD, feed) {
-        (true, Some(feed)) => match Tailer::new(store.clone(), mesh.clone(), stats.clone(), start_head) {
+        (true, Some(feed)) => match Tailer::new(store.clone(), mesh.clone(), stats.clone(), start_head).await {
             Ok(t) => Some((Rc::new(t), feed)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the change-feed tailer; nothing will be delivered");
@@ -205,7 +220,7 @@ async fn shard_main(
     }
     let tailer_task = tailer.map(|(t, feed)| {
         let shutdown = shutdown.clone();
-        glommio::spawn_local(async move { t.run(feed.wakeups, shutdown).await })
+        glommio::spawn_local(async move { t.run(feed, shutdown).await })
     });
     let gctx = Rc::new(ShardCtx {
         hub: hub.clone(),

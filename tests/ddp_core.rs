@@ -313,9 +313,10 @@ fn non_members_and_leavers_receive_nothing() {
         eve.sub("stream-room-messages", json!([secret, false])).unwrap_err()["error"],
         "not-allowed"
     );
+    // A private group answers a non-member exactly as a room that does not exist.
     assert_eq!(
-        eve.call("joinRoom", json!([secret])).unwrap_err()["error"],
-        "error-not-allowed"
+        eve.call("joinRoom", json!([secret])).unwrap_err(),
+        eve.call("joinRoom", json!(["no-such-room"])).unwrap_err()
     );
     assert_eq!(eve.ok("loadHistory", json!([secret, null, 10, null])), json!(false));
     bob.sub("stream-room-messages", json!([secret, false])).unwrap();
@@ -342,7 +343,8 @@ fn non_members_and_leavers_receive_nothing() {
     assert_eq!(
         bob.call("sendMessage", json!([{"rid": secret, "msg": "x"}]))
             .unwrap_err()["error"],
-        "error-not-allowed"
+        "error-invalid-room",
+        "a former member of a private group learns no more than anyone else"
     );
 }
 

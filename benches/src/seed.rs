@@ -37,15 +37,15 @@ pub const PASSWORD: &str = "bench-password";
 const WRITERS: usize = 64;
 
 fn submit(store: &Store, op: WriteOp) -> anyhow::Result<WriteOutput> {
-    Ok(store.submit_blocking(op).map_err(|e| anyhow!("{e}"))?.output)
+    Ok(store.write_blocking(op).map_err(|e| anyhow!("{e}"))?.output)
 }
 
 /// Creates `users` users (`bench-u<i>`, each with one token) and `rooms` channels (`bench-r<i>`)
 /// of `members` consecutive users each (wrapping around).
 pub fn seed(dir: &Path, users: usize, rooms: usize, members: usize) -> anyhow::Result<Plan> {
     std::fs::create_dir_all(dir)?;
-    let (backend, _feed) = EmbeddedStore::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    let store = Store::new(backend);
+    let backend = EmbeddedStore::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let store = Store::new(backend, 1).map_err(|e| anyhow!("{e}"))?;
     let hash = chatd::auth::hash_password_digest(&chatd::auth::sha256_hex(PASSWORD)).map_err(|e| anyhow!(e))?;
     let store = Arc::new(store);
     let indices: Vec<usize> = (0..users).collect();

@@ -291,7 +291,7 @@ impl Hub {
             return Ok(());
         }
         self.announce(&user.id, true).await;
-        let loaded = self.store.memberships_of(&user.id);
+        let loaded = self.store.memberships_of(&user.id).await;
         let (rooms, synced) = match loaded {
             Ok(v) => v,
             Err(e) => {
@@ -447,46 +447,61 @@ impl Hub {
     /// Starts or edits the session's `stream-user-presence` watch. Returns `true` when this
     /// subscription is the live one (answer `ready`), `false` when it only edited the live one
     /// (answer `nosub`, as Rocket.Chat does).
-    pub fn watch_presence(
+    pub async fn watch_presence(
         &self,
         session: &Rc<SessionHandle>,
         sub_id: &str,
         added: &[UserId],
         removed: &[UserId],
     ) -> bool {
-        let mut sub = session.presence_sub.borrow_mut();
-        let live = sub.is_none();
-        let (_, watched) = sub.get_or_insert_with(|| (sub_id.to_owned(), HashSet::new()));
-        let mut watchers = self.presence_watchers.borrow_mut();
-        for uid in removed {
-            watched.remove(uid);
-            if let Some(set) = watchers.get_mut(uid) {
-                set.remove(&session.id);
-                if set.is_empty() {
-                    watchers.remove(uid);
+        let (live, fresh) = {
+            let mut sub = session.presence_sub.borrow_mut();
+            let live = sub.is_none();
+            let (_, watched) = sub.get_or_insert_with(|| (sub_id.to_owned(), HashSet::new()));
+            let mut watchers = self.presence_watchers.borrow_mut();
+            for uid in removed {
+                watched.remove(uid);
+                if let Some(set) = watchers.get_mut(uid) {
+                    set.remove(&session.id);
+                    if set.is_empty() {
+                        watchers.remove(uid);
+                    }
                 }
             }
-        }
-        let mut fresh = Vec::new();
-        for uid in added {
-            if watched.insert(uid.clone()) {
-                watchers.entry(uid.clone()).or_default().insert(session.id);
-                fresh.push(uid);
+            let mut fresh = Vec::new();
+            for uid in added {
+                if watched.insert(uid.clone()) {
+                    watchers.entry(uid.clone()).or_default().insert(session.id);
+                    fresh.push(uid);
+                }
+            }
+            (live, fresh)
+        };
+        // The current state of every newly watched user, so the client starts out right. Users
+        // not online have no presence entry: their usernames come from one batched store read.
+        let known: Vec<(UserId, Option<String>)> = {
+            let presence = self.presence.borrow();
+            fresh
+                .into_iter()
+                .map(|uid| (uid.clone(), presence.get(uid).map(|p| p.username.clone())))
+                .collect()
+        };
+        let missing: Vec<UserId> = known
+            .iter()
+            .filter(|(_, name)| name.is_none())
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        let mut looked_up: HashMap<UserId, String> = HashMap::new();
+        if !missing.is_empty() {
+            match self.store.users(missing).await {
+                Ok(users) => looked_up.extend(users.into_iter().map(|u| (u.id, u.username))),
+                Err(e) => tracing::warn!(error = %e, "presence watch: cannot read usernames"),
             }
         }
-        drop(watchers);
-        drop(sub);
-        // The current state of every newly watched user, so the client starts out right.
-        for uid in fresh {
-            let (status, _, text) = self.presence_of(uid);
-            let username = self
-                .presence
-                .borrow()
-                .get(uid)
-                .map(|p| p.username.clone())
-                .or_else(|| self.store.user(uid).ok().flatten().map(|u| u.username))
-                .unwrap_or_default();
-            session.out.push_str(presence_frame(uid, &username, status, &text));
+        for (uid, name) in known {
+            let (status, _, text) = self.presence_of(&uid);
+            let username = name.or_else(|| looked_up.remove(&uid)).unwrap_or_default();
+            session.out.push_str(presence_frame(&uid, &username, status, &text));
         }
         live
     }

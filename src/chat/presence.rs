@@ -182,15 +182,12 @@ impl PresenceOwner {
     }
 
     /// A shard reports that `uid` now has (`present`) or no longer has sessions there.
-    pub fn on_shard_presence(self: &Rc<Self>, uid: &UserId, shard: usize, present: bool) {
-        let mut users = self.users.borrow_mut();
-        if !users.contains_key(uid) {
-            if !present {
-                return;
-            }
+    pub async fn on_shard_presence(self: &Rc<Self>, uid: &UserId, shard: usize, present: bool) {
+        if present && !self.users.borrow().contains_key(uid) {
             // First sight: the chosen status comes from the store (anything committed later
-            // arrives through the change feed as a status change).
-            let user = match self.store.user(uid) {
+            // arrives through the change feed as a status change). The read runs off this
+            // shard; the notices of one user are handled one at a time by the caller.
+            let user = match self.store.user(uid).await {
                 Ok(Some(u)) => u,
                 Ok(None) => return,
                 Err(e) => {
@@ -198,9 +195,10 @@ impl PresenceOwner {
                     return;
                 }
             };
-            users.insert(
-                uid.clone(),
-                UserPresence {
+            self.users
+                .borrow_mut()
+                .entry(uid.clone())
+                .or_insert_with(|| UserPresence {
                     username: user.username,
                     name: user.name,
                     chosen: Status::parse(&user.status).unwrap_or(Status::Online),
@@ -208,8 +206,11 @@ impl PresenceOwner {
                     present: vec![0; self.nr_shards],
                     idle: vec![false; self.nr_shards],
                     published: None,
-                },
-            );
+                });
+        }
+        let mut users = self.users.borrow_mut();
+        if !users.contains_key(uid) {
+            return;
         }
         if let Some(p) = users.get_mut(uid) {
             if let Some(slot) = p.present.get_mut(shard) {

@@ -9,21 +9,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chatd_shards::{Mesh, ShardStats, ShutdownSignal};
-use futures::channel::mpsc;
 use futures::StreamExt;
 
 use super::presence::PresenceOwner;
 use super::ShardMsg;
 use crate::ids::{RoomId, UserId};
-use crate::store::{Change, ChangeRecord, Store, StoreError};
-
-/// Most change records read per batch.
-const READ_BATCH: usize = 1024;
-/// Re-read the log at least this often even without a wake-up (a safety net, not the mechanism).
-const IDLE_POLL: Duration = Duration::from_secs(1);
+use crate::store::{Change, ChangeRecord, FeedItem, FeedReceiver, Mark, Store, StoreError};
 
 #[derive(Default)]
 struct Routing {
@@ -104,34 +97,33 @@ fn mask(bits: impl Iterator<Item = bool>) -> u64 {
 }
 
 pub struct Tailer {
-    store: Store,
     mesh: Rc<Mesh<ShardMsg>>,
     nr_shards: usize,
     stats: Arc<ShardStats>,
     routing: RefCell<Routing>,
     presence: Rc<PresenceOwner>,
-    position: Cell<u64>,
+    /// Mark of the last change distributed.
+    position: Cell<Mark>,
     /// Records that failed to decode (counted, logged, skipped; never a crash).
     pub bad_records: Cell<u64>,
 }
 
 impl Tailer {
-    /// Loads every membership; starts reading after `position` (the log head at start: sessions
-    /// only exist from now on, and they load their own state).
-    pub fn new(
+    /// Loads every membership (on a reader thread); the feed starts at the head at start
+    /// (`position`): sessions only exist from now on, and they load their own state.
+    pub async fn new(
         store: Store,
         mesh: Rc<Mesh<ShardMsg>>,
         stats: Arc<ShardStats>,
-        position: u64,
+        position: Mark,
     ) -> Result<Self, StoreError> {
         let nr_shards = mesh.nr_shards();
         let mut routing = Routing::default();
-        for (rid, uid) in store.all_memberships()? {
+        for (rid, uid) in store.all_memberships().await? {
             routing.user_rooms.entry(uid).or_default().insert(rid);
         }
         Ok(Self {
-            presence: PresenceOwner::new(store.clone(), mesh.clone()),
-            store,
+            presence: PresenceOwner::new(store, mesh.clone()),
             mesh,
             nr_shards,
             stats,
@@ -151,7 +143,7 @@ impl Tailer {
         self.routing
             .borrow_mut()
             .user_shard(&uid, shard, online, self.nr_shards);
-        self.presence.on_shard_presence(&uid, shard, online);
+        self.presence.on_shard_presence(&uid, shard, online).await;
         if let Some(token) = ack {
             if self.mesh.send_to(shard, ShardMsg::Ack { token }).await.is_err() {
                 tracing::debug!(shard, "shard gone before its ack");
@@ -191,84 +183,52 @@ impl Tailer {
         }
     }
 
-    /// Reads and distributes everything committed so far. Returns how many records it read.
-    async fn drain(&self) -> usize {
-        let mut total = 0;
-        loop {
-            let batch = match self.store.changes_after(self.position.get(), READ_BATCH) {
-                Ok(b) => b,
+    /// Distributes one decoded batch from the feed thread: each change to exactly the shards
+    /// that care, and the mark reached to every shard (so waiting writers are released).
+    async fn distribute(&self, batch: Vec<FeedItem>) {
+        let mut per_shard: Vec<Vec<Arc<ChangeRecord>>> = (0..self.nr_shards).map(|_| Vec::new()).collect();
+        for item in batch {
+            self.position.set(item.mark);
+            let rec = match item.record {
+                Ok(rec) => rec,
                 Err(e) => {
-                    tracing::error!(error = %e, "reading the change log failed; will retry");
-                    return total;
+                    self.bad_records.set(self.bad_records.get() + 1);
+                    ShardStats::add(&self.stats.dropped, 1);
+                    tracing::error!(mark = item.mark, error = %e, "change record failed to decode; skipped");
+                    continue;
                 }
             };
-            if batch.is_empty() {
-                return total;
-            }
-            total += batch.len();
-            let mut per_shard: Vec<Vec<Arc<ChangeRecord>>> = (0..self.nr_shards).map(|_| Vec::new()).collect();
-            for (seq, rec) in batch {
-                if seq != self.position.get() + 1 {
-                    tracing::warn!(
-                        expected = self.position.get() + 1,
-                        got = seq,
-                        "gap in the change log (pruned while behind?)"
-                    );
-                }
-                self.position.set(seq);
-                let rec = match rec {
-                    Ok(rec) => Arc::new(rec),
-                    Err(e) => {
-                        self.bad_records.set(self.bad_records.get() + 1);
-                        ShardStats::add(&self.stats.dropped, 1);
-                        tracing::error!(seq, error = %e, "change record failed to decode; skipped");
-                        continue;
-                    }
-                };
-                let dest = self.route(&rec.change);
-                for (shard, list) in per_shard.iter_mut().enumerate() {
-                    if shard < 64 && dest & (1 << shard) != 0 {
-                        list.push(rec.clone());
-                    }
+            let dest = self.route(&rec.change);
+            for (shard, list) in per_shard.iter_mut().enumerate() {
+                if shard < 64 && dest & (1 << shard) != 0 {
+                    list.push(rec.clone());
                 }
             }
-            let head = self.position.get();
-            for (shard, records) in per_shard.into_iter().enumerate() {
-                if self
-                    .mesh
-                    .send_to(shard, ShardMsg::Changes { records, head })
-                    .await
-                    .is_err()
-                {
-                    tracing::debug!(shard, "shard gone; changes not delivered there");
-                }
+        }
+        let head = self.position.get();
+        for (shard, records) in per_shard.into_iter().enumerate() {
+            if self
+                .mesh
+                .send_to(shard, ShardMsg::Changes { records, head })
+                .await
+                .is_err()
+            {
+                tracing::debug!(shard, "shard gone; changes not delivered there");
             }
         }
     }
 
-    /// Runs until shutdown: drains the log after every commit wake-up (or idle poll).
-    pub async fn run(&self, mut wakeups: mpsc::Receiver<()>, shutdown: ShutdownSignal) {
+    /// Runs until shutdown (or the feed ends), distributing every batch the feed thread reads.
+    pub async fn run(&self, mut feed: FeedReceiver, shutdown: ShutdownSignal) {
         loop {
-            self.drain().await;
-            let go_on = futures_lite::future::or(
-                async {
-                    futures_lite::future::or(
-                        async {
-                            wakeups.next().await;
-                        },
-                        glommio::timer::sleep(IDLE_POLL),
-                    )
-                    .await;
-                    true
-                },
-                async {
-                    shutdown.wait().await;
-                    false
-                },
-            )
+            let next = futures_lite::future::or(async { feed.next().await }, async {
+                shutdown.wait().await;
+                None
+            })
             .await;
-            if !go_on {
-                return;
+            match next {
+                Some(batch) => self.distribute(batch).await,
+                None => return,
             }
         }
     }

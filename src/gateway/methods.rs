@@ -4,8 +4,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::ops::{store_err, LoggedIn, LoginName, Ops};
 use super::session::Session;
+use crate::app::error::{AppError, Code};
+use crate::app::ops::{LoggedIn, LoginName, Ops};
 use crate::auth;
 use crate::chat::hub::{
     MY_MESSAGES, STREAM_NOTIFY_LOGGED, STREAM_NOTIFY_ROOM, STREAM_NOTIFY_USER, STREAM_ROOM_MESSAGES,
@@ -64,8 +65,8 @@ impl Session {
             "login" => self.login(&params).await,
             "registerUser" => self.register_user(&params).await,
             "logout" => self.logout().await,
-            "rooms/get" => self.rooms_get(&params),
-            "subscriptions/get" => self.subscriptions_get(&params),
+            "rooms/get" => self.rooms_get(&params).await,
+            "subscriptions/get" => self.subscriptions_get(&params).await,
             "createChannel" => self.create_room(method, RoomType::Channel, &params).await,
             "createPrivateGroup" => self.create_room(method, RoomType::Private, &params).await,
             "createDirectMessage" => self.create_direct(&params).await,
@@ -74,11 +75,11 @@ impl Session {
             "sendMessage" => self.send_message(&params).await,
             "updateMessage" => self.update_message(&params).await,
             "deleteMessage" => self.delete_message(&params).await,
-            "loadHistory" => self.load_history(&params),
-            "loadMissedMessages" => self.load_missed(&params),
+            "loadHistory" => self.load_history(&params).await,
+            "loadMissedMessages" => self.load_missed(&params).await,
             "readMessages" => self.read_messages(&params).await,
-            "getRoomIdByNameOrId" => self.room_id_by_name_or_id(&params),
-            "getRoomNameById" => self.room_name_by_id(&params),
+            "getRoomIdByNameOrId" => self.room_id_by_name_or_id(&params).await,
+            "getRoomNameById" => self.room_name_by_id(&params).await,
             "UserPresence:setDefaultStatus" => {
                 let user = self.require_user()?;
                 let status = str_at(&params, 0, "status")?;
@@ -105,7 +106,7 @@ impl Session {
                 self.ops().set_status(method, user, status, text).await?;
                 Ok(None)
             }
-            "stream-notify-room" => self.notify_room(&params),
+            "stream-notify-room" => self.notify_room(&params).await,
             _ => Err(MeteorError::new(404, format!("Method '{method}' not found"))),
         }
     }
@@ -116,7 +117,7 @@ impl Session {
             let token = resume
                 .as_str()
                 .ok_or_else(|| MeteorError::match_failed("resume must be a string"))?;
-            self.ops().login_resume(token)?
+            self.ops().login_resume(token).await?
         } else {
             let name = match arg.get("user") {
                 Some(Value::Object(sel)) => match (opt_str(sel, "username")?, opt_str(sel, "email")?) {
@@ -146,7 +147,7 @@ impl Session {
             .hub
             .attach_user(&self.handle, &logged_in.user)
             .await
-            .map_err(|e| store_err("login", e))?;
+            .map_err(|e| AppError::from(e).with_method("login"))?;
         let LoggedIn {
             user,
             token,
@@ -181,26 +182,27 @@ impl Session {
         Ok(None)
     }
 
-    fn rooms_get(&self, params: &[Value]) -> MethodResult {
+    async fn rooms_get(&self, params: &[Value]) -> MethodResult {
         let Some(user) = self.user.as_ref() else {
             return Ok(Some(json!([])));
         };
         let since = since_param(params);
-        let rooms = self.ops().rooms_since("rooms/get", user, since, Dates::Ejson)?;
+        let rooms = self.ops().rooms_since("rooms/get", user, since, Dates::Ejson).await?;
         Ok(Some(match since {
             Some(_) => json!({"update": rooms, "remove": []}),
             None => Value::Array(rooms),
         }))
     }
 
-    fn subscriptions_get(&self, params: &[Value]) -> MethodResult {
+    async fn subscriptions_get(&self, params: &[Value]) -> MethodResult {
         let Some(user) = self.user.as_ref() else {
             return Ok(Some(json!([])));
         };
         let since = since_param(params);
         let subs = self
             .ops()
-            .subscriptions_since("subscriptions/get", user, since, Dates::Ejson)?;
+            .subscriptions_since("subscriptions/get", user, since, Dates::Ejson)
+            .await?;
         Ok(Some(match since {
             Some(_) => json!({"update": subs, "remove": []}),
             None => Value::Array(subs),
@@ -303,7 +305,7 @@ impl Session {
         Ok(None)
     }
 
-    fn load_history(&self, params: &[Value]) -> MethodResult {
+    async fn load_history(&self, params: &[Value]) -> MethodResult {
         let user = self.require_user()?;
         let rid = RoomId::from(str_at(params, 0, "rid")?);
         let latest = params.get(1).and_then(wire::parse_date);
@@ -318,14 +320,14 @@ impl Session {
             limit: limit.min(MAX_HISTORY_PAGE),
             ..HistoryQuery::default()
         };
-        let Some((_, messages, _)) = self.ops().history("loadHistory", user, &rid, &q)? else {
+        let Some((_, messages, _)) = self.ops().history("loadHistory", user, &rid, &q).await? else {
             return Ok(Some(json!(false)));
         };
         let list: Vec<Value> = messages.iter().map(|m| wire::message(m, Dates::Ejson)).collect();
         Ok(Some(json!({"messages": list, "unreadNotLoaded": 0})))
     }
 
-    fn load_missed(&self, params: &[Value]) -> MethodResult {
+    async fn load_missed(&self, params: &[Value]) -> MethodResult {
         let user = self.require_user()?;
         let rid = RoomId::from(str_at(params, 0, "rid")?);
         let start = params
@@ -337,7 +339,7 @@ impl Session {
             limit: MAX_MISSED,
             ..HistoryQuery::default()
         };
-        let Some((_, messages, _)) = self.ops().history("loadMissedMessages", user, &rid, &q)? else {
+        let Some((_, messages, _)) = self.ops().history("loadMissedMessages", user, &rid, &q).await? else {
             return Ok(Some(json!(false)));
         };
         Ok(Some(Value::Array(
@@ -355,7 +357,7 @@ impl Session {
     /// `stream-notify-room` writes: `<rid>/user-activity [username, activities, extra?]` and
     /// `<rid>/typing [username, bool]` from a member. A username other than the caller's is
     /// dropped silently (Rocket.Chat does the same); nothing is stored.
-    fn notify_room(&self, params: &[Value]) -> MethodResult {
+    async fn notify_room(&self, params: &[Value]) -> MethodResult {
         let user = self.require_user()?;
         let event = str_at(params, 0, "eventName")?;
         let not_allowed = || MeteorError::new("not-allowed", "Not allowed").with_method("stream-notify-room");
@@ -389,7 +391,7 @@ impl Session {
             _ => return Err(not_allowed()),
         };
         let rid = RoomId::from(rid);
-        if !self.ops().member_of(user, &rid) {
+        if !self.ops().member_of(user, &rid).await? {
             return Err(not_allowed());
         }
         if username != user.username {
@@ -412,7 +414,7 @@ impl Session {
 
     /// `stream-user-presence ["", {added: [uid...], removed: [uid...]}]`. `Ok(true)`: this is the
     /// connection's live presence subscription; `Ok(false)`: it only edited the live one.
-    pub fn subscribe_presence(&self, id: &str, params: &[Value]) -> Result<bool, MeteorError> {
+    pub async fn subscribe_presence(&self, id: &str, params: &[Value]) -> Result<bool, MeteorError> {
         self.user
             .as_ref()
             .ok_or_else(|| MeteorError::new("not-allowed", "Not allowed"))?;
@@ -428,29 +430,31 @@ impl Session {
             }
         };
         let (added, removed) = (uids("added")?, uids("removed")?);
-        Ok(self.ctx.hub.watch_presence(&self.handle, id, &added, &removed))
+        Ok(self.ctx.hub.watch_presence(&self.handle, id, &added, &removed).await)
     }
 
-    fn accessible_room(&self, name_or_id: &str) -> Result<Room, MeteorError> {
+    /// A room the user may see; a hidden room is answered exactly like a missing one.
+    async fn accessible_room(&self, name_or_id: &str) -> Result<Room, MeteorError> {
         let user = self.require_user()?;
-        match self.ops().room_by_name_or_id(name_or_id)? {
-            Some(r) if self.ops().can_read(user, &r) => Ok(r),
-            _ => Err(MeteorError::new("error-not-allowed", "Not allowed")),
+        let room = self.ops().room_by_name_or_id(name_or_id).await?;
+        match self.ops().visible_room(user, room).await? {
+            Some(r) => Ok(r),
+            None => Err(MeteorError::new("error-not-allowed", "Not allowed")),
         }
     }
 
-    fn room_id_by_name_or_id(&self, params: &[Value]) -> MethodResult {
-        let room = self.accessible_room(str_at(params, 0, "name or id")?)?;
+    async fn room_id_by_name_or_id(&self, params: &[Value]) -> MethodResult {
+        let room = self.accessible_room(str_at(params, 0, "name or id")?).await?;
         Ok(Some(json!(room.id)))
     }
 
-    fn room_name_by_id(&self, params: &[Value]) -> MethodResult {
-        let room = self.accessible_room(str_at(params, 0, "rid")?)?;
+    async fn room_name_by_id(&self, params: &[Value]) -> MethodResult {
+        let room = self.accessible_room(str_at(params, 0, "rid")?).await?;
         Ok(Some(json!(room.name)))
     }
 
     /// Authorizes and records a stream subscription. `Ok(false)`: a duplicate id, ignored.
-    pub fn subscribe(&self, id: &str, name: &str, params: &[Value]) -> Result<bool, MeteorError> {
+    pub async fn subscribe(&self, id: &str, name: &str, params: &[Value]) -> Result<bool, MeteorError> {
         let stream = match name {
             "stream-room-messages" => STREAM_ROOM_MESSAGES,
             "stream-notify-user" => STREAM_NOTIFY_USER,
@@ -468,13 +472,14 @@ impl Session {
         let not_allowed = || MeteorError::new("not-allowed", "Not allowed");
         let user = self.user.as_ref().ok_or_else(not_allowed)?;
         let allowed = match stream {
-            STREAM_ROOM_MESSAGES => event == MY_MESSAGES || self.ops().member_of(user, &RoomId::from(event)),
+            STREAM_ROOM_MESSAGES => event == MY_MESSAGES || self.ops().member_of(user, &RoomId::from(event)).await?,
             STREAM_NOTIFY_USER => event
                 .strip_prefix(user.id.as_str())
                 .is_some_and(|rest| rest.starts_with('/')),
-            STREAM_NOTIFY_ROOM => event
-                .split_once('/')
-                .is_some_and(|(rid, _)| self.ops().member_of(user, &RoomId::from(rid))),
+            STREAM_NOTIFY_ROOM => match event.split_once('/') {
+                Some((rid, _)) => self.ops().member_of(user, &RoomId::from(rid)).await?,
+                None => false,
+            },
             _ => true,
         };
         if !allowed {
@@ -492,5 +497,30 @@ impl Session {
             self.handle.out.push_str(ddp::stream_added(name, event));
         }
         Ok(true)
+    }
+}
+
+/// The DDP door's rendering of the one application error: client errors as Meteor errors with
+/// their code; server-side failures logged once and shown as a generic 500.
+impl From<AppError> for MeteorError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Client { code, reason, method } => {
+                let code = match code {
+                    Code::Name(n) => Value::String(n.into_owned()),
+                    Code::Number(n) => json!(n),
+                };
+                let err = MeteorError::new(code, reason);
+                match method {
+                    Some(m) => err.with_method(&m),
+                    None => err,
+                }
+            }
+            AppError::Invalid(what) => MeteorError::match_failed(&what),
+            other => {
+                other.log("ddp");
+                MeteorError::internal()
+            }
+        }
     }
 }

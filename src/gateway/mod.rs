@@ -5,7 +5,6 @@
 pub mod http;
 mod io;
 mod methods;
-pub mod ops;
 mod rest;
 pub mod session;
 

@@ -12,11 +12,11 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::http::json_response;
-use super::ops::{store_err, LoginName, Ops};
 use super::ShardCtx;
+use crate::app::error::{AppError, Code};
+use crate::app::ops::{LoginName, Ops};
 use crate::auth;
 use crate::ids::{RoomId, UserId};
-use crate::protocol::ddp::MeteorError;
 use crate::protocol::wire::{self, Dates};
 use crate::store::{HistoryQuery, Room, RoomType, User};
 
@@ -77,9 +77,18 @@ impl RestError {
     }
 }
 
-impl From<MeteorError> for RestError {
-    fn from(e: MeteorError) -> Self {
-        let code = e.code_text();
+/// The REST door's rendering of the one application error: Rocket.Chat's envelope with a status
+/// by blame and code; server-side failures are logged once and shown as a generic 500.
+impl From<AppError> for RestError {
+    fn from(e: AppError) -> Self {
+        let (code, reason) = match e {
+            AppError::Client { code, reason, .. } => (code.to_string(), reason),
+            AppError::Invalid(what) => return Self::invalid(what),
+            other => {
+                other.log("rest");
+                return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
+            }
+        };
         let status = match code.as_str() {
             "500" => StatusCode::INTERNAL_SERVER_ERROR,
             "error-not-allowed"
@@ -91,14 +100,7 @@ impl From<MeteorError> for RestError {
             | "error-unauthorized" => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            return Self::new(status, "Internal server error");
-        }
-        if code == "400" {
-            // Meteor `check` failures: Rocket.Chat reports them as invalid params.
-            return Self::invalid(e.reason);
-        }
-        Self::typed(status, format!("{} [{code}]", e.reason), &code)
+        Self::typed(status, format!("{reason} [{code}]"), &code)
     }
 }
 
@@ -312,7 +314,7 @@ async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> RestResult {
     let (Some(uid), Some(token)) = (uid, token) else {
         return Err(RestError::unauthorized());
     };
-    let user = match call.ops.login_resume(&token) {
+    let user = match call.ops.login_resume(&token).await {
         Ok(l) if l.user.id.as_str() == uid => l.user,
         _ => return Err(RestError::unauthorized()),
     };
@@ -381,20 +383,21 @@ impl Call<'_> {
             "users.getPresence" => self.get_status(user, true).await,
             "rooms.get" => {
                 let since = self.query.date("updatedSince")?;
-                let rooms = self.ops.rooms_since("rooms.get", user, since, Dates::Iso)?;
+                let rooms = self.ops.rooms_since("rooms.get", user, since, Dates::Iso).await?;
                 Ok(ok(json!({"update": rooms, "remove": []})))
             }
             "subscriptions.get" => {
                 let since = self.query.date("updatedSince")?;
                 let subs = self
                     .ops
-                    .subscriptions_since("subscriptions.get", user, since, Dates::Iso)?;
+                    .subscriptions_since("subscriptions.get", user, since, Dates::Iso)
+                    .await?;
                 Ok(ok(json!({"update": subs, "remove": []})))
             }
             "channels.create" => self.create(user, RoomType::Channel, "channel").await,
             "groups.create" => self.create(user, RoomType::Private, "group").await,
             "channels.info" => {
-                let room = self.channel_from_query(user)?;
+                let room = self.channel_from_query(user).await?;
                 Ok(ok(json!({"channel": wire::room(&room, Dates::Iso)})))
             }
             "channels.list" => {
@@ -404,7 +407,8 @@ impl Call<'_> {
                     .hub
                     .store
                     .channels()
-                    .map_err(|e| store_err("channels.list", e))?;
+                    .await
+                    .map_err(|e| AppError::from(e).with_method("channels.list"))?;
                 self.room_list(channels, "channels")
             }
             "channels.list.joined" => {
@@ -414,7 +418,8 @@ impl Call<'_> {
                     .hub
                     .store
                     .subscriptions_of(&user.id)
-                    .map_err(|e| store_err("channels.list.joined", e))?
+                    .await
+                    .map_err(|e| AppError::from(e).with_method("channels.list.joined"))?
                     .into_iter()
                     .map(|(_, r)| r)
                     .filter(|r| r.t == RoomType::Channel)
@@ -422,21 +427,21 @@ impl Call<'_> {
                 self.room_list(joined, "channels")
             }
             "channels.join" => {
-                let room = self.channel_from_body()?;
+                let room = self.channel_from_body().await?;
                 self.ops.join("channels.join", user, room.id.clone()).await?;
-                let room = self.ops.room(&room.id)?.unwrap_or(room);
+                let room = self.ops.room(&room.id).await?.unwrap_or(room);
                 Ok(ok(json!({"channel": wire::room(&room, Dates::Iso)})))
             }
             "channels.leave" => {
-                let room = self.channel_from_body()?;
+                let room = self.channel_from_body().await?;
                 self.ops.leave("channels.leave", user, room.id.clone()).await?;
-                let room = self.ops.room(&room.id)?.unwrap_or(room);
+                let room = self.ops.room(&room.id).await?.unwrap_or(room);
                 Ok(ok(json!({"channel": wire::room(&room, Dates::Iso)})))
             }
-            "channels.members" => self.members(user),
-            "channels.history" => self.history(user, Some(RoomType::Channel)),
-            "groups.history" => self.history(user, Some(RoomType::Private)),
-            "im.history" | "dm.history" => self.history(user, Some(RoomType::Direct)),
+            "channels.members" => self.members(user).await,
+            "channels.history" => self.history(user, Some(RoomType::Channel)).await,
+            "groups.history" => self.history(user, Some(RoomType::Private)).await,
+            "im.history" | "dm.history" => self.history(user, Some(RoomType::Direct)).await,
             "im.create" | "dm.create" => self.create_direct(user, endpoint).await,
             "chat.postMessage" => self.post_message(user).await,
             "chat.sendMessage" => self.send_message(user).await,
@@ -449,7 +454,7 @@ impl Call<'_> {
     async fn login(&self) -> RestResult {
         let body = &self.body;
         let logged_in = if let Some(resume) = body.opt_str("resume")? {
-            self.ops.login_resume(resume)
+            self.ops.login_resume(resume).await
         } else {
             let name = match (body.opt_str("user")?, body.opt_str("username")?, body.opt_str("email")?) {
                 (Some(u), _, _) if u.contains('@') => LoginName::Email(u),
@@ -470,7 +475,13 @@ impl Call<'_> {
         };
         let logged_in = match logged_in {
             Ok(l) => l,
-            Err(e) if e.code_text() == "403" => return Err(login_failed()),
+            Err(AppError::Client {
+                code: Code::Number(403),
+                ..
+            }) => return Err(login_failed()),
+            Err(AppError::Client { code, .. }) if code.to_string() == "error-user-is-not-activated" => {
+                return Err(login_failed())
+            }
             Err(e) => return Err(e.into()),
         };
         let me = wire::user(
@@ -503,14 +514,14 @@ impl Call<'_> {
     }
 
     /// The user named by `userId` or `username` in the query, or the caller.
-    fn target_user(&self, caller: &User) -> Result<User, RestError> {
+    async fn target_user(&self, caller: &User) -> Result<User, RestError> {
         let store = &self.ops.ctx.hub.store;
         let found = match (self.query.get("userId"), self.query.get("username")) {
-            (Some(id), _) => store.user(&UserId::from(id)),
-            (None, Some(name)) => store.user_by_username(name),
+            (Some(id), _) => store.user(&UserId::from(id)).await,
+            (None, Some(name)) => store.user_by_username(name).await,
             (None, None) => return Ok(caller.clone()),
         }
-        .map_err(|e| store_err("users", e))?;
+        .map_err(AppError::from)?;
         found.ok_or_else(|| RestError::typed(StatusCode::BAD_REQUEST, "User not found.", "error-invalid-user"))
     }
 
@@ -520,7 +531,7 @@ impl Call<'_> {
                 "The required \"userId\" or \"username\" param was not provided",
             ));
         }
-        let user = self.target_user(caller)?;
+        let user = self.target_user(caller).await?;
         let own = user.id == caller.id;
         let status = self.ops.presence(&user).await.0;
         Ok(ok(json!({"user": wire::user(&user, status.as_str(), Dates::Iso, own)})))
@@ -544,7 +555,7 @@ impl Call<'_> {
     }
 
     async fn get_status(&self, caller: &User, presence: bool) -> RestResult {
-        let user = self.target_user(caller)?;
+        let user = self.target_user(caller).await?;
         let (status, connection, text) = self.ops.presence(&user).await;
         if presence {
             return Ok(ok(
@@ -572,10 +583,10 @@ impl Call<'_> {
         Ok(ok(json!({ key: wire::room(&room, Dates::Iso) })))
     }
 
-    fn find_channel(&self, id: Option<&str>, name: Option<&str>) -> Result<Room, RestError> {
+    async fn find_channel(&self, id: Option<&str>, name: Option<&str>) -> Result<Room, RestError> {
         let room = match (id, name) {
-            (Some(id), _) => self.ops.room(&RoomId::from(id))?,
-            (None, Some(name)) => self.ops.room_by_name_or_id(name.trim_start_matches('#'))?,
+            (Some(id), _) => self.ops.room(&RoomId::from(id)).await?,
+            (None, Some(name)) => self.ops.room_by_name_or_id(name.trim_start_matches('#')).await?,
             (None, None) => {
                 return Err(RestError::invalid(
                     "The parameter \"roomId\" or \"roomName\" is required",
@@ -588,12 +599,14 @@ impl Call<'_> {
         }
     }
 
-    fn channel_from_query(&self, _user: &User) -> Result<Room, RestError> {
+    async fn channel_from_query(&self, _user: &User) -> Result<Room, RestError> {
         self.find_channel(self.query.get("roomId"), self.query.get("roomName"))
+            .await
     }
 
-    fn channel_from_body(&self) -> Result<Room, RestError> {
+    async fn channel_from_body(&self) -> Result<Room, RestError> {
         self.find_channel(self.body.opt_str("roomId")?, self.body.opt_str("roomName")?)
+            .await
     }
 
     fn room_list(&self, mut rooms: Vec<Room>, key: &str) -> RestResult {
@@ -611,9 +624,9 @@ impl Call<'_> {
         ))
     }
 
-    fn members(&self, user: &User) -> RestResult {
-        let room = self.channel_from_query(user)?;
-        if !self.ops.can_read(user, &room) {
+    async fn members(&self, user: &User) -> RestResult {
+        let room = self.channel_from_query(user).await?;
+        if !self.ops.can_read(user, &room).await? {
             return Err(RestError::typed(
                 StatusCode::FORBIDDEN,
                 "Not allowed [error-not-allowed]",
@@ -622,26 +635,25 @@ impl Call<'_> {
         }
         let (offset, count) = self.query.page()?;
         let store = &self.ops.ctx.hub.store;
-        let mut members = store.members(&room.id).map_err(|e| store_err("channels.members", e))?;
+        let mut members = store.members(&room.id).await.map_err(AppError::from)?;
         members.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         let total = members.len();
+        let wanted: Vec<UserId> = members.into_iter().skip(offset).take(count).collect();
         let mut page = Vec::new();
-        for uid in members.iter().skip(offset).take(count) {
-            if let Some(u) = store.user(uid).map_err(|e| store_err("channels.members", e))? {
-                let status = self.ops.ctx.hub.presence_of(&u.id).0;
-                page.push(json!({"_id": u.id, "username": u.username, "name": u.name, "status": status.as_str()}));
-            }
+        for u in store.users(wanted).await.map_err(AppError::from)? {
+            let status = self.ops.ctx.hub.presence_of(&u.id).0;
+            page.push(json!({"_id": u.id, "username": u.username, "name": u.name, "status": status.as_str()}));
         }
         Ok(ok(
             json!({"members": page, "count": page.len(), "offset": offset, "total": total}),
         ))
     }
 
-    fn history(&self, user: &User, t: Option<RoomType>) -> RestResult {
+    async fn history(&self, user: &User, t: Option<RoomType>) -> RestResult {
         let q = &self.query;
         let rid = match (q.get("roomId"), q.get("roomName")) {
             (Some(id), _) => RoomId::from(id),
-            (None, Some(name)) if t == Some(RoomType::Channel) => self.find_channel(None, Some(name))?.id,
+            (None, Some(name)) if t == Some(RoomType::Channel) => self.find_channel(None, Some(name)).await?.id,
             _ => return Err(RestError::invalid("The required \"roomId\" param is missing")),
         };
         let (offset, count) = q.page()?;
@@ -653,18 +665,9 @@ impl Call<'_> {
             limit: count,
             count_total: false,
         };
-        let not_allowed = || {
-            RestError::typed(
-                StatusCode::FORBIDDEN,
-                "Not allowed [error-not-allowed]",
-                "error-not-allowed",
-            )
-        };
-        let Some((room, messages, _)) = self.ops.history("history", user, &rid, &hq)? else {
-            return Err(match self.ops.room(&rid)? {
-                Some(_) => not_allowed(),
-                None => RestError::room_not_found(),
-            });
+        // A room the caller may not read is answered exactly like one that does not exist.
+        let Some((room, messages, _)) = self.ops.history("history", user, &rid, &hq).await? else {
+            return Err(RestError::room_not_found());
         };
         if t.is_some_and(|t| t != room.t) {
             return Err(RestError::room_not_found());
@@ -714,7 +717,7 @@ impl Call<'_> {
         if let Some(username) = channel.strip_prefix('@') {
             return Ok(self.ops.create_direct("chat.postMessage", user, username).await?.id);
         }
-        match self.ops.room_by_name_or_id(channel.trim_start_matches('#'))? {
+        match self.ops.room_by_name_or_id(channel.trim_start_matches('#')).await? {
             Some(r) => Ok(r.id),
             None => Err(RestError::typed(
                 StatusCode::BAD_REQUEST,
@@ -822,14 +825,23 @@ mod tests {
     }
 
     #[test]
-    fn meteor_errors_map_to_rest_statuses() {
-        let e: RestError = MeteorError::new("error-not-allowed", "Not allowed").into();
+    fn app_errors_map_to_rest_statuses_by_blame() {
+        let e: RestError = AppError::client("error-not-allowed", "Not allowed").into();
         assert_eq!(e.status, StatusCode::FORBIDDEN);
         assert_eq!(e.body["errorType"], "error-not-allowed");
-        let e: RestError = MeteorError::match_failed("x").into();
+        let e: RestError = AppError::client("error-invalid-room", "Invalid room").into();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.body["error"], "Invalid room [error-invalid-room]");
+        let e: RestError = AppError::invalid("x").into();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.body["errorType"], "invalid-params");
-        let e: RestError = MeteorError::internal().into();
+        let e: RestError = AppError::Store("disk on fire".into()).into();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !e.body.to_string().contains("disk"),
+            "store details never reach the client"
+        );
+        let e: RestError = AppError::internal("bug").into();
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -345,7 +345,7 @@ impl Session {
                 true
             }
             ClientFrame::Sub { id, name, params } if name == STREAM_USER_PRESENCE => {
-                match self.subscribe_presence(&id, &params) {
+                match self.subscribe_presence(&id, &params).await {
                     Ok(true) => self.push(ddp::ready(&id)),
                     Ok(false) => self.push(ddp::nosub(&id, None)),
                     Err(e) => self.push(ddp::nosub(&id, Some(&e))),
@@ -353,7 +353,7 @@ impl Session {
                 true
             }
             ClientFrame::Sub { id, name, params } => {
-                match self.subscribe(&id, &name, &params) {
+                match self.subscribe(&id, &name, &params).await {
                     Ok(true) => self.push(ddp::ready(&id)),
                     Ok(false) => {}
                     Err(e) => self.push(ddp::nosub(&id, Some(&e))),

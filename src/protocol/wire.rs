@@ -76,7 +76,23 @@ pub fn message(m: &Message, d: Dates) -> Value {
     if let Some(by) = &m.edited_by {
         o.insert("editedBy".into(), json!({"_id": by.id, "username": by.username}));
     }
+    // Fields kept as they were (imported reactions, attachments, …), dates in this door's form.
+    for (k, v) in &m.extra {
+        o.insert(k.clone(), with_dates(v, d));
+    }
     Value::Object(o)
+}
+
+/// `v` with every EJSON date `{"$date": ms}` inside rendered as `d` asks.
+fn with_dates(v: &Value, d: Dates) -> Value {
+    match v {
+        Value::Object(o) => match (o.len(), o.get("$date").and_then(Value::as_i64)) {
+            (1, Some(ms)) => d.date(ms),
+            _ => Value::Object(o.iter().map(|(k, v)| (k.clone(), with_dates(v, d))).collect()),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(|v| with_dates(v, d)).collect()),
+        other => other.clone(),
+    }
 }
 
 pub fn room(r: &Room, d: Dates) -> Value {

@@ -1,34 +1,61 @@
 //! The store: one interface over the durable data (users, tokens, rooms, subscriptions,
-//! messages) and the change log. Writes go to the single writer thread through a bounded
-//! crossbeam channel and are answered only after their group commit is durable; reads run on
-//! the calling thread (any shard) in their own read transaction.
+//! messages) and its change feed, implemented by each backend.
 //!
-//! The embedded backend (redb) lives in `embedded.rs`.
+//! - [`Backend`]: what a backend implements. Its reads are synchronous and run only on store-side
+//!   threads (the reader pool below, the feed thread, the CLI); its writes are requests handed
+//!   to the backend's own writer, answered once durable. The chat rules that decide what a write
+//!   does live once in [`crate::app::rules`]; a backend only persists and reads.
+//! - [`Store`]: the handle every thread holds. On a shard every read is `async`: it is handed to
+//!   a bounded pool of reader threads, so scans and decodes never run on a shard's event loop.
+//! - [`ChangeFeed`]: the backend's ordered change feed, read by one feed thread per host, which
+//!   hands decoded batches to the tailer shard over a bounded channel. Its position is opaque
+//!   ([`FeedPosition`]); the [`Mark`] of each change orders it against write outcomes.
 
-mod embedded;
+pub mod embedded;
 pub mod model;
+mod pool;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-pub use embedded::{CommitFeed, EmbeddedStore, HistoryQuery, OpenError, GENERAL_ROOM_ID, MAX_MESSAGE_CHARS};
+use futures::channel::{mpsc, oneshot};
+use futures::SinkExt;
+
+pub use crate::app::rules::{GENERAL_ROOM_ID, MAX_MESSAGE_CHARS};
+pub use embedded::{EmbeddedStore, OpenError};
 pub use model::*;
 
 use crate::ids::{MessageId, RoomId, UserId};
+use pool::ReadPool;
 
-/// Capacity of the queue in front of the writer thread. When full, writers wait (back-pressure).
+/// Capacity of the queue in front of a backend's writer. When full, writers wait (back-pressure).
 pub const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// Most requests applied in one transaction (one fsync).
 pub const MAX_GROUP_COMMIT: usize = 512;
+/// Capacity of the reader pool's queue. When full, readers wait (back-pressure).
+pub const READ_QUEUE_CAPACITY: usize = 1024;
+/// Most change records the feed thread decodes and hands over in one batch.
+pub const FEED_BATCH: usize = 1024;
+/// Decoded batches queued between the feed thread and the tailer. When full, the feed thread
+/// waits (the feed is durable; nothing is lost by reading it later).
+pub const FEED_QUEUE_BATCHES: usize = 8;
+/// How long the feed thread waits for new changes before checking whether it should stop.
+const FEED_WAIT: Duration = Duration::from_millis(200);
 
 /// Who is at fault when a store operation fails.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The request is invalid for the current data (client's fault). `code` is the Rocket.Chat
-    /// error code (e.g. `error-invalid-room`), `reason` a human text.
+    /// error code (e.g. `error-invalid-room`), `reason` a human text safe to show the client.
     #[error("{reason} [{code}]")]
     Rejected { code: &'static str, reason: String },
-    /// The store failed (I/O, corruption, shutting down). Clients see a generic error.
+    /// The store could not do it (I/O, unavailable, shutting down): the store's fault.
     #[error("store failure: {0}")]
+    Failed(String),
+    /// Stored data that cannot be decoded, or a broken invariant: chatd's fault.
+    #[error("internal store error: {0}")]
     Internal(String),
 }
 
@@ -43,13 +70,138 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A write request for the writer thread.
+/// A point in the store's commit order: every write outcome and every feed change carries one,
+/// and a shard that has applied the feed up to mark `m` has seen every write whose mark is ≤ `m`.
+/// (Embedded: the change-log sequence number.)
+pub type Mark = u64;
+
+/// Where a change feed stands, opaque to everyone but its backend (embedded: a sequence
+/// number; MongoDB: a resume token). Persisted and handed back to resume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedPosition(pub Vec<u8>);
+
+impl FeedPosition {
+    pub fn from_seq(seq: u64) -> Self {
+        Self(seq.to_be_bytes().to_vec())
+    }
+
+    /// The sequence number of a position made by [`FeedPosition::from_seq`].
+    pub fn as_seq(&self) -> Option<u64> {
+        let bytes: [u8; 8] = self.0.as_slice().try_into().ok()?;
+        Some(u64::from_be_bytes(bytes))
+    }
+}
+
+/// One change read from a feed, decoded on the feed thread. A record that failed to decode
+/// keeps its slot (with the reason) so the tailer counts and logs it and moves past it.
+#[derive(Debug)]
+pub struct FeedItem {
+    pub mark: Mark,
+    pub position: FeedPosition,
+    pub record: Result<Arc<ChangeRecord>, String>,
+}
+
+/// A backend's ordered change feed. Runs on the feed thread only.
+pub trait ChangeFeed: Send {
+    /// Up to `max` changes after the current position, oldest first, waiting up to `wait` for
+    /// the first one. Advances the position past what it returns.
+    fn next_batch(&mut self, max: usize, wait: Duration) -> StoreResult<Vec<FeedItem>>;
+}
+
+/// A write request for a backend's writer.
+pub struct WriteRequest {
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<StoreResult<WriteOutcome>>,
+}
+
+/// Why a backend did not take a request.
+pub enum SubmitError {
+    /// Its queue is full: try again later (the request is handed back).
+    Full(WriteRequest),
+    /// It is shut down.
+    Closed,
+}
+
+/// What every backend implements. Reads are synchronous: they run on store-side threads only.
+pub trait Backend: Send + Sync + 'static {
+    fn user(&self, uid: &UserId) -> StoreResult<Option<User>>;
+    /// Users by id, in the order asked, skipping unknown ids.
+    fn users(&self, uids: &[UserId]) -> StoreResult<Vec<User>>;
+    /// By username, case-insensitively.
+    fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
+    /// By any of the user's emails, case-insensitively.
+    fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    /// The user owning an unexpired token (looked up by the token's SHA-256).
+    fn user_by_token_hash(&self, token_hash: &str, now: i64) -> StoreResult<Option<(User, LoginToken)>>;
+    fn room(&self, rid: &RoomId) -> StoreResult<Option<Room>>;
+    /// By name, case-insensitively.
+    fn room_by_name(&self, name: &str) -> StoreResult<Option<Room>>;
+    fn subscription(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>>;
+    /// The user's subscriptions with their rooms.
+    fn subscriptions_of(&self, uid: &UserId) -> StoreResult<Vec<(Subscription, Room)>>;
+    /// Member user ids of a room.
+    fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>>;
+    /// Every (room, member) pair, for the tailer's routing table at start.
+    fn all_memberships(&self) -> StoreResult<Vec<(RoomId, UserId)>>;
+    /// Public channels, by name.
+    fn channels(&self) -> StoreResult<Vec<Room>>;
+    fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>>;
+    /// A page of a room's messages, newest first, and how many matched (see [`HistoryQuery`]).
+    fn history(&self, rid: &RoomId, q: &HistoryQuery) -> StoreResult<(Vec<Message>, u64)>;
+    /// The rooms a user belongs to, and the mark this snapshot reflects.
+    fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)>;
+
+    /// Hands a write to the backend's writer without blocking.
+    fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError>;
+    /// Mark of the newest durable write.
+    fn head(&self) -> Mark;
+    /// The change feed, positioned at the head now. Taken once (later calls: `None`).
+    fn take_feed(&self) -> Option<Box<dyn ChangeFeed>>;
+    /// Stops the writer after every queued request, and waits for it.
+    fn close(&self);
+}
+
+/// A history read (DDP `loadHistory`/`loadMissedMessages`, REST `*.history`).
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// Messages with `ts` before this (or at it, when `inclusive`).
+    pub latest: Option<i64>,
+    /// Messages with `ts` after this (or at it, when `inclusive`).
+    pub oldest: Option<i64>,
+    pub inclusive: bool,
+    pub offset: u64,
+    pub limit: usize,
+    /// Keep counting past `limit` to report the total (costs a longer scan).
+    pub count_total: bool,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        Self {
+            latest: None,
+            oldest: None,
+            inclusive: false,
+            offset: 0,
+            limit: 50,
+            count_total: false,
+        }
+    }
+}
+
+/// A write request. What each does, and who may, is decided by [`crate::app::rules`].
 #[derive(Debug, Clone)]
 pub enum WriteOp {
     CreateUser {
         username: String,
         name: String,
         email: Option<String>,
+        password_hash: String,
+    },
+    /// Replaces a user's password hash (e.g. an imported bcrypt hash rehashed to Argon2id on
+    /// the first successful login). Only when the stored hash is still `expected`.
+    SetPasswordHash {
+        uid: UserId,
+        expected: String,
         password_hash: String,
     },
     CreateToken {
@@ -85,14 +237,18 @@ pub enum WriteOp {
         msg: String,
         tmid: Option<String>,
     },
+    /// `rid`, when given, must be the message's room.
     UpdateMessage {
         uid: UserId,
         mid: MessageId,
+        rid: Option<RoomId>,
         msg: String,
     },
+    /// `rid`, when given, must be the message's room.
     DeleteMessage {
         uid: UserId,
         mid: MessageId,
+        rid: Option<RoomId>,
     },
     MarkRead {
         uid: UserId,
@@ -113,42 +269,218 @@ pub enum WriteOutput {
     /// A room, and whether this write created it (`false`: it already existed, e.g. a DM).
     Room(Box<Room>, bool),
     Message(Box<Message>),
-    /// `SendMessage` with an id that already exists: nothing was written.
+    /// `SendMessage` re-sent by its author to the same room with an id that already exists:
+    /// nothing was written; the stored message.
     Duplicate(Box<Message>),
 }
 
-/// A durable write's result and the change-log position at which its effects are visible.
+/// A durable write's result and the mark at which its effects are visible in the feed.
 #[derive(Debug, Clone)]
 pub struct WriteOutcome {
     pub output: WriteOutput,
-    /// Change-log head after this write's transaction (its own last change, or the head then).
-    pub seq: u64,
+    pub mark: Mark,
 }
 
 /// The handle every thread uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<EmbeddedStore>,
+    backend: Arc<dyn Backend>,
+    readers: ReadPool,
+    feed_thread: Arc<FeedThread>,
 }
+
+#[derive(Default)]
+struct FeedThread {
+    stop: AtomicBool,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The tailer's end of the feed: decoded batches, in order.
+pub type FeedReceiver = mpsc::Receiver<Vec<FeedItem>>;
 
 impl Store {
-    pub fn new(inner: Arc<EmbeddedStore>) -> Self {
-        Self { inner }
+    /// Wraps a backend and starts `readers` reader threads.
+    pub fn new(backend: Arc<dyn Backend>, readers: usize) -> StoreResult<Self> {
+        let readers = ReadPool::start(backend.clone(), readers.max(1), READ_QUEUE_CAPACITY)?;
+        Ok(Self {
+            backend,
+            readers,
+            feed_thread: Arc::new(FeedThread::default()),
+        })
     }
 
-    /// Submits a write and waits until it is durable.
+    /// The backend, for synchronous use on a plain thread (CLI, tests). Never on a shard.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Runs `f` on a reader thread and waits (asynchronously) for its answer. Shards only.
+    pub async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> StoreResult<T> + Send + 'static,
+    {
+        self.readers.run(f).await
+    }
+
+    /// Submits a write and waits (asynchronously) until it is durable. Shards only.
     pub async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
-        self.inner.submit(op).await
+        let (reply, rx) = oneshot::channel();
+        let mut req = WriteRequest { op, reply };
+        loop {
+            match self.backend.try_submit(req) {
+                Ok(()) => break,
+                Err(SubmitError::Full(back)) => {
+                    // Back-pressure without blocking the shard's event loop.
+                    req = back;
+                    glommio::timer::sleep(Duration::from_micros(500)).await;
+                }
+                Err(SubmitError::Closed) => return Err(StoreError::Failed("store is shut down".into())),
+            }
+        }
+        rx.await
+            .map_err(|_| StoreError::Failed("store writer stopped".into()))?
     }
 
-    pub fn backend(&self) -> &EmbeddedStore {
-        &self.inner
+    /// Submits a write from a plain thread (CLI), blocking until durable.
+    pub fn write_blocking(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let mut req = WriteRequest { op, reply };
+        loop {
+            match self.backend.try_submit(req) {
+                Ok(()) => break,
+                Err(SubmitError::Full(back)) => {
+                    req = back;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err(SubmitError::Closed) => return Err(StoreError::Failed("store is shut down".into())),
+            }
+        }
+        futures_lite::future::block_on(rx).map_err(|_| StoreError::Failed("store writer stopped".into()))?
     }
-}
 
-impl std::ops::Deref for Store {
-    type Target = EmbeddedStore;
-    fn deref(&self) -> &EmbeddedStore {
-        &self.inner
+    /// Mark of the newest durable write.
+    pub fn head(&self) -> Mark {
+        self.backend.head()
+    }
+
+    /// Starts the feed thread ("chatd-feed"), which reads the backend's change feed from the
+    /// head now and hands decoded batches to the returned receiver. Once per store.
+    pub fn start_feed(&self) -> StoreResult<FeedReceiver> {
+        let mut feed = self
+            .backend
+            .take_feed()
+            .ok_or_else(|| StoreError::Internal("the change feed was already taken".into()))?;
+        let (mut tx, rx) = mpsc::channel(FEED_QUEUE_BATCHES);
+        let state = self.feed_thread.clone();
+        let handle = std::thread::Builder::new()
+            .name("chatd-feed".into())
+            .spawn(move || {
+                while !state.stop.load(Ordering::Acquire) {
+                    let batch = match feed.next_batch(FEED_BATCH, FEED_WAIT) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading the change feed failed; will retry");
+                            std::thread::sleep(FEED_WAIT);
+                            continue;
+                        }
+                    };
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    if futures_lite::future::block_on(tx.send(batch)).is_err() {
+                        break;
+                    }
+                }
+                tracing::debug!("feed thread stopped");
+            })
+            .map_err(|e| StoreError::Failed(format!("cannot start the feed thread: {e}")))?;
+        if let Ok(mut h) = self.feed_thread.handle.lock() {
+            *h = Some(handle);
+        }
+        Ok(rx)
+    }
+
+    /// Stops the feed thread, the readers and the writer (in that order) and waits for them.
+    pub fn close(&self) {
+        self.feed_thread.stop.store(true, Ordering::Release);
+        let handle = self.feed_thread.handle.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.readers.stop();
+        self.backend.close();
+    }
+
+    pub async fn user(&self, uid: &UserId) -> StoreResult<Option<User>> {
+        let uid = uid.clone();
+        self.read(move |b| b.user(&uid)).await
+    }
+
+    pub async fn users(&self, uids: Vec<UserId>) -> StoreResult<Vec<User>> {
+        self.read(move |b| b.users(&uids)).await
+    }
+
+    pub async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let name = username.to_owned();
+        self.read(move |b| b.user_by_username(&name)).await
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let email = email.to_owned();
+        self.read(move |b| b.user_by_email(&email)).await
+    }
+
+    pub async fn user_by_token_hash(&self, token_hash: &str, now: i64) -> StoreResult<Option<(User, LoginToken)>> {
+        let hash = token_hash.to_owned();
+        self.read(move |b| b.user_by_token_hash(&hash, now)).await
+    }
+
+    pub async fn room(&self, rid: &RoomId) -> StoreResult<Option<Room>> {
+        let rid = rid.clone();
+        self.read(move |b| b.room(&rid)).await
+    }
+
+    pub async fn room_by_name(&self, name: &str) -> StoreResult<Option<Room>> {
+        let name = name.to_owned();
+        self.read(move |b| b.room_by_name(&name)).await
+    }
+
+    pub async fn subscription(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>> {
+        let (uid, rid) = (uid.clone(), rid.clone());
+        self.read(move |b| b.subscription(&uid, &rid)).await
+    }
+
+    pub async fn subscriptions_of(&self, uid: &UserId) -> StoreResult<Vec<(Subscription, Room)>> {
+        let uid = uid.clone();
+        self.read(move |b| b.subscriptions_of(&uid)).await
+    }
+
+    pub async fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>> {
+        let rid = rid.clone();
+        self.read(move |b| b.members(&rid)).await
+    }
+
+    pub async fn all_memberships(&self) -> StoreResult<Vec<(RoomId, UserId)>> {
+        self.read(|b| b.all_memberships()).await
+    }
+
+    pub async fn channels(&self) -> StoreResult<Vec<Room>> {
+        self.read(|b| b.channels()).await
+    }
+
+    pub async fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>> {
+        let mid = mid.clone();
+        self.read(move |b| b.message(&mid)).await
+    }
+
+    pub async fn history(&self, rid: &RoomId, q: &HistoryQuery) -> StoreResult<(Vec<Message>, u64)> {
+        let (rid, q) = (rid.clone(), q.clone());
+        self.read(move |b| b.history(&rid, &q)).await
+    }
+
+    pub async fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)> {
+        let uid = uid.clone();
+        self.read(move |b| b.memberships_of(&uid)).await
     }
 }

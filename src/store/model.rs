@@ -26,6 +26,13 @@ pub struct User {
     pub status: String,
     pub status_text: String,
     pub roles: Vec<String>,
+    /// Deactivated users cannot log in (Rocket.Chat's `active: false`).
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl User {
@@ -130,6 +137,10 @@ pub struct Message {
     pub edited_by: Option<UserRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<UserRef>,
+    /// Fields chatd keeps without interpreting them (imported `reactions`, `attachments`, …),
+    /// served as they were. Dates inside are EJSON `{"$date": ms}`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One entry of the change log, written in the same transaction as the data it describes.

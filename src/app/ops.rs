@@ -1,31 +1,20 @@
-//! Chat operations shared by both front doors: the DDP methods (`methods`) and the REST API
-//! (`rest`). Each front door parses its own wire format and renders its own envelope; what a
-//! login, a room or a message *is*, who may touch it, and how it reaches the store live here, so
-//! both APIs behave the same. Runs on the caller's shard.
+//! Chat operations shared by both front doors: the DDP methods (`gateway::methods`) and the REST
+//! API (`gateway::rest`). Each front door parses its own wire format and renders [`AppError`] in
+//! its own envelope; what a login, a room or a message *is*, who may read it, and how it reaches
+//! the store live here (who may *write* what lives in [`super::rules`]), so both APIs behave the
+//! same. Runs on the caller's shard; every store read is awaited off the event loop.
 
-use crate::auth;
+use crate::auth::{self, Verified};
 use crate::chat::presence::{PresenceRead, Status};
 use crate::ids::{now_ms, random_secret, MessageId, RoomId};
 use serde_json::Value;
 
-use crate::protocol::ddp::MeteorError;
+use super::error::{AppError, AppResult};
+use crate::gateway::ShardCtx;
 use crate::protocol::wire::{self, Dates};
 use crate::store::{
-    HistoryQuery, LoginToken, Message, Room, RoomType, StoreError, Subscription, User, WriteOp, WriteOutcome,
-    WriteOutput,
+    HistoryQuery, LoginToken, Message, Room, RoomType, Subscription, User, WriteOp, WriteOutcome, WriteOutput,
 };
-
-use super::ShardCtx;
-
-pub fn store_err(method: &str, e: StoreError) -> MeteorError {
-    match e {
-        StoreError::Rejected { code, reason } => MeteorError::new(code, reason).with_method(method),
-        StoreError::Internal(msg) => {
-            tracing::error!(method, error = %msg, "store failure");
-            MeteorError::internal()
-        }
-    }
-}
 
 /// How a password login names its user.
 pub enum LoginName<'a> {
@@ -54,57 +43,87 @@ impl<'a> Ops<'a> {
 
     /// A durable write whose change this shard has also applied, so the caller's next request on
     /// this shard sees its effect.
-    pub async fn write(&self, method: &str, op: WriteOp) -> Result<WriteOutcome, MeteorError> {
-        let outcome = self.ctx.hub.store.write(op).await.map_err(|e| store_err(method, e))?;
-        self.ctx.hub.wait_applied(outcome.seq).await;
+    pub async fn write(&self, method: &str, op: WriteOp) -> AppResult<WriteOutcome> {
+        let outcome = self
+            .ctx
+            .hub
+            .store
+            .write(op)
+            .await
+            .map_err(|e| AppError::from(e).with_method(method))?;
+        self.ctx.hub.wait_applied(outcome.mark).await;
         Ok(outcome)
     }
 
-    pub fn room(&self, rid: &RoomId) -> Result<Option<Room>, MeteorError> {
-        self.ctx.hub.store.room(rid).map_err(|e| store_err("room", e))
+    pub async fn room(&self, rid: &RoomId) -> AppResult<Option<Room>> {
+        Ok(self.ctx.hub.store.room(rid).await?)
     }
 
     /// A room by id, or else by name.
-    pub fn room_by_name_or_id(&self, name_or_id: &str) -> Result<Option<Room>, MeteorError> {
-        match self.room(&RoomId::from(name_or_id))? {
+    pub async fn room_by_name_or_id(&self, name_or_id: &str) -> AppResult<Option<Room>> {
+        match self.room(&RoomId::from(name_or_id)).await? {
             Some(r) => Ok(Some(r)),
-            None => self
-                .ctx
-                .hub
-                .store
-                .room_by_name(name_or_id)
-                .map_err(|e| store_err("room", e)),
+            None => Ok(self.ctx.hub.store.room_by_name(name_or_id).await?),
+        }
+    }
+
+    /// The room as `user` may see it: a public channel, or a room they belong to. `None` for a
+    /// room that does not exist *and* for one they may not see, so no answer tells them apart.
+    pub async fn visible_room(&self, user: &User, room: Option<Room>) -> AppResult<Option<Room>> {
+        match room {
+            Some(room) if self.can_read(user, &room).await? => Ok(Some(room)),
+            _ => Ok(None),
         }
     }
 
     /// Whether the user belongs to the room. The shard's index is checked first; on a miss the
     /// store decides, because a membership another user's write just created may not have reached
     /// this shard yet (anything later in that room reaches it after the membership does).
-    pub fn member_of(&self, user: &User, rid: &RoomId) -> bool {
-        self.ctx.hub.is_member(&user.id, rid) || matches!(self.ctx.hub.store.subscription(&user.id, rid), Ok(Some(_)))
+    pub async fn member_of(&self, user: &User, rid: &RoomId) -> AppResult<bool> {
+        if self.ctx.hub.is_member(&user.id, rid) {
+            return Ok(true);
+        }
+        Ok(self.ctx.hub.store.subscription(&user.id, rid).await?.is_some())
     }
 
     /// Whether the user may read the room's history: members, or anyone for public channels.
-    pub fn can_read(&self, user: &User, room: &Room) -> bool {
-        room.t == RoomType::Channel || self.member_of(user, &room.id)
+    pub async fn can_read(&self, user: &User, room: &Room) -> AppResult<bool> {
+        Ok(room.t == RoomType::Channel || self.member_of(user, &room.id).await?)
     }
 
-    pub async fn login_password(&self, name: LoginName<'_>, digest: String) -> Result<LoggedIn, MeteorError> {
+    pub async fn login_password(&self, name: LoginName<'_>, digest: String) -> AppResult<LoggedIn> {
         let store = &self.ctx.hub.store;
         let user = match name {
-            LoginName::Username(u) => store.user_by_username(u),
-            LoginName::Email(e) => store.user_by_email(e),
+            LoginName::Username(u) => store.user_by_username(u).await,
+            LoginName::Email(e) => store.user_by_email(e).await,
         }
-        .map_err(|e| store_err("login", e))?;
+        .map_err(|e| AppError::from(e).with_method("login"))?;
         let Some(user) = user else {
-            return Err(MeteorError::new(403, "User not found"));
+            return Err(AppError::status(403, "User not found"));
         };
-        let phc = user.password_hash.clone();
-        let ok = glommio::executor()
-            .spawn_blocking(move || auth::verify_password_digest(&phc, &digest))
+        let stored = user.password_hash.clone();
+        let verified = glommio::executor()
+            .spawn_blocking(move || auth::verify_password(&stored, &digest))
             .await;
-        if !ok {
-            return Err(MeteorError::new(403, "Incorrect password"));
+        let rehash = match verified {
+            Verified::No => return Err(AppError::status(403, "Incorrect password")),
+            Verified::Yes => None,
+            Verified::YesRehash(new_hash) => Some(new_hash),
+        };
+        if !user.active {
+            return Err(AppError::client("error-user-is-not-activated", "User is not activated").with_method("login"));
+        }
+        if let Some(password_hash) = rehash {
+            // An imported (bcrypt) hash: replaced by Argon2id now that the password is known.
+            self.write(
+                "login",
+                WriteOp::SetPasswordHash {
+                    uid: user.id.clone(),
+                    expected: user.password_hash.clone(),
+                    password_hash,
+                },
+            )
+            .await?;
         }
         let now = now_ms();
         let token = random_secret();
@@ -132,30 +151,31 @@ impl<'a> Ops<'a> {
         })
     }
 
-    pub fn login_resume(&self, token: &str) -> Result<LoggedIn, MeteorError> {
+    pub async fn login_resume(&self, token: &str) -> AppResult<LoggedIn> {
         let token_hash = auth::token_hash(token);
         match self
             .ctx
             .hub
             .store
             .user_by_token_hash(&token_hash, now_ms())
-            .map_err(|e| store_err("login", e))?
+            .await
+            .map_err(|e| AppError::from(e).with_method("login"))?
         {
-            Some((user, t)) => Ok(LoggedIn {
+            Some((user, t)) if user.active => Ok(LoggedIn {
                 user,
                 token: token.to_owned(),
                 token_hash,
                 expires: t.expires_at,
                 kind: "resume",
             }),
-            None => Err(MeteorError::new(
+            _ => Err(AppError::status(
                 403,
                 "You've been logged out by the server. Please log in again.",
             )),
         }
     }
 
-    pub async fn logout(&self, token_hash: String) -> Result<(), MeteorError> {
+    pub async fn logout(&self, token_hash: String) -> AppResult<()> {
         self.write("logout", WriteOp::DeleteToken { token_hash }).await?;
         Ok(())
     }
@@ -167,24 +187,21 @@ impl<'a> Ops<'a> {
         pass: &str,
         email: Option<&str>,
         name: Option<&str>,
-    ) -> Result<User, MeteorError> {
+    ) -> AppResult<User> {
         if !self.ctx.config.accounts.registration_open {
-            return Err(MeteorError::new(
+            return Err(AppError::client(
                 "error-user-registration-disabled",
                 "User registration is disabled",
             ));
         }
         if pass.is_empty() {
-            return Err(MeteorError::new("error-invalid-password", "Invalid password"));
+            return Err(AppError::client("error-invalid-password", "Invalid password"));
         }
         let digest = auth::sha256_hex(pass);
         let hash = glommio::executor()
             .spawn_blocking(move || auth::hash_password_digest(&digest))
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "password hashing failed");
-                MeteorError::internal()
-            })?;
+            .map_err(|e| AppError::internal(format!("password hashing failed: {e}")))?;
         let op = WriteOp::CreateUser {
             username: username.to_owned(),
             name: name.unwrap_or(username).to_owned(),
@@ -193,7 +210,7 @@ impl<'a> Ops<'a> {
         };
         match self.write(method, op).await?.output {
             WriteOutput::User(u) => Ok(*u),
-            _ => Err(MeteorError::internal()),
+            _ => Err(AppError::internal("unexpected write output")),
         }
     }
 
@@ -205,7 +222,7 @@ impl<'a> Ops<'a> {
         name: &str,
         members: Vec<String>,
         read_only: bool,
-    ) -> Result<Room, MeteorError> {
+    ) -> AppResult<Room> {
         let op = WriteOp::CreateRoom {
             t,
             name: name.to_owned(),
@@ -215,22 +232,22 @@ impl<'a> Ops<'a> {
         };
         match self.write(method, op).await?.output {
             WriteOutput::Room(room, _) => Ok(*room),
-            _ => Err(MeteorError::internal()),
+            _ => Err(AppError::internal("unexpected write output")),
         }
     }
 
-    pub async fn create_direct(&self, method: &str, user: &User, other: &str) -> Result<Room, MeteorError> {
+    pub async fn create_direct(&self, method: &str, user: &User, other: &str) -> AppResult<Room> {
         let op = WriteOp::CreateDirect {
             creator: user.id.clone(),
             other_username: other.to_owned(),
         };
         match self.write(method, op).await?.output {
             WriteOutput::Room(room, _) => Ok(*room),
-            _ => Err(MeteorError::internal()),
+            _ => Err(AppError::internal("unexpected write output")),
         }
     }
 
-    pub async fn join(&self, method: &str, user: &User, rid: RoomId) -> Result<(), MeteorError> {
+    pub async fn join(&self, method: &str, user: &User, rid: RoomId) -> AppResult<()> {
         self.write(
             method,
             WriteOp::Join {
@@ -242,7 +259,7 @@ impl<'a> Ops<'a> {
         Ok(())
     }
 
-    pub async fn leave(&self, method: &str, user: &User, rid: RoomId) -> Result<(), MeteorError> {
+    pub async fn leave(&self, method: &str, user: &User, rid: RoomId) -> AppResult<()> {
         self.write(
             method,
             WriteOp::Leave {
@@ -254,10 +271,10 @@ impl<'a> Ops<'a> {
         Ok(())
     }
 
-    fn check_size(&self, method: &str, text: &str) -> Result<(), MeteorError> {
+    fn check_size(&self, method: &str, text: &str) -> AppResult<()> {
         if text.chars().count() > self.ctx.config.limits.max_message_chars {
             return Err(
-                MeteorError::new("error-message-size-exceeded", "Message size exceeds the allowed limit")
+                AppError::client("error-message-size-exceeded", "Message size exceeds the allowed limit")
                     .with_method(method),
             );
         }
@@ -274,10 +291,10 @@ impl<'a> Ops<'a> {
         id: Option<&str>,
         text: &str,
         tmid: Option<&str>,
-    ) -> Result<Result<Message, Message>, MeteorError> {
+    ) -> Result<Result<Message, Message>, AppError> {
         self.check_size(method, text)?;
         if id.is_some_and(|i| i.is_empty() || i.len() > 128) {
-            return Err(MeteorError::match_failed("_id must be 1 to 128 characters"));
+            return Err(AppError::invalid("_id must be 1 to 128 characters"));
         }
         let op = WriteOp::SendMessage {
             uid: user.id.clone(),
@@ -289,7 +306,7 @@ impl<'a> Ops<'a> {
         match self.write(method, op).await?.output {
             WriteOutput::Message(m) => Ok(Ok(*m)),
             WriteOutput::Duplicate(m) => Ok(Err(*m)),
-            _ => Err(MeteorError::internal()),
+            _ => Err(AppError::internal("unexpected write output")),
         }
     }
 
@@ -301,62 +318,34 @@ impl<'a> Ops<'a> {
         mid: &str,
         rid: Option<&str>,
         text: &str,
-    ) -> Result<Message, MeteorError> {
+    ) -> AppResult<Message> {
         self.check_size(method, text)?;
-        let mid = MessageId::from(mid);
-        if let Some(rid) = rid {
-            self.check_message_room(method, &mid, rid)?;
-        }
         let op = WriteOp::UpdateMessage {
             uid: user.id.clone(),
-            mid,
+            mid: MessageId::from(mid),
+            rid: rid.map(RoomId::from),
             msg: text.to_owned(),
         };
         match self.write(method, op).await?.output {
             WriteOutput::Message(m) => Ok(*m),
-            _ => Err(MeteorError::internal()),
+            _ => Err(AppError::internal("unexpected write output")),
         }
     }
 
-    fn check_message_room(&self, method: &str, mid: &MessageId, rid: &str) -> Result<(), MeteorError> {
-        match self.ctx.hub.store.message(mid) {
-            Ok(Some(existing)) if existing.rid.as_str() != rid => Err(MeteorError::new(
-                "error-invalid-room",
-                "The message does not belong to this room",
-            )
-            .with_method(method)),
-            _ => Ok(()),
-        }
-    }
-
-    pub async fn delete_message(
-        &self,
-        method: &str,
-        user: &User,
-        mid: &str,
-        rid: Option<&str>,
-    ) -> Result<Message, MeteorError> {
-        let mid = MessageId::from(mid);
-        if let Some(rid) = rid {
-            self.check_message_room(method, &mid, rid)?;
-        }
-        match self
-            .write(
-                method,
-                WriteOp::DeleteMessage {
-                    uid: user.id.clone(),
-                    mid,
-                },
-            )
-            .await?
-            .output
-        {
+    /// Deletes a message; `rid`, when given, must be the message's room.
+    pub async fn delete_message(&self, method: &str, user: &User, mid: &str, rid: Option<&str>) -> AppResult<Message> {
+        let op = WriteOp::DeleteMessage {
+            uid: user.id.clone(),
+            mid: MessageId::from(mid),
+            rid: rid.map(RoomId::from),
+        };
+        match self.write(method, op).await?.output {
             WriteOutput::Message(m) => Ok(*m),
-            _ => Err(MeteorError::internal()),
+            _ => Err(AppError::internal("unexpected write output")),
         }
     }
 
-    pub async fn mark_read(&self, method: &str, user: &User, rid: RoomId) -> Result<(), MeteorError> {
+    pub async fn mark_read(&self, method: &str, user: &User, rid: RoomId) -> AppResult<()> {
         self.write(
             method,
             WriteOp::MarkRead {
@@ -369,42 +358,42 @@ impl<'a> Ops<'a> {
     }
 
     /// A page of a room's history, newest first, with the total matching when asked for.
-    /// `Ok(None)`: the room does not exist or the user may not read it.
-    pub fn history(
+    /// `Ok(None)`: the room does not exist or the user may not read it (indistinguishable).
+    pub async fn history(
         &self,
         method: &str,
         user: &User,
         rid: &RoomId,
         q: &HistoryQuery,
-    ) -> Result<Option<(Room, Vec<Message>, u64)>, MeteorError> {
-        let Some(room) = self.room(rid)? else {
+    ) -> AppResult<Option<(Room, Vec<Message>, u64)>> {
+        let room = self.room(rid).await?;
+        let Some(room) = self.visible_room(user, room).await? else {
             return Ok(None);
         };
-        if !self.can_read(user, &room) {
-            return Ok(None);
-        }
-        let (messages, total) = self.ctx.hub.store.history(rid, q).map_err(|e| store_err(method, e))?;
+        let (messages, total) = self
+            .ctx
+            .hub
+            .store
+            .history(rid, q)
+            .await
+            .map_err(|e| AppError::from(e).with_method(method))?;
         Ok(Some((room, messages, total)))
     }
 
-    fn subscriptions_of(&self, method: &str, user: &User) -> Result<Vec<(Subscription, Room)>, MeteorError> {
+    async fn subscriptions_of(&self, method: &str, user: &User) -> AppResult<Vec<(Subscription, Room)>> {
         self.ctx
             .hub
             .store
             .subscriptions_of(&user.id)
-            .map_err(|e| store_err(method, e))
+            .await
+            .map_err(|e| AppError::from(e).with_method(method))
     }
 
     /// The user's rooms updated after `since` (all when `None`).
-    pub fn rooms_since(
-        &self,
-        method: &str,
-        user: &User,
-        since: Option<i64>,
-        d: Dates,
-    ) -> Result<Vec<Value>, MeteorError> {
+    pub async fn rooms_since(&self, method: &str, user: &User, since: Option<i64>, d: Dates) -> AppResult<Vec<Value>> {
         Ok(self
-            .subscriptions_of(method, user)?
+            .subscriptions_of(method, user)
+            .await?
             .iter()
             .filter(|(_, r)| since.is_none_or(|s| r.updated_at > s))
             .map(|(_, r)| wire::room(r, d))
@@ -412,15 +401,16 @@ impl<'a> Ops<'a> {
     }
 
     /// The user's subscriptions updated after `since` (all when `None`).
-    pub fn subscriptions_since(
+    pub async fn subscriptions_since(
         &self,
         method: &str,
         user: &User,
         since: Option<i64>,
         d: Dates,
-    ) -> Result<Vec<Value>, MeteorError> {
+    ) -> AppResult<Vec<Value>> {
         Ok(self
-            .subscriptions_of(method, user)?
+            .subscriptions_of(method, user)
+            .await?
             .iter()
             .filter(|(s, r)| since.is_none_or(|t| s.updated_at.max(r.updated_at) > t))
             .map(|(s, r)| wire::subscription(s, r, d))
@@ -435,13 +425,13 @@ impl<'a> Ops<'a> {
         user: &User,
         status: Option<&str>,
         text: Option<&str>,
-    ) -> Result<(), MeteorError> {
+    ) -> AppResult<()> {
         let status = match status {
             None => user.status.clone(),
             Some(s) => match Status::parse(s) {
                 Some(st) => st.as_str().to_owned(),
                 None => {
-                    return Err(MeteorError::new(
+                    return Err(AppError::client(
                         "error-invalid-status",
                         "Valid status types include online, away, offline, and busy.",
                     )
@@ -451,7 +441,7 @@ impl<'a> Ops<'a> {
         };
         if text.is_some_and(|t| t.chars().count() > 120) {
             return Err(
-                MeteorError::new("error-status-text-too-long", "Status text is limited to 120 characters")
+                AppError::client("error-status-text-too-long", "Status text is limited to 120 characters")
                     .with_method(method),
             );
         }

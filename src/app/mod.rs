@@ -1,0 +1,8 @@
+//! The application core both front doors share: the operations (`ops`), their one error type
+//! (`error`), and the backend-neutral chat rules every store backend applies (`rules`).
+
+pub mod error;
+pub mod ops;
+pub mod rules;
+
+pub use error::{AppError, AppResult, Code};

@@ -1,0 +1,582 @@
+//! The chat rules, once, for every backend: what each [`WriteOp`] does to the data and who may do
+//! it (authorization, idempotent sends, mentions, DM ids, owners, unread sequence numbers, the
+//! default room). A backend supplies a [`Txn`] — reads and writes of whole records inside one of
+//! its transactions — and calls [`apply`]; it never decides anything itself.
+//!
+//! Secrecy rule: a user who may not see a room (a private group or DM they are not in) gets the
+//! same answer as for a room or message that does not exist, from every write. Runs on a
+//! backend's writer thread.
+
+use crate::ids::{direct_room_id, random_id, MessageId, RoomId, UserId};
+use crate::store::{
+    Change, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, User, WriteOp, WriteOutput,
+};
+
+/// Longest message text accepted (characters).
+pub const MAX_MESSAGE_CHARS: usize = 5000;
+/// The default public channel every new user joins.
+pub const GENERAL_ROOM_ID: &str = "GENERAL";
+/// Most mentions resolved per message.
+const MAX_MENTIONS: usize = 32;
+
+/// Record-level access to one backend transaction. Reads see this transaction's own writes.
+pub trait Txn {
+    fn user(&self, uid: &UserId) -> StoreResult<Option<User>>;
+    fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
+    fn email_taken(&self, email: &str) -> StoreResult<bool>;
+    /// Stores a user with its username and email indexes.
+    fn put_user(&mut self, user: &User) -> StoreResult<()>;
+    fn put_token(&mut self, token_hash: &str, token: &LoginToken) -> StoreResult<()>;
+    fn delete_token(&mut self, token_hash: &str) -> StoreResult<()>;
+    fn room(&self, rid: &RoomId) -> StoreResult<Option<Room>>;
+    fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
+    /// Stores a room (with its name index, for named rooms).
+    fn put_room(&mut self, room: &Room) -> StoreResult<()>;
+    fn sub(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>>;
+    /// Stores a subscription (with the room's membership index).
+    fn put_sub(&mut self, sub: &Subscription) -> StoreResult<()>;
+    fn remove_sub(&mut self, uid: &UserId, rid: &RoomId) -> StoreResult<()>;
+    fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>>;
+    fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>>;
+    fn put_message(&mut self, m: &Message) -> StoreResult<()>;
+    fn remove_message(&mut self, m: &Message) -> StoreResult<()>;
+    /// The newest message of a room.
+    fn last_message(&self, rid: &RoomId) -> StoreResult<Option<Message>>;
+    /// Appends a change to the feed in this transaction (backends whose feed is derived from
+    /// their own log, like MongoDB's change streams, may record nothing).
+    fn push_change(&mut self, change: Change) -> StoreResult<()>;
+}
+
+/// The room named by `rid` as `uid` may see it: a public channel, or a room they are in.
+/// Anything else is answered exactly like a room that does not exist.
+fn visible_room(t: &impl Txn, uid: &UserId, rid: &RoomId) -> StoreResult<(Room, Option<Subscription>)> {
+    let hidden = || StoreError::rejected("error-invalid-room", "Invalid room");
+    let room = t.room(rid)?.ok_or_else(hidden)?;
+    let sub = t.sub(uid, rid)?;
+    if sub.is_none() && room.t != RoomType::Channel {
+        return Err(hidden());
+    }
+    Ok((room, sub))
+}
+
+fn is_owner(sub: &Subscription) -> bool {
+    sub.roles.iter().any(|r| r == "owner")
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `@username` tokens in a message text.
+pub fn mentioned_usernames(text: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for word in text.split(|c: char| c.is_whitespace() || matches!(c, ',' | ':' | ';' | '!' | '?' | '(' | ')')) {
+        if let Some(name) = word.strip_prefix('@') {
+            let name = name.trim_end_matches('.');
+            if !name.is_empty() && valid_name(name) && !out.contains(&name) && out.len() < MAX_MENTIONS {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+fn existing_user(t: &impl Txn, uid: &UserId) -> StoreResult<User> {
+    t.user(uid)?
+        .ok_or_else(|| StoreError::rejected("error-invalid-user", "Invalid user"))
+}
+
+fn check_size(msg: &str) -> StoreResult<()> {
+    if msg.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(StoreError::rejected(
+            "error-message-size-exceeded",
+            "Message size exceeds the allowed limit",
+        ));
+    }
+    Ok(())
+}
+
+/// The GENERAL channel as a new store starts with it.
+pub fn general_room(now: i64) -> Room {
+    Room {
+        id: RoomId::from(GENERAL_ROOM_ID),
+        t: RoomType::Channel,
+        name: Some("general".into()),
+        fname: Some("general".into()),
+        creator: None,
+        ts: now,
+        updated_at: now,
+        msgs: 0,
+        users_count: 0,
+        last_seq: 0,
+        lm: None,
+        last_message: None,
+        read_only: false,
+        uids: Vec::new(),
+        usernames: Vec::new(),
+    }
+}
+
+fn new_subscription(
+    room: &Room,
+    member: &User,
+    name: String,
+    fname: String,
+    open: bool,
+    owner: bool,
+    now: i64,
+) -> Subscription {
+    Subscription {
+        id: random_id(),
+        rid: room.id.clone(),
+        u: member.user_ref(),
+        t: room.t,
+        name,
+        fname,
+        open,
+        ts: now,
+        ls: now,
+        read_seq: room.last_seq,
+        updated_at: now,
+        roles: if owner { vec!["owner".into()] } else { Vec::new() },
+    }
+}
+
+/// Adds `user` to `room` (caller checked it is not a member), updating the room in place.
+fn add_member(t: &mut impl Txn, room: &mut Room, user: &User, owner: bool, now: i64) -> StoreResult<Subscription> {
+    let name = room.name.clone().unwrap_or_default();
+    let fname = room.fname.clone().unwrap_or_else(|| name.clone());
+    let sub = new_subscription(room, user, name, fname, true, owner, now);
+    t.put_sub(&sub)?;
+    room.users_count += 1;
+    room.updated_at = now;
+    Ok(sub)
+}
+
+/// A message `uid` may edit or delete (its author, or an owner of the room), with its room. A
+/// message in a room the user cannot see, or not in `rid` when given, does not exist for them.
+fn editable_message(t: &impl Txn, uid: &UserId, mid: &MessageId, rid: Option<&RoomId>) -> StoreResult<(Message, Room)> {
+    let not_found = || {
+        StoreError::rejected(
+            "error-invalid-message",
+            format!("No message found with the id of \"{mid}\"."),
+        )
+    };
+    let message = t.message(mid)?.ok_or_else(not_found)?;
+    if rid.is_some_and(|r| *r != message.rid) {
+        return Err(not_found());
+    }
+    let (room, sub) = visible_room(t, uid, &message.rid).map_err(|_| not_found())?;
+    let allowed = sub.as_ref().is_some_and(|s| message.u.id == *uid || is_owner(s));
+    if !allowed {
+        return Err(StoreError::rejected("error-action-not-allowed", "Not allowed"));
+    }
+    Ok((message, room))
+}
+
+/// Applies one write inside a backend transaction. A rejected write has written nothing (every
+/// check runs before the first write).
+pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput> {
+    match op {
+        WriteOp::CreateUser {
+            username,
+            name,
+            email,
+            password_hash,
+        } => {
+            if !valid_name(&username) {
+                return Err(StoreError::rejected("error-invalid-username", "Invalid username"));
+            }
+            if t.user_by_username(&username)?.is_some() {
+                return Err(StoreError::rejected(
+                    "error-field-unavailable",
+                    format!("{username} is already in use :("),
+                ));
+            }
+            if let Some(email) = &email {
+                if t.email_taken(email)? {
+                    return Err(StoreError::rejected("error-field-unavailable", "Email already exists"));
+                }
+            }
+            let user = User {
+                id: UserId(random_id()),
+                name: if name.trim().is_empty() { username.clone() } else { name },
+                username,
+                email,
+                password_hash,
+                created_at: now,
+                status: "online".into(),
+                status_text: String::new(),
+                roles: vec!["user".into()],
+                active: true,
+            };
+            t.put_user(&user)?;
+            // New users join the default channel, as in Rocket.Chat.
+            if let Some(mut general) = t.room(&RoomId::from(GENERAL_ROOM_ID))? {
+                let sub = add_member(t, &mut general, &user, false, now)?;
+                t.put_room(&general)?;
+                t.push_change(Change::MemberAdded {
+                    room: general,
+                    subscription: sub,
+                })?;
+            }
+            Ok(WriteOutput::User(Box::new(user)))
+        }
+        WriteOp::SetPasswordHash {
+            uid,
+            expected,
+            password_hash,
+        } => {
+            let mut user = existing_user(t, &uid)?;
+            if user.password_hash == expected {
+                user.password_hash = password_hash;
+                t.put_user(&user)?;
+            }
+            Ok(WriteOutput::Unit)
+        }
+        WriteOp::CreateToken { token_hash, token } => {
+            existing_user(t, &token.uid)?;
+            t.put_token(&token_hash, &token)?;
+            Ok(WriteOutput::Unit)
+        }
+        WriteOp::DeleteToken { token_hash } => {
+            t.delete_token(&token_hash)?;
+            Ok(WriteOutput::Unit)
+        }
+        WriteOp::CreateRoom {
+            t: kind,
+            name,
+            creator,
+            members,
+            read_only,
+        } => {
+            let name = name.trim().to_owned();
+            if kind == RoomType::Direct || !valid_name(&name) {
+                return Err(StoreError::rejected(
+                    "error-invalid-name",
+                    format!("Invalid name: {name}"),
+                ));
+            }
+            if t.room_name_taken(&name)? {
+                return Err(StoreError::rejected(
+                    "error-duplicate-channel-name",
+                    format!("A channel with name '{name}' exists"),
+                ));
+            }
+            let owner = existing_user(t, &creator)?;
+            let mut others: Vec<User> = Vec::new();
+            for m in members {
+                let user = t
+                    .user_by_username(m.trim_start_matches('@'))?
+                    .ok_or_else(|| StoreError::rejected("error-invalid-user", format!("Invalid user: {m}")))?;
+                if user.id != owner.id && !others.iter().any(|o| o.id == user.id) {
+                    others.push(user);
+                }
+            }
+            let mut room = Room {
+                id: RoomId(random_id()),
+                t: kind,
+                name: Some(name.clone()),
+                fname: Some(name),
+                creator: Some(owner.user_ref()),
+                read_only,
+                ..general_room(now)
+            };
+            let mut subs = vec![add_member(t, &mut room, &owner, true, now)?];
+            for user in &others {
+                subs.push(add_member(t, &mut room, user, false, now)?);
+            }
+            t.put_room(&room)?;
+            for sub in subs {
+                t.push_change(Change::MemberAdded {
+                    room: room.clone(),
+                    subscription: sub,
+                })?;
+            }
+            Ok(WriteOutput::Room(Box::new(room), true))
+        }
+        WriteOp::CreateDirect {
+            creator,
+            other_username,
+        } => {
+            let me = existing_user(t, &creator)?;
+            let other = t
+                .user_by_username(other_username.trim_start_matches('@'))?
+                .ok_or_else(|| StoreError::rejected("error-invalid-user", "Invalid user"))?;
+            let rid = direct_room_id(&me.id, &other.id);
+            let (mut room, created) = match t.room(&rid)? {
+                Some(room) if room.t == RoomType::Direct => (room, false),
+                // An id collision with a room of another kind: never touch it.
+                Some(_) => return Err(StoreError::rejected("error-invalid-user", "Invalid user")),
+                None => {
+                    let mut pair = vec![
+                        (me.id.clone(), me.username.clone()),
+                        (other.id.clone(), other.username.clone()),
+                    ];
+                    pair.sort();
+                    pair.dedup();
+                    let room = Room {
+                        id: rid.clone(),
+                        t: RoomType::Direct,
+                        name: None,
+                        fname: None,
+                        uids: pair.iter().map(|p| p.0.clone()).collect(),
+                        usernames: pair.iter().map(|p| p.1.clone()).collect(),
+                        ..general_room(now)
+                    };
+                    (room, true)
+                }
+            };
+            let participants: Vec<(&User, &User)> = if me.id == other.id {
+                vec![(&me, &me)]
+            } else {
+                vec![(&me, &other), (&other, &me)]
+            };
+            let mut subs = Vec::new();
+            for (member, peer) in participants {
+                if t.sub(&member.id, &rid)?.is_none() {
+                    let open = member.id == me.id;
+                    let sub = new_subscription(
+                        &room,
+                        member,
+                        peer.username.clone(),
+                        peer.name.clone(),
+                        open,
+                        false,
+                        now,
+                    );
+                    t.put_sub(&sub)?;
+                    room.users_count += 1;
+                    subs.push(sub);
+                }
+            }
+            if created || !subs.is_empty() {
+                room.updated_at = now;
+                t.put_room(&room)?;
+            }
+            for sub in subs {
+                t.push_change(Change::MemberAdded {
+                    room: room.clone(),
+                    subscription: sub,
+                })?;
+            }
+            Ok(WriteOutput::Room(Box::new(room), created))
+        }
+        WriteOp::Join { uid, rid } => {
+            let user = existing_user(t, &uid)?;
+            let (mut room, sub) = visible_room(t, &uid, &rid)?;
+            if sub.is_some() {
+                return Ok(WriteOutput::Room(Box::new(room), false));
+            }
+            let sub = add_member(t, &mut room, &user, false, now)?;
+            t.put_room(&room)?;
+            t.push_change(Change::MemberAdded {
+                room: room.clone(),
+                subscription: sub,
+            })?;
+            Ok(WriteOutput::Room(Box::new(room), false))
+        }
+        WriteOp::Leave { uid, rid } => {
+            let (mut room, sub) = visible_room(t, &uid, &rid)?;
+            let sub = sub.ok_or_else(|| StoreError::rejected("error-user-not-in-room", "You are not in this room"))?;
+            if room.t == RoomType::Direct {
+                return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
+            }
+            if is_owner(&sub) && room.users_count > 1 {
+                let mut other_owner = false;
+                for member in t.members(&rid)? {
+                    if member != uid && t.sub(&member, &rid)?.is_some_and(|s| is_owner(&s)) {
+                        other_owner = true;
+                        break;
+                    }
+                }
+                if !other_owner {
+                    return Err(StoreError::rejected(
+                        "error-you-are-last-owner",
+                        "You are the last owner. Please set new owner before leaving the room.",
+                    ));
+                }
+            }
+            t.remove_sub(&uid, &rid)?;
+            room.users_count = room.users_count.saturating_sub(1);
+            room.updated_at = now;
+            t.put_room(&room)?;
+            t.push_change(Change::MemberRemoved {
+                room,
+                uid,
+                subscription_id: sub.id,
+            })?;
+            Ok(WriteOutput::Unit)
+        }
+        WriteOp::SendMessage {
+            uid,
+            rid,
+            id,
+            msg,
+            tmid,
+        } => {
+            let (mut room, sub) = visible_room(t, &uid, &rid)?;
+            let mut sub = sub.ok_or_else(|| StoreError::rejected("error-not-allowed", "Not allowed"))?;
+            if let Some(id) = &id {
+                if let Some(existing) = t.message(id)? {
+                    // A re-send: only the same author, to the same room. Anything else learns
+                    // nothing about the stored message (not even its room).
+                    if existing.rid == rid && existing.u.id == uid {
+                        return Ok(WriteOutput::Duplicate(Box::new(existing)));
+                    }
+                    return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
+                }
+            }
+            if room.read_only && !is_owner(&sub) {
+                return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
+            }
+            check_size(&msg)?;
+            let user = existing_user(t, &uid)?;
+            let mut mentions = Vec::new();
+            for name in mentioned_usernames(&msg) {
+                if let Some(u) = t.user_by_username(name)? {
+                    mentions.push(u.user_ref());
+                }
+            }
+            // Strictly increasing within a room, so `ts` alone pages history exactly (clients
+            // page `loadHistory` by the oldest `ts` they hold).
+            let ts = now.max(room.lm.map_or(0, |lm| lm + 1));
+            let message = Message {
+                id: id.unwrap_or_else(|| MessageId(random_id())),
+                rid: rid.clone(),
+                msg,
+                ts,
+                u: user.user_ref(),
+                updated_at: ts,
+                seq: room.last_seq + 1,
+                t: None,
+                tmid,
+                edited_at: None,
+                edited_by: None,
+                mentions,
+                extra: Default::default(),
+            };
+            t.put_message(&message)?;
+            room.last_seq = message.seq;
+            room.msgs += 1;
+            room.lm = Some(ts);
+            room.updated_at = ts;
+            room.last_message = Some(message.clone());
+            t.put_room(&room)?;
+            // The sender has read their own message: one O(1) write, not one per member.
+            sub.read_seq = message.seq;
+            sub.ls = ts;
+            t.put_sub(&sub)?;
+            t.push_change(Change::MessageCreated {
+                message: message.clone(),
+                room,
+            })?;
+            Ok(WriteOutput::Message(Box::new(message)))
+        }
+        WriteOp::UpdateMessage { uid, mid, rid, msg } => {
+            let (mut message, mut room) = editable_message(t, &uid, &mid, rid.as_ref())?;
+            check_size(&msg)?;
+            if message.msg == msg {
+                return Ok(WriteOutput::Message(Box::new(message)));
+            }
+            let editor = existing_user(t, &uid)?;
+            message.msg = msg;
+            message.edited_at = Some(now);
+            message.edited_by = Some(editor.user_ref());
+            message.updated_at = now;
+            t.put_message(&message)?;
+            if room.last_message.as_ref().is_some_and(|m| m.id == message.id) {
+                room.last_message = Some(message.clone());
+                t.put_room(&room)?;
+            }
+            room.updated_at = now;
+            t.push_change(Change::MessageUpdated {
+                message: message.clone(),
+                room,
+            })?;
+            Ok(WriteOutput::Message(Box::new(message)))
+        }
+        WriteOp::DeleteMessage { uid, mid, rid } => {
+            let (message, mut room) = editable_message(t, &uid, &mid, rid.as_ref())?;
+            t.remove_message(&message)?;
+            room.msgs = room.msgs.saturating_sub(1);
+            if room.last_message.as_ref().is_some_and(|m| m.id == message.id) {
+                room.last_message = t.last_message(&room.id)?;
+            }
+            room.updated_at = now;
+            t.put_room(&room)?;
+            t.push_change(Change::MessageDeleted {
+                rid: room.id.clone(),
+                mid,
+                room,
+            })?;
+            Ok(WriteOutput::Message(Box::new(message)))
+        }
+        WriteOp::MarkRead { uid, rid } => {
+            let (room, sub) = visible_room(t, &uid, &rid)?;
+            let mut sub = sub.ok_or_else(|| StoreError::rejected("error-not-allowed", "Not allowed"))?;
+            if sub.read_seq == room.last_seq && sub.open {
+                return Ok(WriteOutput::Unit);
+            }
+            sub.read_seq = room.last_seq;
+            sub.ls = now;
+            sub.open = true;
+            sub.updated_at = now;
+            t.put_sub(&sub)?;
+            t.push_change(Change::SubscriptionUpdated {
+                subscription: sub,
+                room,
+            })?;
+            Ok(WriteOutput::Unit)
+        }
+        WriteOp::SetStatus {
+            uid,
+            status,
+            status_text,
+        } => {
+            if !matches!(status.as_str(), "online" | "away" | "busy" | "offline") {
+                return Err(StoreError::rejected(
+                    "error-invalid-status",
+                    "Valid status types include online, away, offline, and busy.",
+                ));
+            }
+            let mut user = existing_user(t, &uid)?;
+            let text = status_text.unwrap_or_else(|| user.status_text.clone());
+            if user.status == status && user.status_text == text {
+                return Ok(WriteOutput::User(Box::new(user)));
+            }
+            user.status = status.clone();
+            user.status_text = text.clone();
+            t.put_user(&user)?;
+            t.push_change(Change::UserStatusChanged {
+                user: user.user_ref(),
+                status,
+                status_text: text,
+            })?;
+            Ok(WriteOutput::User(Box::new(user)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_are_parsed() {
+        assert_eq!(mentioned_usernames("hi @bob, and @carol. @bob"), ["bob", "carol"]);
+        assert!(mentioned_usernames("mail me at a@b.c").is_empty());
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(valid_name("dev-team.2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}

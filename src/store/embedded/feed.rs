@@ -1,0 +1,56 @@
+//! The embedded change feed: the `changes` table read in order after a sequence number, woken by
+//! the writer after each commit. Runs on the feed thread.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use redb::Database;
+
+use crate::store::{ChangeFeed, FeedItem, FeedPosition, StoreResult};
+
+pub struct EmbeddedFeed {
+    db: Arc<Database>,
+    /// Last sequence number handed out.
+    seq: u64,
+    wakeups: Receiver<()>,
+}
+
+impl EmbeddedFeed {
+    pub fn new(db: Arc<Database>, seq: u64, wakeups: Receiver<()>) -> Self {
+        Self { db, seq, wakeups }
+    }
+
+    fn read(&mut self, max: usize) -> StoreResult<Vec<FeedItem>> {
+        let records = super::changes_after(&self.db, self.seq, max)?;
+        let mut out = Vec::with_capacity(records.len());
+        for (seq, record) in records {
+            if seq != self.seq + 1 {
+                tracing::warn!(
+                    expected = self.seq + 1,
+                    got = seq,
+                    "gap in the change log (pruned while behind?)"
+                );
+            }
+            self.seq = seq;
+            out.push(FeedItem {
+                mark: seq,
+                position: FeedPosition::from_seq(seq),
+                record: record.map(Arc::new).map_err(|e| e.to_string()),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl ChangeFeed for EmbeddedFeed {
+    fn next_batch(&mut self, max: usize, wait: Duration) -> StoreResult<Vec<FeedItem>> {
+        let batch = self.read(max)?;
+        if !batch.is_empty() {
+            return Ok(batch);
+        }
+        // Nothing yet: wait for the writer's wake-up (or the timeout), then look again.
+        let _ = self.wakeups.recv_timeout(wait);
+        self.read(max)
+    }
+}

@@ -1,0 +1,229 @@
+//! The embedded store's side of `chatd import rocketchat`: bulk upserts into the redb file, one
+//! write transaction per batch, while no server runs (the file is opened exclusively). Nothing
+//! goes to the change log: a starting server loads state from the tables. Runs on the importer's
+//! thread.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::schema::{enc, sf, Tables, ROOMS, USERS};
+use super::OpenError;
+use crate::app::rules::Txn;
+use crate::ids::{RoomId, UserId};
+use crate::import::convert::{ImportedUser, Skip};
+use crate::import::ImportSink;
+use crate::store::{Message, Room, StoreResult, Subscription};
+
+/// Rooms whose counters and read positions are recomputed per transaction in `finish`.
+const FINISH_ROOMS_PER_TXN: usize = 2_000;
+
+/// Per-room sequence numbers handed out in this import.
+#[derive(Default)]
+struct Tally {
+    last_seq: u64,
+    msgs: u64,
+}
+
+pub struct EmbeddedImport {
+    db: Database,
+    tallies: HashMap<String, Tally>,
+    touched: HashSet<String>,
+}
+
+impl EmbeddedImport {
+    /// Opens `dir/chatd.redb` for exclusive use (`InUse` while a server or command has it).
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let db = super::EmbeddedStore::open_db(dir)?;
+        super::bootstrap(&db).map_err(|e| OpenError::Failed {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            db,
+            tallies: HashMap::new(),
+            touched: HashSet::new(),
+        })
+    }
+}
+
+/// Runs `f` in one write transaction and commits it.
+fn write<T>(db: &Database, f: impl FnOnce(&mut Tables<'_>) -> StoreResult<T>) -> StoreResult<T> {
+    let txn: WriteTransaction = db.begin_write().map_err(sf)?;
+    let out = {
+        let mut t = Tables::open(&txn)?;
+        f(&mut t)?
+    };
+    txn.commit().map_err(sf)?;
+    Ok(out)
+}
+
+fn keys(db: &Database, def: redb::TableDefinition<&str, &[u8]>) -> StoreResult<HashSet<String>> {
+    let t = db.begin_read().map_err(sf)?;
+    let table = t.open_table(def).map_err(sf)?;
+    let mut out = HashSet::new();
+    for entry in table.iter().map_err(sf)? {
+        let (k, _) = entry.map_err(sf)?;
+        out.insert(k.value().to_owned());
+    }
+    Ok(out)
+}
+
+impl ImportSink for EmbeddedImport {
+    fn existing_ids(&mut self) -> StoreResult<(HashSet<String>, HashSet<String>)> {
+        Ok((keys(&self.db, USERS)?, keys(&self.db, ROOMS)?))
+    }
+
+    fn put_users(&mut self, batch: &[ImportedUser]) -> StoreResult<Vec<Option<Skip>>> {
+        write(&self.db, |t| {
+            let mut out = Vec::with_capacity(batch.len());
+            for iu in batch {
+                let u = &iu.user;
+                if let Some(holder) = t.user_by_username(&u.username)? {
+                    if holder.id != u.id {
+                        out.push(Some(Skip::new(
+                            "username taken by another user (case-insensitive)",
+                            format!("{} ({}; held by {})", u.username, u.id, holder.id),
+                        )));
+                        continue;
+                    }
+                }
+                t.put_user(u)?;
+                for email in iu.emails.iter().skip(1) {
+                    t.index_email(email, &u.id)?;
+                }
+                for (hash, token) in &iu.tokens {
+                    t.put_token(hash, token)?;
+                }
+                out.push(None);
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_rooms(&mut self, batch: &[Room]) -> StoreResult<Vec<Option<String>>> {
+        write(&self.db, |t| {
+            let mut out = Vec::with_capacity(batch.len());
+            for room in batch {
+                let mut room = room.clone();
+                if let Some(existing) = t.room(&room.id)? {
+                    // A re-run: the counters describe messages already imported.
+                    room.last_seq = existing.last_seq;
+                    room.msgs = existing.msgs;
+                    room.lm = existing.lm;
+                    room.last_message = existing.last_message;
+                    room.users_count = existing.users_count;
+                }
+                t.rooms.insert(room.id.as_str(), enc(&room)?.as_slice()).map_err(sf)?;
+                let warning = match &room.name {
+                    Some(name) if !t.index_room_name(name, &room.id)? => {
+                        Some(format!("room name {name:?} is taken by another room"))
+                    }
+                    _ => None,
+                };
+                out.push(warning);
+                self.touched.insert(room.id.0);
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_subscriptions(&mut self, batch: &[Subscription]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        write(&self.db, |t| {
+            for sub in batch {
+                let mut sub = sub.clone();
+                if let Some(existing) = t.sub(&sub.u.id, &sub.rid)? {
+                    sub.id = existing.id;
+                }
+                t.put_sub(&sub)?;
+                self.touched.insert(sub.rid.0);
+            }
+            Ok(())
+        })
+    }
+
+    fn put_messages(&mut self, batch: Vec<Message>) -> StoreResult<u64> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let tallies = &mut self.tallies;
+        let touched = &mut self.touched;
+        let txn: WriteTransaction = self.db.begin_write().map_err(sf)?;
+        let mut duplicates = 0;
+        {
+            let mut t = Tables::open(&txn)?;
+            for mut m in batch {
+                if t.message_ids.get(m.id.as_str()).map_err(sf)?.is_some() {
+                    duplicates += 1;
+                    continue;
+                }
+                let tally = match tallies.get_mut(m.rid.as_str()) {
+                    Some(tally) => tally,
+                    None => {
+                        let existing = t.room(&m.rid)?;
+                        let tally = Tally {
+                            last_seq: existing.as_ref().map_or(0, |r| r.last_seq),
+                            msgs: existing.as_ref().map_or(0, |r| r.msgs),
+                        };
+                        touched.insert(m.rid.0.clone());
+                        tallies.entry(m.rid.0.clone()).or_insert(tally)
+                    }
+                };
+                // Sequence numbers count messages; unread counts only need how many there are.
+                tally.last_seq += 1;
+                tally.msgs += 1;
+                m.seq = tally.last_seq;
+                t.put_message(&m)?;
+            }
+        }
+        txn.commit().map_err(sf)?;
+        Ok(duplicates)
+    }
+
+    fn finish(&mut self) -> StoreResult<()> {
+        let rooms: Vec<String> = self.touched.drain().collect();
+        for chunk in rooms.chunks(FINISH_ROOMS_PER_TXN) {
+            write(&self.db, |t| {
+                for rid in chunk {
+                    let rid = RoomId(rid.clone());
+                    let Some(mut room) = t.room(&rid)? else { continue };
+                    if let Some(tally) = self.tallies.get(rid.as_str()) {
+                        room.last_seq = room.last_seq.max(tally.last_seq);
+                        room.msgs = room.msgs.max(tally.msgs);
+                    }
+                    // Message times in order (the key holds them; no record is decoded).
+                    let mut times: Vec<i64> = Vec::new();
+                    for entry in t
+                        .messages
+                        .range((rid.as_str(), 0, 0)..(rid.as_str(), u64::MAX, u64::MAX))
+                        .map_err(sf)?
+                    {
+                        let (k, _) = entry.map_err(sf)?;
+                        times.push(i64::try_from(k.value().1).unwrap_or(i64::MAX));
+                    }
+                    if let Some(last) = t.last_message(&rid)? {
+                        room.lm = Some(last.ts);
+                        room.last_message = Some(last);
+                    }
+                    let members: Vec<UserId> = t.members(&rid)?;
+                    room.users_count = members.len() as u64;
+                    for uid in members {
+                        let Some(mut sub) = t.sub(&uid, &rid)? else { continue };
+                        // Unread = messages after the last-seen mark.
+                        let seen = times.partition_point(|ts| *ts <= sub.ls.max(0));
+                        let unread = (times.len() - seen) as u64;
+                        sub.read_seq = room.last_seq.saturating_sub(unread);
+                        t.put_sub(&sub)?;
+                    }
+                    t.put_room(&room)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}

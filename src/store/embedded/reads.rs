@@ -1,0 +1,226 @@
+//! The embedded store's reads, each in its own MVCC read transaction. Run on store-side threads
+//! only (the reader pool, the feed thread, the CLI and importer): never on a shard.
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+
+use super::schema::*;
+use crate::ids::{MessageId, RoomId, UserId};
+use crate::store::{HistoryQuery, LoginToken, Mark, Message, Room, RoomType, StoreResult, Subscription, User};
+
+fn read<T>(db: &Database, f: impl FnOnce(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
+    let txn = db.begin_read().map_err(sf)?;
+    f(&txn)
+}
+
+fn get_json<T: DeserializeOwned>(
+    t: &ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> StoreResult<Option<T>> {
+    let table = t.open_table(def).map_err(sf)?;
+    let v = table.get(key).map_err(sf)?;
+    v.map(|v| dec(v.value())).transpose()
+}
+
+/// A record found through a case-insensitive name index (`index`: name → id, `data`: id → record).
+fn by_index<T: DeserializeOwned>(
+    t: &ReadTransaction,
+    index: TableDefinition<&str, &str>,
+    name: &str,
+    data: TableDefinition<&str, &[u8]>,
+) -> StoreResult<Option<T>> {
+    let ids = t.open_table(index).map_err(sf)?;
+    let Some(id) = ids.get(name.to_lowercase().as_str()).map_err(sf)? else {
+        return Ok(None);
+    };
+    let id = id.value().to_owned();
+    get_json(t, data, &id)
+}
+
+pub fn user(db: &Database, uid: &UserId) -> StoreResult<Option<User>> {
+    read(db, |t| get_json(t, USERS, uid.as_str()))
+}
+
+pub fn users(db: &Database, uids: &[UserId]) -> StoreResult<Vec<User>> {
+    read(db, |t| {
+        let table = t.open_table(USERS).map_err(sf)?;
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            if let Some(v) = table.get(uid.as_str()).map_err(sf)? {
+                out.push(dec(v.value())?);
+            }
+        }
+        Ok(out)
+    })
+}
+
+pub fn user_by_username(db: &Database, username: &str) -> StoreResult<Option<User>> {
+    read(db, |t| by_index(t, USERNAMES, username, USERS))
+}
+
+pub fn user_by_email(db: &Database, email: &str) -> StoreResult<Option<User>> {
+    read(db, |t| by_index(t, EMAILS, email, USERS))
+}
+
+pub fn user_by_token_hash(db: &Database, token_hash: &str, now: i64) -> StoreResult<Option<(User, LoginToken)>> {
+    read(db, |t| {
+        let Some(token): Option<LoginToken> = get_json(t, TOKENS, token_hash)? else {
+            return Ok(None);
+        };
+        if token.expires_at <= now {
+            return Ok(None);
+        }
+        Ok(get_json::<User>(t, USERS, token.uid.as_str())?.map(|u| (u, token)))
+    })
+}
+
+pub fn room(db: &Database, rid: &RoomId) -> StoreResult<Option<Room>> {
+    read(db, |t| get_json(t, ROOMS, rid.as_str()))
+}
+
+pub fn room_by_name(db: &Database, name: &str) -> StoreResult<Option<Room>> {
+    read(db, |t| by_index(t, ROOM_NAMES, name, ROOMS))
+}
+
+pub fn subscription(db: &Database, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>> {
+    read(db, |t| {
+        let subs = t.open_table(SUBS).map_err(sf)?;
+        let v = subs.get((uid.as_str(), rid.as_str())).map_err(sf)?;
+        v.map(|v| dec(v.value())).transpose()
+    })
+}
+
+pub fn subscriptions_of(db: &Database, uid: &UserId) -> StoreResult<Vec<(Subscription, Room)>> {
+    read(db, |t| {
+        let subs = t.open_table(SUBS).map_err(sf)?;
+        let rooms = t.open_table(ROOMS).map_err(sf)?;
+        let mut out = Vec::new();
+        for entry in subs.range((uid.as_str(), "")..).map_err(sf)? {
+            let (k, v) = entry.map_err(sf)?;
+            if k.value().0 != uid.as_str() {
+                break;
+            }
+            let sub: Subscription = dec(v.value())?;
+            if let Some(room) = rooms.get(sub.rid.as_str()).map_err(sf)? {
+                out.push((sub, dec(room.value())?));
+            }
+        }
+        Ok(out)
+    })
+}
+
+pub fn members(db: &Database, rid: &RoomId) -> StoreResult<Vec<UserId>> {
+    read(db, |t| {
+        let members = t.open_table(MEMBERS).map_err(sf)?;
+        let mut out = Vec::new();
+        for entry in members.range((rid.as_str(), "")..).map_err(sf)? {
+            let (k, _) = entry.map_err(sf)?;
+            let (r, u) = k.value();
+            if r != rid.as_str() {
+                break;
+            }
+            out.push(UserId::from(u));
+        }
+        Ok(out)
+    })
+}
+
+pub fn all_memberships(db: &Database) -> StoreResult<Vec<(RoomId, UserId)>> {
+    read(db, |t| {
+        let members = t.open_table(MEMBERS).map_err(sf)?;
+        let mut out = Vec::new();
+        for entry in members.iter().map_err(sf)? {
+            let (k, _) = entry.map_err(sf)?;
+            let (r, u) = k.value();
+            out.push((RoomId::from(r), UserId::from(u)));
+        }
+        Ok(out)
+    })
+}
+
+pub fn channels(db: &Database) -> StoreResult<Vec<Room>> {
+    read(db, |t| {
+        let rooms = t.open_table(ROOMS).map_err(sf)?;
+        let mut out = Vec::new();
+        for entry in rooms.iter().map_err(sf)? {
+            let (_, v) = entry.map_err(sf)?;
+            let room: Room = dec(v.value())?;
+            if room.t == RoomType::Channel {
+                out.push(room);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    })
+}
+
+pub fn message(db: &Database, mid: &MessageId) -> StoreResult<Option<Message>> {
+    read(db, |t| {
+        let ids = t.open_table(MESSAGE_IDS).map_err(sf)?;
+        let Some(key) = ids.get(mid.as_str()).map_err(sf)? else {
+            return Ok(None);
+        };
+        let (rid, ts, seq) = key.value();
+        let messages = t.open_table(MESSAGES).map_err(sf)?;
+        let v = messages.get((rid, ts, seq)).map_err(sf)?;
+        v.map(|v| dec(v.value())).transpose()
+    })
+}
+
+/// Messages of a room, newest first, with `ts` in `(oldest, latest)` (bounds inclusive when
+/// `inclusive`), skipping `offset` and returning at most `limit`, and how many matched.
+pub fn history(db: &Database, rid: &RoomId, q: &HistoryQuery) -> StoreResult<(Vec<Message>, u64)> {
+    read(db, |t| {
+        let messages = t.open_table(MESSAGES).map_err(sf)?;
+        let lo = match q.oldest {
+            Some(o) if q.inclusive => ts_key(o),
+            Some(o) => ts_key(o).saturating_add(1),
+            None => 0,
+        };
+        let hi = match q.latest {
+            Some(l) if q.inclusive => ts_key(l).saturating_add(1),
+            Some(l) => ts_key(l),
+            None => u64::MAX,
+        };
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        if lo >= hi {
+            return Ok((out, 0));
+        }
+        let range = messages
+            .range((rid.as_str(), lo, 0)..(rid.as_str(), hi, 0))
+            .map_err(sf)?;
+        for entry in range.rev() {
+            let (_, v) = entry.map_err(sf)?;
+            total += 1;
+            if total <= q.offset {
+                continue;
+            }
+            if out.len() < q.limit {
+                out.push(dec(v.value())?);
+            } else if !q.count_total {
+                break;
+            }
+        }
+        Ok((out, total))
+    })
+}
+
+pub fn memberships_of(db: &Database, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)> {
+    read(db, |t| {
+        let meta = t.open_table(META).map_err(sf)?;
+        let seq = meta.get(META_CHANGE_SEQ).map_err(sf)?.map(|v| v.value()).unwrap_or(0);
+        let subs = t.open_table(SUBS).map_err(sf)?;
+        let mut rooms = Vec::new();
+        for entry in subs.range((uid.as_str(), "")..).map_err(sf)? {
+            let (k, _) = entry.map_err(sf)?;
+            let (u, r) = k.value();
+            if u != uid.as_str() {
+                break;
+            }
+            rooms.push(RoomId::from(r));
+        }
+        Ok((rooms, seq))
+    })
+}

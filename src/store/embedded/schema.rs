@@ -1,0 +1,281 @@
+//! The embedded store's tables and record encoding, and [`Tables`]: every table opened in one
+//! write transaction, implementing the chat rules' [`Txn`]. Runs on the writer thread (and the
+//! importer's thread, which owns the file while the server is stopped).
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::app::rules::Txn;
+use crate::ids::{MessageId, RoomId, UserId};
+use crate::store::{Change, ChangeRecord, LoginToken, Message, Room, StoreError, StoreResult, Subscription, User};
+
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// lowercase username → user id.
+pub const USERNAMES: TableDefinition<&str, &str> = TableDefinition::new("usernames");
+/// lowercase email → user id.
+pub const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
+/// SHA-256 (hex) of a login token → token.
+pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+pub const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+/// lowercase room name → room id.
+pub const ROOM_NAMES: TableDefinition<&str, &str> = TableDefinition::new("room_names");
+/// (uid, rid) → subscription.
+pub const SUBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("subscriptions");
+/// (rid, uid) → (): room membership index.
+pub const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
+/// (rid, ts, seq) → message. `ts` strictly increases within a room, so this is also seq order.
+pub const MESSAGES: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("messages");
+/// message id → its key in `messages`.
+pub const MESSAGE_IDS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("message_ids");
+/// change seq → change record.
+pub const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const META_CHANGE_SEQ: &str = "change_seq";
+
+/// A store-side failure (I/O, redb): the store's fault.
+pub fn sf<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Failed(e.to_string())
+}
+
+pub fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Internal(format!("encoding a record: {e}")))
+}
+
+/// A stored record that does not decode is chatd's fault (a bug or a damaged file).
+pub fn dec<T: DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Internal(format!("decoding a record: {e}")))
+}
+
+/// Message key component for a timestamp (pre-1970 dates sort first).
+pub fn ts_key(ts: i64) -> u64 {
+    ts.max(0) as u64
+}
+
+pub fn message_key(m: &Message) -> (&str, u64, u64) {
+    (m.rid.as_str(), ts_key(m.ts), m.seq)
+}
+
+/// Every table, opened once per write transaction.
+pub struct Tables<'t> {
+    pub users: Table<'t, &'static str, &'static [u8]>,
+    pub usernames: Table<'t, &'static str, &'static str>,
+    pub emails: Table<'t, &'static str, &'static str>,
+    pub tokens: Table<'t, &'static str, &'static [u8]>,
+    pub rooms: Table<'t, &'static str, &'static [u8]>,
+    pub room_names: Table<'t, &'static str, &'static str>,
+    pub subs: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    pub members: Table<'t, (&'static str, &'static str), ()>,
+    pub messages: Table<'t, (&'static str, u64, u64), &'static [u8]>,
+    pub message_ids: Table<'t, &'static str, (&'static str, u64, u64)>,
+    pub changes: Table<'t, u64, &'static [u8]>,
+    pub meta: Table<'t, &'static str, u64>,
+    /// Change-log head inside this transaction.
+    pub seq: u64,
+}
+
+impl<'t> Tables<'t> {
+    pub fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
+        let mut t = Self {
+            users: txn.open_table(USERS).map_err(sf)?,
+            usernames: txn.open_table(USERNAMES).map_err(sf)?,
+            emails: txn.open_table(EMAILS).map_err(sf)?,
+            tokens: txn.open_table(TOKENS).map_err(sf)?,
+            rooms: txn.open_table(ROOMS).map_err(sf)?,
+            room_names: txn.open_table(ROOM_NAMES).map_err(sf)?,
+            subs: txn.open_table(SUBS).map_err(sf)?,
+            members: txn.open_table(MEMBERS).map_err(sf)?,
+            messages: txn.open_table(MESSAGES).map_err(sf)?,
+            message_ids: txn.open_table(MESSAGE_IDS).map_err(sf)?,
+            changes: txn.open_table(CHANGES).map_err(sf)?,
+            meta: txn.open_table(META).map_err(sf)?,
+            seq: 0,
+        };
+        t.seq = t.meta.get(META_CHANGE_SEQ).map_err(sf)?.map(|v| v.value()).unwrap_or(0);
+        Ok(t)
+    }
+
+    /// Records the change-log head reached in this transaction.
+    pub fn save_seq(&mut self) -> StoreResult<()> {
+        self.meta.insert(META_CHANGE_SEQ, self.seq).map_err(sf)?;
+        Ok(())
+    }
+
+    fn by_name(index: &Table<'t, &'static str, &'static str>, name: &str) -> StoreResult<Option<String>> {
+        Ok(index
+            .get(name.to_lowercase().as_str())
+            .map_err(sf)?
+            .map(|v| v.value().to_owned()))
+    }
+
+    /// Indexes `email` (lowercased) for `uid`, unless another user holds it already.
+    pub fn index_email(&mut self, email: &str, uid: &UserId) -> StoreResult<bool> {
+        let key = email.to_lowercase();
+        if Self::by_name(&self.emails, &key)?.is_some_and(|owner| owner != uid.as_str()) {
+            return Ok(false);
+        }
+        self.emails.insert(key.as_str(), uid.as_str()).map_err(sf)?;
+        Ok(true)
+    }
+
+    /// Indexes a room's name (lowercased) unless another room holds it (imported rooms whose
+    /// names differ only by case keep the first); `false` when it is taken.
+    pub fn index_room_name(&mut self, name: &str, rid: &RoomId) -> StoreResult<bool> {
+        let key = name.to_lowercase();
+        if Self::by_name(&self.room_names, &key)?.is_some_and(|owner| owner != rid.as_str()) {
+            return Ok(false);
+        }
+        self.room_names.insert(key.as_str(), rid.as_str()).map_err(sf)?;
+        Ok(true)
+    }
+
+    pub fn message_by_id(&self, mid: &str) -> StoreResult<Option<Message>> {
+        let key = self.message_ids.get(mid).map_err(sf)?.map(|k| {
+            let (r, ts, seq) = k.value();
+            (r.to_owned(), ts, seq)
+        });
+        let Some((rid, ts, seq)) = key else {
+            return Ok(None);
+        };
+        self.messages
+            .get((rid.as_str(), ts, seq))
+            .map_err(sf)?
+            .map(|v| dec(v.value()))
+            .transpose()
+    }
+}
+
+impl Txn for Tables<'_> {
+    fn user(&self, uid: &UserId) -> StoreResult<Option<User>> {
+        self.users
+            .get(uid.as_str())
+            .map_err(sf)?
+            .map(|v| dec(v.value()))
+            .transpose()
+    }
+
+    fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        match Self::by_name(&self.usernames, username)? {
+            Some(uid) => self.user(&UserId(uid)),
+            None => Ok(None),
+        }
+    }
+
+    fn email_taken(&self, email: &str) -> StoreResult<bool> {
+        Ok(Self::by_name(&self.emails, email)?.is_some())
+    }
+
+    fn put_user(&mut self, user: &User) -> StoreResult<()> {
+        self.users.insert(user.id.as_str(), enc(user)?.as_slice()).map_err(sf)?;
+        self.usernames
+            .insert(user.username.to_lowercase().as_str(), user.id.as_str())
+            .map_err(sf)?;
+        if let Some(email) = &user.email {
+            self.index_email(email, &user.id)?;
+        }
+        Ok(())
+    }
+
+    fn put_token(&mut self, token_hash: &str, token: &LoginToken) -> StoreResult<()> {
+        self.tokens.insert(token_hash, enc(token)?.as_slice()).map_err(sf)?;
+        Ok(())
+    }
+
+    fn delete_token(&mut self, token_hash: &str) -> StoreResult<()> {
+        self.tokens.remove(token_hash).map_err(sf)?;
+        Ok(())
+    }
+
+    fn room(&self, rid: &RoomId) -> StoreResult<Option<Room>> {
+        self.rooms
+            .get(rid.as_str())
+            .map_err(sf)?
+            .map(|v| dec(v.value()))
+            .transpose()
+    }
+
+    fn room_name_taken(&self, name: &str) -> StoreResult<bool> {
+        Ok(Self::by_name(&self.room_names, name)?.is_some())
+    }
+
+    fn put_room(&mut self, room: &Room) -> StoreResult<()> {
+        self.rooms.insert(room.id.as_str(), enc(room)?.as_slice()).map_err(sf)?;
+        if let Some(name) = &room.name {
+            self.index_room_name(name, &room.id)?;
+        }
+        Ok(())
+    }
+
+    fn sub(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>> {
+        self.subs
+            .get((uid.as_str(), rid.as_str()))
+            .map_err(sf)?
+            .map(|v| dec(v.value()))
+            .transpose()
+    }
+
+    fn put_sub(&mut self, sub: &Subscription) -> StoreResult<()> {
+        self.subs
+            .insert((sub.u.id.as_str(), sub.rid.as_str()), enc(sub)?.as_slice())
+            .map_err(sf)?;
+        self.members
+            .insert((sub.rid.as_str(), sub.u.id.as_str()), ())
+            .map_err(sf)?;
+        Ok(())
+    }
+
+    fn remove_sub(&mut self, uid: &UserId, rid: &RoomId) -> StoreResult<()> {
+        self.subs.remove((uid.as_str(), rid.as_str())).map_err(sf)?;
+        self.members.remove((rid.as_str(), uid.as_str())).map_err(sf)?;
+        Ok(())
+    }
+
+    fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>> {
+        let mut out = Vec::new();
+        for entry in self.members.range((rid.as_str(), "")..).map_err(sf)? {
+            let (k, _) = entry.map_err(sf)?;
+            let (r, u) = k.value();
+            if r != rid.as_str() {
+                break;
+            }
+            out.push(UserId::from(u));
+        }
+        Ok(out)
+    }
+
+    fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>> {
+        self.message_by_id(mid.as_str())
+    }
+
+    fn put_message(&mut self, m: &Message) -> StoreResult<()> {
+        let key = message_key(m);
+        self.messages.insert(key, enc(m)?.as_slice()).map_err(sf)?;
+        self.message_ids.insert(m.id.as_str(), key).map_err(sf)?;
+        Ok(())
+    }
+
+    fn remove_message(&mut self, m: &Message) -> StoreResult<()> {
+        self.messages.remove(message_key(m)).map_err(sf)?;
+        self.message_ids.remove(m.id.as_str()).map_err(sf)?;
+        Ok(())
+    }
+
+    fn last_message(&self, rid: &RoomId) -> StoreResult<Option<Message>> {
+        let last = self
+            .messages
+            .range((rid.as_str(), 0, 0)..(rid.as_str(), u64::MAX, u64::MAX))
+            .map_err(sf)?
+            .next_back();
+        match last {
+            Some(entry) => Ok(Some(dec(entry.map_err(sf)?.1.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn push_change(&mut self, change: Change) -> StoreResult<()> {
+        self.seq += 1;
+        let rec = ChangeRecord { seq: self.seq, change };
+        self.changes.insert(self.seq, enc(&rec)?.as_slice()).map_err(sf)?;
+        Ok(())
+    }
+}
