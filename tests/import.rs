@@ -346,6 +346,7 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
             Duration::from_secs(60),
         );
         assert!(out.contains(": ok"), "{out}");
+        eprintln!("{out}");
     }
 }
 

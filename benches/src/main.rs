@@ -9,6 +9,7 @@
 //! Every run is bounded in time and connections and targets loopback only.
 
 mod proto;
+mod rcdump;
 mod seed;
 
 use std::collections::HashMap;
@@ -54,6 +55,8 @@ enum Cmd {
     },
     /// Run a workload and print the results (JSON on stdout, a summary on stderr).
     Run(RunArgs),
+    /// Write a generated Rocket.Chat `mongodump` folder (for `chatd import rocketchat`).
+    RcDump(rcdump::DumpArgs),
     /// One worker process of a run (started by `run`, which passes its options as JSON).
     #[command(hide = true)]
     Worker {
@@ -928,6 +931,7 @@ fn main() {
             );
             Ok(())
         }),
+        Cmd::RcDump(args) => rcdump::generate(&args),
         Cmd::Worker { index, args_json } => serde_json::from_str(&args_json)
             .map_err(anyhow::Error::from)
             .and_then(|args| worker(index, args)),

@@ -17,8 +17,11 @@ use crate::store::{Message, Room, StoreError, StoreResult, Subscription};
 use convert::{ImportedUser, Skip};
 pub use source::{Source, SourceError};
 
-/// Records handed to the store per call.
+/// Records handed to the store per call (one transaction each).
 const BATCH: usize = 10_000;
+/// Messages handed to the store per call: large, because they land all over the store and
+/// each transaction rewrites every page it touches.
+const MESSAGE_BATCH: usize = 1_000_000;
 /// Skip reasons shown per kind in the summary.
 const EXAMPLES_PER_KIND: usize = 3;
 
@@ -59,6 +62,7 @@ pub struct CollectionReport {
     /// kind → (count, first details).
     pub skipped: BTreeMap<&'static str, (u64, Vec<String>)>,
     pub notes: BTreeMap<&'static str, u64>,
+    pub seconds: f64,
 }
 
 impl CollectionReport {
@@ -87,6 +91,8 @@ pub struct Report {
     pub rooms: CollectionReport,
     pub subscriptions: CollectionReport,
     pub messages: CollectionReport,
+    /// Seconds spent recomputing room counters and read positions at the end.
+    pub finish_seconds: f64,
 }
 
 impl Report {
@@ -105,10 +111,11 @@ impl Report {
             }
             let _ = writeln!(
                 out,
-                "{name:<24} read {:>9}  imported {:>9}  skipped {:>7}",
+                "{name:<24} read {:>9}  imported {:>9}  skipped {:>7}  ({:.1} s)",
                 c.read,
                 c.imported,
-                c.skipped_total()
+                c.skipped_total(),
+                c.seconds
             );
             for (kind, (n, examples)) in &c.skipped {
                 let _ = writeln!(out, "    skipped {n:>7} × {kind}: e.g. {}", examples.join("; "));
@@ -117,6 +124,7 @@ impl Report {
                 let _ = writeln!(out, "    note    {n:>7} × {what}");
             }
         }
+        let _ = writeln!(out, "room counters and read positions recomputed ({:.1} s)", self.finish_seconds);
         out
     }
 }
@@ -140,6 +148,13 @@ pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> R
     let mut report = Report::default();
     let (mut users, mut rooms) = sink.existing_ids()?;
     let mut failure: Option<StoreError> = None;
+
+    let mut clock = std::time::Instant::now();
+    let mut lap = || {
+        let s = clock.elapsed().as_secs_f64();
+        clock = std::time::Instant::now();
+        s
+    };
 
     // Users.
     let mut batch: Vec<ImportedUser> = Vec::new();
@@ -185,6 +200,7 @@ pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> R
         return Err(e.into());
     }
     flush_users(&mut batch, &mut report.users, &mut users)?;
+    report.users.seconds = lap();
 
     // Rooms.
     let mut batch: Vec<Room> = Vec::new();
@@ -221,6 +237,7 @@ pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> R
         return Err(e.into());
     }
     flush_rooms(&mut batch, &mut report.rooms, &mut rooms)?;
+    report.rooms.seconds = lap();
 
     // Subscriptions: membership, roles and read positions; only of users and rooms imported.
     let mut batch: Vec<Subscription> = Vec::new();
@@ -253,6 +270,7 @@ pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> R
     }
     sink.put_subscriptions(&batch)?;
     report.subscriptions.imported += batch.len() as u64;
+    report.subscriptions.seconds = lap();
 
     // Messages: kept with their ids and authors (even authors that no longer exist).
     let mut batch: Vec<Message> = Vec::new();
@@ -281,7 +299,7 @@ pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> R
             }
             Err(s) => r.skip(s),
         }
-        if batch.len() >= BATCH {
+        if batch.len() >= MESSAGE_BATCH {
             if let Err(e) = flush_messages(&mut batch, r) {
                 failure = Some(e);
             }
@@ -291,7 +309,9 @@ pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> R
         return Err(e.into());
     }
     flush_messages(&mut batch, &mut report.messages)?;
+    report.messages.seconds = lap();
 
     sink.finish()?;
+    report.finish_seconds = lap();
     Ok(report)
 }

@@ -83,13 +83,22 @@ impl EmbeddedStore {
 
     /// Opens the file for exclusive use (`InUse` when another process has it).
     pub fn open_db(dir: &Path) -> Result<Database, OpenError> {
+        Self::open_db_with_cache(dir, None)
+    }
+
+    /// As [`EmbeddedStore::open_db`], with a page cache of `cache_bytes` (bulk imports).
+    pub fn open_db_with_cache(dir: &Path, cache_bytes: Option<usize>) -> Result<Database, OpenError> {
         let path = dir.join("chatd.redb");
         let fail = |reason: String| OpenError::Failed {
             path: path.display().to_string(),
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        match Database::create(&path) {
+        let mut builder = Database::builder();
+        if let Some(bytes) = cache_bytes {
+            builder.set_cache_size(bytes);
+        }
+        match builder.create(&path) {
             Ok(db) => Ok(db),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(OpenError::InUse(dir.display().to_string())),
             Err(e) => Err(fail(e.to_string())),
