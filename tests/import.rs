@@ -57,7 +57,10 @@ fn user_doc(id: &str, username: &str, password: Option<&str>, active: bool, toke
     if let Some(pw) = password {
         services.insert("password", doc! {"bcrypt": rc_password(pw)});
     } else {
-        services.insert("google", doc! {"id": "g-1", "email": format!("{username}@gmail.example")});
+        services.insert(
+            "google",
+            doc! {"id": "g-1", "email": format!("{username}@gmail.example")},
+        );
     }
     doc! {
         "_id": id, "username": username, "name": format!("{username} N."),
@@ -113,36 +116,55 @@ fn build_dump() -> Dump {
     let rooms = vec![
         doc! {"_id": "GENERAL", "t": "c", "name": "general", "ts": date(t0), "default": true, "msgs": 999},
         doc! {"_id": SECRET, "t": "p", "name": "secret", "fname": "Secret Plans", "ro": false,
-              "u": {"_id": ALICE, "username": "alice"}, "ts": date(t0)},
+        "u": {"_id": ALICE, "username": "alice"}, "ts": date(t0)},
         doc! {"_id": dm_id(), "t": "d", "uids": [ALICE, BOB], "usernames": ["alice", "bob"], "ts": date(t0)},
         doc! {"_id": "livechatRoom00001", "t": "l", "name": "visitor"},
     ];
     write_bson(&db.join("rocketchat_room.bson"), &rooms, false);
 
-    let sub = |id: &str, rid: &str, uid: &str, username: &str, t: &str, name: &str, ls: Option<i64>, roles: Vec<&str>| {
-        let mut d = doc! {"_id": id, "rid": rid, "u": {"_id": uid, "username": username}, "t": t,
-                          "name": name, "open": true, "ts": date(t0), "roles": roles};
-        if let Some(ls) = ls {
-            d.insert("ls", date(ls));
-        }
-        d
-    };
+    let sub =
+        |id: &str, rid: &str, uid: &str, username: &str, t: &str, name: &str, ls: Option<i64>, roles: Vec<&str>| {
+            let mut d = doc! {"_id": id, "rid": rid, "u": {"_id": uid, "username": username}, "t": t,
+            "name": name, "open": true, "ts": date(t0), "roles": roles};
+            if let Some(ls) = ls {
+                d.insert("ls", date(ls));
+            }
+            d
+        };
     let subs = vec![
         // alice has seen GENERAL up to its second message: three unread.
-        sub("s1", "GENERAL", ALICE, "alice", "c", "general", Some(t0 + 2_000), vec![]),
+        sub(
+            "s1",
+            "GENERAL",
+            ALICE,
+            "alice",
+            "c",
+            "general",
+            Some(t0 + 2_000),
+            vec![],
+        ),
         sub("s2", "GENERAL", BOB, "bob", "c", "general", Some(t0 + 100_000), vec![]),
         sub("s3", SECRET, ALICE, "alice", "p", "secret", Some(t0), vec!["owner"]),
         sub("s4", &dm_id(), ALICE, "alice", "d", "bob", None, vec![]),
         sub("s5", &dm_id(), BOB, "bob", "d", "alice", Some(t0 + 100_000), vec![]),
         sub("s6", "GENERAL", CAROL, "carol", "c", "general", None, vec![]),
         sub("s7", "deletedRoom000001", ALICE, "alice", "c", "gone", None, vec![]),
-        sub("s8", "GENERAL", "deletedUser000001", "ghost", "c", "general", None, vec![]),
+        sub(
+            "s8",
+            "GENERAL",
+            "deletedUser000001",
+            "ghost",
+            "c",
+            "general",
+            None,
+            vec![],
+        ),
     ];
     write_bson(&db.join("rocketchat_subscription.bson"), &subs, false);
 
     let msg = |id: &str, rid: &str, uid: &str, username: &str, text: &str, at: i64| {
         doc! {"_id": id, "rid": rid, "msg": text, "ts": date(at), "u": {"_id": uid, "username": username},
-              "_updatedAt": date(at), "urls": [], "mentions": [], "channels": []}
+        "_updatedAt": date(at), "urls": [], "mentions": [], "channels": []}
     };
     let mut m2 = msg("m2", "GENERAL", BOB, "bob", "second (edited)", t0 + 2_000);
     m2.insert("editedAt", date(t0 + 2_500));
@@ -150,7 +172,9 @@ fn build_dump() -> Dump {
     m2.insert("reactions", doc! {":+1:": {"usernames": ["alice"]}});
     m2.insert(
         "attachments",
-        vec![Bson::Document(doc! {"title": "plan.pdf", "ts": date(t0 + 2_000), "type": "file"})],
+        vec![Bson::Document(
+            doc! {"title": "plan.pdf", "ts": date(t0 + 2_000), "type": "file"},
+        )],
     );
     let mut m3 = msg("m3", "GENERAL", ALICE, "alice", "a reply", t0 + 3_000);
     m3.insert("tmid", "m1");
@@ -165,7 +189,14 @@ fn build_dump() -> Dump {
         msg("m1", "GENERAL", ALICE, "alice", "first", t0 + 1_000),
         m2,
         m4,
-        msg("m5", "GENERAL", "deletedUser000001", "ghost", "from a deleted user", t0 + 5_000),
+        msg(
+            "m5",
+            "GENERAL",
+            "deletedUser000001",
+            "ghost",
+            "from a deleted user",
+            t0 + 5_000,
+        ),
         hidden,
         msg("s-1", SECRET, ALICE, "alice", "secret plan", t0 + 1_000),
         msg("d-1", &dm_id(), ALICE, "alice", "hi bob", t0 + 1_000),
@@ -208,17 +239,36 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
     let data = tempfile::tempdir().unwrap();
     let out = import(dump.dir.path(), data.path());
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Counts per collection, with reasons per kind.
-    assert!(summary_line(&stdout, "users ").contains("imported         4"), "{stdout}");
+    assert!(
+        summary_line(&stdout, "users ").contains("imported         4"),
+        "{stdout}"
+    );
     assert!(stdout.contains("user without username"), "{stdout}");
     assert!(stdout.contains("username taken by another user"), "{stdout}");
     assert!(stdout.contains("no string _id"), "{stdout}");
-    assert!(summary_line(&stdout, "rocketchat_room").contains("imported         3"), "{stdout}");
+    assert!(
+        summary_line(&stdout, "rocketchat_room").contains("imported         3"),
+        "{stdout}"
+    );
     assert!(stdout.contains("room type not imported"), "{stdout}");
-    assert!(summary_line(&stdout, "rocketchat_subscription").contains("imported         6"), "{stdout}");
-    assert!(stdout.contains("room missing") && stdout.contains("user missing"), "{stdout}");
-    assert!(summary_line(&stdout, "rocketchat_message").contains("imported         8"), "{stdout}");
+    assert!(
+        summary_line(&stdout, "rocketchat_subscription").contains("imported         6"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("room missing") && stdout.contains("user missing"),
+        "{stdout}"
+    );
+    assert!(
+        summary_line(&stdout, "rocketchat_message").contains("imported         8"),
+        "{stdout}"
+    );
     assert!(stdout.contains("hidden (edit history or deleted)"), "{stdout}");
     assert!(stdout.contains("message without ts"), "{stdout}");
 
@@ -226,7 +276,10 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
     let again = import(dump.dir.path(), data.path());
     let stdout2 = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(again.status.success(), "{stdout2}");
-    assert!(summary_line(&stdout2, "rocketchat_message").contains("imported         0"), "{stdout2}");
+    assert!(
+        summary_line(&stdout2, "rocketchat_message").contains("imported         0"),
+        "{stdout2}"
+    );
     assert!(stdout2.contains("8 × already in the store"), "{stdout2}");
 
     let server = ChatdProcess::serve(data.path());
@@ -277,7 +330,10 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
     assert_eq!(m2["ts"]["$date"], dump.t0 + 2_000);
     assert_eq!(msgs.iter().find(|m| m["_id"] == "m3").unwrap()["tmid"], "m1");
     assert_eq!(msgs.iter().find(|m| m["_id"] == "m4").unwrap()["t"], "uj");
-    assert_eq!(msgs.iter().find(|m| m["_id"] == "m5").unwrap()["u"]["username"], "ghost");
+    assert_eq!(
+        msgs.iter().find(|m| m["_id"] == "m5").unwrap()["u"]["username"],
+        "ghost"
+    );
 
     // Membership from subscriptions; read positions from `ls`: 3 of 5 unread for alice.
     let subs = alice.ok("subscriptions/get", json!([]));
@@ -285,10 +341,20 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
     let find = |rid: &str| subs.iter().find(|s| s["rid"] == rid).cloned();
     assert_eq!(find("GENERAL").unwrap()["unread"], 3, "{subs:?}");
     assert_eq!(find(SECRET).unwrap()["unread"], 1);
-    assert_eq!(find(&dm_id()).unwrap()["unread"], 2, "no ls: read position is the subscription time");
+    assert_eq!(
+        find(&dm_id()).unwrap()["unread"],
+        2,
+        "no ls: read position is the subscription time"
+    );
     assert_eq!(find(SECRET).unwrap()["roles"], json!(["owner"]));
     let rooms = alice.ok("rooms/get", json!([]));
-    let secret = rooms.as_array().unwrap().iter().find(|r| r["_id"] == SECRET).unwrap().clone();
+    let secret = rooms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["_id"] == SECRET)
+        .unwrap()
+        .clone();
     assert_eq!(secret["t"], "p");
     assert_eq!(secret["fname"], "Secret Plans");
     assert_eq!(secret["u"]["username"], "alice");
@@ -366,9 +432,16 @@ fn import_refuses_a_store_in_use_and_survives_garbage() {
 
     let out = import(dump.dir.path(), data.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("invalid document length"), "{stdout}");
-    assert!(summary_line(&stdout, "rocketchat_room").contains("imported         3"), "{stdout}");
+    assert!(
+        summary_line(&stdout, "rocketchat_room").contains("imported         3"),
+        "{stdout}"
+    );
 
     // A folder without a dump is a clear error, not a panic.
     let empty = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@
 mod proto;
 mod rcdump;
 mod seed;
+mod stall;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -57,6 +58,8 @@ enum Cmd {
     Run(RunArgs),
     /// Write a generated Rocket.Chat `mongodump` folder (for `chatd import rocketchat`).
     RcDump(rcdump::DumpArgs),
+    /// Measure another session's delivery latency with and without a heavy reader beside it.
+    Stall(stall::StallArgs),
     /// One worker process of a run (started by `run`, which passes its options as JSON).
     #[command(hide = true)]
     Worker {
@@ -932,6 +935,12 @@ fn main() {
             Ok(())
         }),
         Cmd::RcDump(args) => rcdump::generate(&args),
+        Cmd::Stall(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(stall::run(args)))
+            .map(|v| println!("{v}")),
         Cmd::Worker { index, args_json } => serde_json::from_str(&args_json)
             .map_err(anyhow::Error::from)
             .and_then(|args| worker(index, args)),

@@ -41,8 +41,31 @@ pub struct DumpArgs {
 
 const ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz";
 const WORDS: &[&str] = &[
-    "deploy", "the", "build", "is", "green", "again", "who", "owns", "this", "ticket", "lunch", "at", "noon",
-    "please", "review", "my", "PR", "thanks", "server", "restarted", "looks", "good", "to", "me", "ok",
+    "deploy",
+    "the",
+    "build",
+    "is",
+    "green",
+    "again",
+    "who",
+    "owns",
+    "this",
+    "ticket",
+    "lunch",
+    "at",
+    "noon",
+    "please",
+    "review",
+    "my",
+    "PR",
+    "thanks",
+    "server",
+    "restarted",
+    "looks",
+    "good",
+    "to",
+    "me",
+    "ok",
 ];
 
 fn meteor_id(rng: &mut StdRng) -> String {
@@ -53,7 +76,10 @@ fn meteor_id(rng: &mut StdRng) -> String {
 
 fn sentence(rng: &mut StdRng) -> String {
     let n = rng.gen_range(3..14);
-    (0..n).map(|_| WORDS[rng.gen_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
+    (0..n)
+        .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn date(ms: i64) -> Bson {
@@ -124,14 +150,18 @@ pub fn generate(a: &DumpArgs) -> anyhow::Result<()> {
     let mut subs = Out::create(&a.out, "rocketchat_subscription")?;
     for (i, (id, t, members)) in rooms.iter().enumerate() {
         let mut d = doc! {"_id": id, "t": t.to_string(), "ts": date(start), "_updatedAt": date(now),
-                           "msgs": 0, "usersCount": members.len() as i64, "ro": false, "sysMes": true};
+        "msgs": 0, "usersCount": members.len() as i64, "ro": false, "sysMes": true};
         if *t == 'd' {
             let uids: Vec<&str> = members.iter().map(|m| users[*m].0.as_str()).collect();
             let names: Vec<&str> = members.iter().map(|m| users[*m].1.as_str()).collect();
             d.insert("uids", uids);
             d.insert("usernames", names);
         } else {
-            let name = if id == "GENERAL" { "general".to_owned() } else { format!("room{}", i - 1) };
+            let name = if id == "GENERAL" {
+                "general".to_owned()
+            } else {
+                format!("room{}", i - 1)
+            };
             d.insert("name", name.as_str());
             d.insert("fname", name.as_str());
             d.insert("u", doc! {"_id": users[0].0.as_str(), "username": users[0].1.as_str()});
@@ -139,7 +169,11 @@ pub fn generate(a: &DumpArgs) -> anyhow::Result<()> {
         out.put(&d)?;
         for (k, m) in members.iter().enumerate() {
             let (uid, uname) = &users[*m];
-            let other = if *t == 'd' { &users[members[1 - k.min(1)]].1 } else { uname };
+            let other = if *t == 'd' {
+                &users[members[1 - k.min(1)]].1
+            } else {
+                uname
+            };
             subs.put(&doc! {
                 "_id": meteor_id(&mut rng), "rid": id, "u": {"_id": uid, "username": uname}, "t": t.to_string(),
                 "name": other, "fname": other, "open": true, "alert": false, "unread": 0,
@@ -160,7 +194,10 @@ pub fn generate(a: &DumpArgs) -> anyhow::Result<()> {
             rng.gen_range(1..rooms.len().max(2)).min(rooms.len() - 1)
         };
         let (rid, _, members) = &rooms[r];
-        let author = members.get(rng.gen_range(0..members.len().max(1))).copied().unwrap_or(0);
+        let author = members
+            .get(rng.gen_range(0..members.len().max(1)))
+            .copied()
+            .unwrap_or(0);
         let (uid, uname) = &users[author];
         let ts = start + n as i64 * step;
         let mut d = doc! {

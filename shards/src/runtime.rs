@@ -90,6 +90,50 @@ pub struct ShardSet {
     shutdown: ShutdownHandle,
 }
 
+/// How often the stall probe asks to be woken.
+const STALL_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The recent stall figure covers this window and the one before it.
+const STALL_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Records in `loop_stall_max_us` / `loop_stall_recent_us` how late a periodic timer fires on
+/// this shard: the longest stretch the event loop spent in one task (or one run of tasks)
+/// without coming back.
+async fn stall_probe(stats: Arc<ShardStats>, shutdown: crate::ShutdownSignal) {
+    let (mut window_start, mut current, mut previous) = (std::time::Instant::now(), 0u64, 0u64);
+    loop {
+        let started = std::time::Instant::now();
+        let go_on = future::or(
+            async {
+                glommio::timer::sleep(STALL_PROBE_INTERVAL).await;
+                true
+            },
+            async {
+                shutdown.wait().await;
+                false
+            },
+        )
+        .await;
+        if !go_on {
+            return;
+        }
+        let late = started.elapsed().saturating_sub(STALL_PROBE_INTERVAL);
+        let late_us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        stats
+            .loop_stall_max_us
+            .fetch_max(late_us, std::sync::atomic::Ordering::Relaxed);
+        current = current.max(late_us);
+        if window_start.elapsed() >= STALL_WINDOW {
+            previous = current;
+            current = 0;
+            window_start = std::time::Instant::now();
+        }
+        stats
+            .loop_stall_recent_us
+            .store(current.max(previous), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn online_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
@@ -153,6 +197,7 @@ impl ShardSet {
                     let (ephemeral, ephemeral_receivers) =
                         assemble(lane_senders, lane_receivers, nr, lane_capacity, my_stats.clone());
                     let _ = ready_tx.send(id);
+                    glommio::spawn_local(stall_probe(my_stats.clone(), shutdown.clone())).detach();
                     let ctx = ShardContext {
                         id,
                         nr_shards: nr,

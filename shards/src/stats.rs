@@ -25,6 +25,11 @@ pub struct ShardStats {
     pub dropped: AtomicU64,
     /// Application-defined counters: sessions closed because they were too slow to read.
     pub slow_closed: AtomicU64,
+    /// Longest time this shard's event loop was busy without returning to its timers, in µs,
+    /// since start (measured by a probe timer: how late it fired).
+    pub loop_stall_max_us: AtomicU64,
+    /// The same over a recent window only (the last 10 to 20 seconds), in µs.
+    pub loop_stall_recent_us: AtomicU64,
 }
 
 /// A plain copy of [`ShardStats`] at one instant.
@@ -40,6 +45,8 @@ pub struct StatsSnapshot {
     pub deliveries: u64,
     pub dropped: u64,
     pub slow_closed: u64,
+    pub loop_stall_max_us: u64,
+    pub loop_stall_recent_us: u64,
 }
 
 impl ShardStats {
@@ -64,6 +71,8 @@ impl ShardStats {
             deliveries: r(&self.deliveries),
             dropped: r(&self.dropped),
             slow_closed: r(&self.slow_closed),
+            loop_stall_max_us: r(&self.loop_stall_max_us),
+            loop_stall_recent_us: r(&self.loop_stall_recent_us),
         }
     }
 }

@@ -13,7 +13,7 @@ use super::error::{AppError, AppResult};
 use crate::gateway::ShardCtx;
 use crate::protocol::wire::{self, Dates};
 use crate::store::{
-    HistoryQuery, LoginToken, Message, Room, RoomType, Subscription, User, WriteOp, WriteOutcome, WriteOutput,
+    HistoryQuery, LoginToken, Message, Room, RoomType, StoreError, User, WriteOp, WriteOutcome, WriteOutput,
 };
 
 /// How a password login names its user.
@@ -357,64 +357,114 @@ impl<'a> Ops<'a> {
         Ok(())
     }
 
-    /// A page of a room's history, newest first, with the total matching when asked for.
-    /// `Ok(None)`: the room does not exist or the user may not read it (indistinguishable).
-    pub async fn history(
+    /// A page of a room's history, newest first, as a JSON array rendered on a reader thread
+    /// (reading and rendering a page never runs on this shard). `Ok(None)`: the room does not
+    /// exist or the user may not read it (indistinguishable).
+    pub async fn history_json(
         &self,
         method: &str,
         user: &User,
         rid: &RoomId,
         q: &HistoryQuery,
-    ) -> AppResult<Option<(Room, Vec<Message>, u64)>> {
+        d: Dates,
+    ) -> AppResult<Option<(Room, String)>> {
         let room = self.room(rid).await?;
         let Some(room) = self.visible_room(user, room).await? else {
             return Ok(None);
         };
-        let (messages, total) = self
+        let (rid, q) = (rid.clone(), q.clone());
+        let json = self
             .ctx
             .hub
             .store
-            .history(rid, q)
+            .read(move |b| {
+                let (messages, _) = b.history(&rid, &q)?;
+                let list: Vec<Value> = messages.iter().map(|m| wire::message(m, d)).collect();
+                serde_json::to_string(&list).map_err(|e| StoreError::Internal(e.to_string()))
+            })
             .await
             .map_err(|e| AppError::from(e).with_method(method))?;
-        Ok(Some((room, messages, total)))
+        Ok(Some((room, json)))
     }
 
-    async fn subscriptions_of(&self, method: &str, user: &User) -> AppResult<Vec<(Subscription, Room)>> {
+    /// The user's rooms (`rooms: true`) or subscriptions updated after `since` (all when
+    /// `None`), as a JSON array rendered on a reader thread: a user may belong to tens of
+    /// thousands of rooms, and neither the scan nor the rendering may stall this shard.
+    pub async fn listing_json(
+        &self,
+        method: &str,
+        user: &User,
+        rooms: bool,
+        since: Option<i64>,
+        d: Dates,
+    ) -> AppResult<String> {
+        let uid = user.id.clone();
         self.ctx
             .hub
             .store
-            .subscriptions_of(&user.id)
+            .read(move |b| {
+                let subs = b.subscriptions_of(&uid)?;
+                let items: Vec<Value> = subs
+                    .iter()
+                    .filter(|(s, r)| {
+                        let changed = if rooms {
+                            r.updated_at
+                        } else {
+                            s.updated_at.max(r.updated_at)
+                        };
+                        since.is_none_or(|t| changed > t)
+                    })
+                    .map(|(s, r)| {
+                        if rooms {
+                            wire::room(r, d)
+                        } else {
+                            wire::subscription(s, r, d)
+                        }
+                    })
+                    .collect();
+                serde_json::to_string(&items).map_err(|e| StoreError::Internal(e.to_string()))
+            })
             .await
             .map_err(|e| AppError::from(e).with_method(method))
     }
 
-    /// The user's rooms updated after `since` (all when `None`).
-    pub async fn rooms_since(&self, method: &str, user: &User, since: Option<i64>, d: Dates) -> AppResult<Vec<Value>> {
-        Ok(self
-            .subscriptions_of(method, user)
-            .await?
-            .iter()
-            .filter(|(_, r)| since.is_none_or(|s| r.updated_at > s))
-            .map(|(_, r)| wire::room(r, d))
-            .collect())
-    }
-
-    /// The user's subscriptions updated after `since` (all when `None`).
-    pub async fn subscriptions_since(
+    /// One page of rooms chosen by `pick` among the user's subscriptions (`Some(uid)`) or among
+    /// every public channel (`None`), sorted by name, rendered as a JSON array; with the page's
+    /// length and how many there are in all. Runs on a reader thread.
+    pub async fn room_page(
         &self,
         method: &str,
-        user: &User,
-        since: Option<i64>,
+        of: Option<&User>,
+        pick: fn(&Room) -> bool,
+        offset: usize,
+        count: usize,
         d: Dates,
-    ) -> AppResult<Vec<Value>> {
-        Ok(self
-            .subscriptions_of(method, user)
-            .await?
-            .iter()
-            .filter(|(s, r)| since.is_none_or(|t| s.updated_at.max(r.updated_at) > t))
-            .map(|(s, r)| wire::subscription(s, r, d))
-            .collect())
+    ) -> AppResult<(String, usize, usize)> {
+        let uid = of.map(|u| u.id.clone());
+        self.ctx
+            .hub
+            .store
+            .read(move |b| {
+                let (page, total): (Vec<Room>, usize) = match &uid {
+                    Some(uid) => {
+                        let mut rooms: Vec<Room> = b.subscriptions_of(uid)?.into_iter().map(|(_, r)| r).collect();
+                        rooms.retain(pick);
+                        rooms.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.as_str().cmp(b.id.as_str())));
+                        let total = rooms.len();
+                        (rooms.into_iter().skip(offset).take(count).collect(), total)
+                    }
+                    // Every public channel: the store pages through its channel index.
+                    None => {
+                        let (page, total) = b.channels_page(offset, count)?;
+                        (page, usize::try_from(total).unwrap_or(usize::MAX))
+                    }
+                };
+                let list: Vec<Value> = page.iter().map(|r| wire::room(r, d)).collect();
+                let json = serde_json::to_string(&list).map_err(|e| StoreError::Internal(e.to_string()))?;
+                Ok((json, page.len(), total))
+            })
+            .await
+            .map_err(|e| AppError::from(e).with_method(method))
     }
 
     /// Sets the user's chosen (persisted) status and, when given, its text. `invisible` is

@@ -35,7 +35,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<S
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    raw_json_response(status, body.to_string())
+}
+
+/// A response whose body is already JSON text.
+pub fn raw_json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -79,7 +84,7 @@ fn health(ctx: &ShardCtx) -> Response<Full<Bytes>> {
 fn metrics(ctx: &ShardCtx) -> Response<Full<Bytes>> {
     let mut out = String::new();
     type Series = (&'static str, &'static str, fn(&chatd_shards::ShardStats) -> u64);
-    let series: [Series; 9] = [
+    let series: [Series; 11] = [
         ("chatd_connections_open", "gauge", |s| {
             s.open_connections.load(Ordering::Relaxed)
         }),
@@ -106,6 +111,15 @@ fn metrics(ctx: &ShardCtx) -> Response<Full<Bytes>> {
         }),
         ("chatd_mesh_full_total", "counter", |s| {
             s.mesh_full.load(Ordering::Relaxed)
+        }),
+        // Microseconds: the longest the shard's event loop went without coming back to its
+        // timers since start (how late a 10 ms probe timer fired).
+        ("chatd_event_loop_stall_max_us", "gauge", |s| {
+            s.loop_stall_max_us.load(Ordering::Relaxed)
+        }),
+        // The same over the last 10 to 20 seconds only.
+        ("chatd_event_loop_stall_recent_us", "gauge", |s| {
+            s.loop_stall_recent_us.load(Ordering::Relaxed)
         }),
     ];
     for (name, kind, get) in series {

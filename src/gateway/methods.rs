@@ -65,8 +65,6 @@ impl Session {
             "login" => self.login(&params).await,
             "registerUser" => self.register_user(&params).await,
             "logout" => self.logout().await,
-            "rooms/get" => self.rooms_get(&params).await,
-            "subscriptions/get" => self.subscriptions_get(&params).await,
             "createChannel" => self.create_room(method, RoomType::Channel, &params).await,
             "createPrivateGroup" => self.create_room(method, RoomType::Private, &params).await,
             "createDirectMessage" => self.create_direct(&params).await,
@@ -75,8 +73,6 @@ impl Session {
             "sendMessage" => self.send_message(&params).await,
             "updateMessage" => self.update_message(&params).await,
             "deleteMessage" => self.delete_message(&params).await,
-            "loadHistory" => self.load_history(&params).await,
-            "loadMissedMessages" => self.load_missed(&params).await,
             "readMessages" => self.read_messages(&params).await,
             "getRoomIdByNameOrId" => self.room_id_by_name_or_id(&params).await,
             "getRoomNameById" => self.room_name_by_id(&params).await,
@@ -182,31 +178,22 @@ impl Session {
         Ok(None)
     }
 
-    async fn rooms_get(&self, params: &[Value]) -> MethodResult {
+    /// `rooms/get` and `subscriptions/get`: the result's JSON, rendered off this shard (see
+    /// [`Ops::listing_json`]); the session frames it without parsing it again.
+    pub async fn listing(&self, method: &str, params: &[Value]) -> Result<String, MeteorError> {
         let Some(user) = self.user.as_ref() else {
-            return Ok(Some(json!([])));
+            return Ok("[]".into());
         };
         let since = since_param(params);
-        let rooms = self.ops().rooms_since("rooms/get", user, since, Dates::Ejson).await?;
-        Ok(Some(match since {
-            Some(_) => json!({"update": rooms, "remove": []}),
-            None => Value::Array(rooms),
-        }))
-    }
-
-    async fn subscriptions_get(&self, params: &[Value]) -> MethodResult {
-        let Some(user) = self.user.as_ref() else {
-            return Ok(Some(json!([])));
-        };
-        let since = since_param(params);
-        let subs = self
+        let rooms = method == "rooms/get";
+        let list = self
             .ops()
-            .subscriptions_since("subscriptions/get", user, since, Dates::Ejson)
+            .listing_json(method, user, rooms, since, Dates::Ejson)
             .await?;
-        Ok(Some(match since {
-            Some(_) => json!({"update": subs, "remove": []}),
-            None => Value::Array(subs),
-        }))
+        Ok(match since {
+            Some(_) => format!(r#"{{"update":{list},"remove":[]}}"#),
+            None => list,
+        })
     }
 
     async fn create_room(&self, method: &str, t: RoomType, params: &[Value]) -> MethodResult {
@@ -305,7 +292,7 @@ impl Session {
         Ok(None)
     }
 
-    async fn load_history(&self, params: &[Value]) -> MethodResult {
+    async fn load_history(&self, params: &[Value]) -> Result<String, MeteorError> {
         let user = self.require_user()?;
         let rid = RoomId::from(str_at(params, 0, "rid")?);
         let latest = params.get(1).and_then(wire::parse_date);
@@ -320,14 +307,19 @@ impl Session {
             limit: limit.min(MAX_HISTORY_PAGE),
             ..HistoryQuery::default()
         };
-        let Some((_, messages, _)) = self.ops().history("loadHistory", user, &rid, &q).await? else {
-            return Ok(Some(json!(false)));
-        };
-        let list: Vec<Value> = messages.iter().map(|m| wire::message(m, Dates::Ejson)).collect();
-        Ok(Some(json!({"messages": list, "unreadNotLoaded": 0})))
+        Ok(
+            match self
+                .ops()
+                .history_json("loadHistory", user, &rid, &q, Dates::Ejson)
+                .await?
+            {
+                Some((_, list)) => format!(r#"{{"messages":{list},"unreadNotLoaded":0}}"#),
+                None => "false".into(),
+            },
+        )
     }
 
-    async fn load_missed(&self, params: &[Value]) -> MethodResult {
+    async fn load_missed(&self, params: &[Value]) -> Result<String, MeteorError> {
         let user = self.require_user()?;
         let rid = RoomId::from(str_at(params, 0, "rid")?);
         let start = params
@@ -339,12 +331,22 @@ impl Session {
             limit: MAX_MISSED,
             ..HistoryQuery::default()
         };
-        let Some((_, messages, _)) = self.ops().history("loadMissedMessages", user, &rid, &q).await? else {
-            return Ok(Some(json!(false)));
-        };
-        Ok(Some(Value::Array(
-            messages.iter().map(|m| wire::message(m, Dates::Ejson)).collect(),
-        )))
+        let found = self
+            .ops()
+            .history_json("loadMissedMessages", user, &rid, &q, Dates::Ejson)
+            .await?;
+        Ok(found.map_or_else(|| "false".into(), |(_, list)| list))
+    }
+
+    /// Methods whose result can be large (listings, history pages): their JSON is rendered on
+    /// a reader thread and framed as is. `None`: not one of them.
+    pub async fn call_raw(&self, method: &str, params: &[Value]) -> Option<Result<String, MeteorError>> {
+        Some(match method {
+            "rooms/get" | "subscriptions/get" => self.listing(method, params).await,
+            "loadHistory" => self.load_history(params).await,
+            "loadMissedMessages" => self.load_missed(params).await,
+            _ => return None,
+        })
     }
 
     async fn read_messages(&self, params: &[Value]) -> MethodResult {

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
-use super::http::json_response;
+use super::http::{json_response, raw_json_response};
 use super::ShardCtx;
 use crate::app::error::{AppError, Code};
 use crate::app::ops::{LoginName, Ops};
@@ -270,14 +270,21 @@ struct Call<'a> {
     body: Body,
 }
 
+/// A successful answer: a JSON value, or JSON text rendered elsewhere (off this shard).
+enum Answer {
+    Json(Value),
+    Raw(String),
+}
+
 pub async fn handle(req: Request<Incoming>, ctx: &ShardCtx) -> Reply {
     match handle_inner(req, ctx).await {
-        Ok(v) => json_response(StatusCode::OK, &v),
+        Ok(Answer::Json(v)) => json_response(StatusCode::OK, &v),
+        Ok(Answer::Raw(text)) => raw_json_response(StatusCode::OK, text),
         Err(e) => e.reply(),
     }
 }
 
-async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> RestResult {
+async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> Result<Answer, RestError> {
     let endpoint = req
         .uri()
         .path()
@@ -309,7 +316,8 @@ async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> RestResult {
         return match endpoint.as_str() {
             "login" => call.login().await,
             _ => call.register().await,
-        };
+        }
+        .map(Answer::Json);
     }
     let (Some(uid), Some(token)) = (uid, token) else {
         return Err(RestError::unauthorized());
@@ -318,7 +326,17 @@ async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> RestResult {
         Ok(l) if l.user.id.as_str() == uid => l.user,
         _ => return Err(RestError::unauthorized()),
     };
-    call.dispatch(&endpoint, &user, &token).await
+    // Possibly large answers come as JSON rendered on a reader thread.
+    match endpoint.as_str() {
+        "rooms.get" | "subscriptions.get" => return call.listing(&endpoint, &user).await.map(Answer::Raw),
+        "channels.list" => return call.room_list(&endpoint, None).await.map(Answer::Raw),
+        "channels.list.joined" => return call.room_list(&endpoint, Some(&user)).await.map(Answer::Raw),
+        "channels.history" => return call.history(&user, RoomType::Channel).await.map(Answer::Raw),
+        "groups.history" => return call.history(&user, RoomType::Private).await.map(Answer::Raw),
+        "im.history" | "dm.history" => return call.history(&user, RoomType::Direct).await.map(Answer::Raw),
+        _ => {}
+    }
+    call.dispatch(&endpoint, &user, &token).await.map(Answer::Json)
 }
 
 /// Every (method, endpoint) served; anything else is a 404 before the body is read.
@@ -381,50 +399,11 @@ impl Call<'_> {
             "users.setStatus" => self.set_status(user).await,
             "users.getStatus" => self.get_status(user, false).await,
             "users.getPresence" => self.get_status(user, true).await,
-            "rooms.get" => {
-                let since = self.query.date("updatedSince")?;
-                let rooms = self.ops.rooms_since("rooms.get", user, since, Dates::Iso).await?;
-                Ok(ok(json!({"update": rooms, "remove": []})))
-            }
-            "subscriptions.get" => {
-                let since = self.query.date("updatedSince")?;
-                let subs = self
-                    .ops
-                    .subscriptions_since("subscriptions.get", user, since, Dates::Iso)
-                    .await?;
-                Ok(ok(json!({"update": subs, "remove": []})))
-            }
             "channels.create" => self.create(user, RoomType::Channel, "channel").await,
             "groups.create" => self.create(user, RoomType::Private, "group").await,
             "channels.info" => {
                 let room = self.channel_from_query(user).await?;
                 Ok(ok(json!({"channel": wire::room(&room, Dates::Iso)})))
-            }
-            "channels.list" => {
-                let channels = self
-                    .ops
-                    .ctx
-                    .hub
-                    .store
-                    .channels()
-                    .await
-                    .map_err(|e| AppError::from(e).with_method("channels.list"))?;
-                self.room_list(channels, "channels")
-            }
-            "channels.list.joined" => {
-                let joined = self
-                    .ops
-                    .ctx
-                    .hub
-                    .store
-                    .subscriptions_of(&user.id)
-                    .await
-                    .map_err(|e| AppError::from(e).with_method("channels.list.joined"))?
-                    .into_iter()
-                    .map(|(_, r)| r)
-                    .filter(|r| r.t == RoomType::Channel)
-                    .collect();
-                self.room_list(joined, "channels")
             }
             "channels.join" => {
                 let room = self.channel_from_body().await?;
@@ -439,9 +418,6 @@ impl Call<'_> {
                 Ok(ok(json!({"channel": wire::room(&room, Dates::Iso)})))
             }
             "channels.members" => self.members(user).await,
-            "channels.history" => self.history(user, Some(RoomType::Channel)).await,
-            "groups.history" => self.history(user, Some(RoomType::Private)).await,
-            "im.history" | "dm.history" => self.history(user, Some(RoomType::Direct)).await,
             "im.create" | "dm.create" => self.create_direct(user, endpoint).await,
             "chat.postMessage" => self.post_message(user).await,
             "chat.sendMessage" => self.send_message(user).await,
@@ -609,19 +585,26 @@ impl Call<'_> {
             .await
     }
 
-    fn room_list(&self, mut rooms: Vec<Room>, key: &str) -> RestResult {
+    /// `channels.list` (every public channel) and `channels.list.joined` (the caller's): one
+    /// page, sorted by name; the listing and sorting run on a reader thread.
+    async fn room_list(&self, endpoint: &str, of: Option<&User>) -> Result<String, RestError> {
         let (offset, count) = self.query.page()?;
-        rooms.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.as_str().cmp(b.id.as_str())));
-        let total = rooms.len();
-        let page: Vec<Value> = rooms
-            .iter()
-            .skip(offset)
-            .take(count)
-            .map(|r| wire::room(r, Dates::Iso))
-            .collect();
-        Ok(ok(
-            json!({ key: page, "count": page.len(), "offset": offset, "total": total }),
+        let (list, n, total) = self
+            .ops
+            .room_page(endpoint, of, |r| r.t == RoomType::Channel, offset, count, Dates::Iso)
+            .await?;
+        Ok(format!(
+            r#"{{"channels":{list},"count":{n},"offset":{offset},"total":{total},"success":true}}"#
         ))
+    }
+
+    /// `rooms.get` / `subscriptions.get`: Rocket.Chat's `{update, remove, success}`, with the
+    /// list rendered on a reader thread.
+    async fn listing(&self, endpoint: &str, user: &User) -> Result<String, RestError> {
+        let since = self.query.date("updatedSince")?;
+        let rooms = endpoint == "rooms.get";
+        let list = self.ops.listing_json(endpoint, user, rooms, since, Dates::Iso).await?;
+        Ok(format!(r#"{{"update":{list},"remove":[],"success":true}}"#))
     }
 
     async fn members(&self, user: &User) -> RestResult {
@@ -649,11 +632,11 @@ impl Call<'_> {
         ))
     }
 
-    async fn history(&self, user: &User, t: Option<RoomType>) -> RestResult {
+    async fn history(&self, user: &User, t: RoomType) -> Result<String, RestError> {
         let q = &self.query;
         let rid = match (q.get("roomId"), q.get("roomName")) {
             (Some(id), _) => RoomId::from(id),
-            (None, Some(name)) if t == Some(RoomType::Channel) => self.find_channel(None, Some(name)).await?.id,
+            (None, Some(name)) if t == RoomType::Channel => self.find_channel(None, Some(name)).await?.id,
             _ => return Err(RestError::invalid("The required \"roomId\" param is missing")),
         };
         let (offset, count) = q.page()?;
@@ -666,14 +649,13 @@ impl Call<'_> {
             count_total: false,
         };
         // A room the caller may not read is answered exactly like one that does not exist.
-        let Some((room, messages, _)) = self.ops.history("history", user, &rid, &hq).await? else {
+        let Some((room, list)) = self.ops.history_json("history", user, &rid, &hq, Dates::Iso).await? else {
             return Err(RestError::room_not_found());
         };
-        if t.is_some_and(|t| t != room.t) {
+        if t != room.t {
             return Err(RestError::room_not_found());
         }
-        let list: Vec<Value> = messages.iter().map(|m| wire::message(m, Dates::Iso)).collect();
-        Ok(ok(json!({ "messages": list })))
+        Ok(format!(r#"{{"messages":{list},"success":true}}"#))
     }
 
     async fn create_direct(&self, user: &User, endpoint: &str) -> RestResult {

@@ -333,9 +333,13 @@ impl Session {
             }
             ClientFrame::Pong => true,
             ClientFrame::Method { id, method, params } => {
-                let res = self.call(&method, params).await;
+                // Possibly large results come as JSON rendered on a reader thread, framed as is.
+                let res = match self.call_raw(&method, &params).await {
+                    Some(raw) => raw.map(|raw| ddp::result_raw(&id, &raw)),
+                    None => self.call(&method, params).await.map(|v| ddp::result(&id, v)),
+                };
                 match res {
-                    Ok(value) => self.push(ddp::result(&id, value)),
+                    Ok(frame) => self.push(frame),
                     Err(e) => {
                         tracing::debug!(method, error = %e.reason, "method failed");
                         self.push(ddp::result_error(&id, &e));

@@ -124,7 +124,11 @@ impl Report {
                 let _ = writeln!(out, "    note    {n:>7} × {what}");
             }
         }
-        let _ = writeln!(out, "room counters and read positions recomputed ({:.1} s)", self.finish_seconds);
+        let _ = writeln!(
+            out,
+            "room counters and read positions recomputed ({:.1} s)",
+            self.finish_seconds
+        );
         out
     }
 }

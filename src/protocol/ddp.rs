@@ -223,6 +223,14 @@ pub fn result(id: &str, value: Option<Value>) -> String {
     }
 }
 
+/// A `result` frame around a result that is already JSON text (`raw` must be valid JSON).
+pub fn result_raw(id: &str, raw: &str) -> String {
+    format!(
+        r#"{{"msg":"result","id":{},"result":{raw}}}"#,
+        Value::String(id.to_owned())
+    )
+}
+
 pub fn result_error(id: &str, err: &MeteorError) -> String {
     json!({"msg": "result", "id": id, "error": err.to_json()}).to_string()
 }

@@ -143,8 +143,9 @@ pub trait Backend: Send + Sync + 'static {
     fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>>;
     /// Every (room, member) pair, for the tailer's routing table at start.
     fn all_memberships(&self) -> StoreResult<Vec<(RoomId, UserId)>>;
-    /// Public channels, by name.
-    fn channels(&self) -> StoreResult<Vec<Room>>;
+    /// A page of the public channels in name order (case-insensitive, then id), and how many
+    /// there are: the cost is the page's, not the number of channels.
+    fn channels_page(&self, offset: usize, count: usize) -> StoreResult<(Vec<Room>, u64)>;
     fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>>;
     /// A page of a room's messages, newest first, and how many matched (see [`HistoryQuery`]).
     fn history(&self, rid: &RoomId, q: &HistoryQuery) -> StoreResult<(Vec<Message>, u64)>;
@@ -465,8 +466,8 @@ impl Store {
         self.read(|b| b.all_memberships()).await
     }
 
-    pub async fn channels(&self) -> StoreResult<Vec<Room>> {
-        self.read(|b| b.channels()).await
+    pub async fn channels_page(&self, offset: usize, count: usize) -> StoreResult<(Vec<Room>, u64)> {
+        self.read(move |b| b.channels_page(offset, count)).await
     }
 
     pub async fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>> {

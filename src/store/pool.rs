@@ -19,6 +19,22 @@ enum Msg {
     Stop,
 }
 
+/// Nice value of reader threads: on a core shared with a shard, the shard's event loop wins.
+const READER_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux: `setpriority` on the thread id).
+/// Best effort: a failure leaves the default priority.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, READER_NICE)
+    };
+    if rc != 0 {
+        tracing::debug!("could not lower the reader thread's priority");
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct ReadPool {
     tx: Sender<Msg>,
@@ -35,6 +51,7 @@ impl ReadPool {
             let handle = std::thread::Builder::new()
                 .name(format!("chatd-reader-{i}"))
                 .spawn(move || {
+                    lower_priority();
                     while let Ok(Msg::Run(job)) = rx.recv() {
                         job(&*backend);
                     }

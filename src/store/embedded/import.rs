@@ -118,6 +118,7 @@ impl ImportSink for EmbeddedImport {
                     room.users_count = existing.users_count;
                 }
                 t.rooms.insert(room.id.as_str(), enc(&room)?.as_slice()).map_err(sf)?;
+                t.index_channel(&room)?;
                 let warning = match &room.name {
                     Some(name) if !t.index_room_name(name, &room.id)? => {
                         Some(format!("room name {name:?} is taken by another room"))

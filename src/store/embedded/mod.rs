@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use redb::{Database, ReadableDatabase, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::{Backend, ChangeFeed, StoreError, StoreResult, SubmitError, WriteOutcome, WriteRequest};
 use super::{MAX_GROUP_COMMIT, WRITE_QUEUE_CAPACITY};
@@ -140,8 +140,8 @@ impl Backend for EmbeddedStore {
     fn all_memberships(&self) -> StoreResult<Vec<(RoomId, crate::ids::UserId)>> {
         reads::all_memberships(&self.db)
     }
-    fn channels(&self) -> StoreResult<Vec<super::Room>> {
-        reads::channels(&self.db)
+    fn channels_page(&self, offset: usize, count: usize) -> StoreResult<(Vec<super::Room>, u64)> {
+        reads::channels_page(&self.db, offset, count)
     }
     fn message(&self, mid: &crate::ids::MessageId) -> StoreResult<Option<super::Message>> {
         reads::message(&self.db, mid)
@@ -189,6 +189,17 @@ pub(crate) fn bootstrap(db: &Database) -> StoreResult<u64> {
         let general = RoomId::from(GENERAL_ROOM_ID);
         if w.room(&general)?.is_none() {
             w.put_room(&rules::general_room(now_ms()))?;
+        }
+        if w.meta.get(schema::META_CHANNELS_INDEXED).map_err(sf)?.is_none() {
+            let mut rooms = Vec::new();
+            for entry in w.rooms.iter().map_err(sf)? {
+                let (_, v) = entry.map_err(sf)?;
+                rooms.push(schema::dec::<super::Room>(v.value())?);
+            }
+            for room in &rooms {
+                w.index_channel(room)?;
+            }
+            w.meta.insert(schema::META_CHANNELS_INDEXED, 1).map_err(sf)?;
         }
     }
     txn.commit().map_err(sf)?;

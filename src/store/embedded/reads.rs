@@ -1,12 +1,12 @@
 //! The embedded store's reads, each in its own MVCC read transaction. Run on store-side threads
 //! only (the reader pool, the feed thread, the CLI and importer): never on a shard.
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 
 use super::schema::*;
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::store::{HistoryQuery, LoginToken, Mark, Message, Room, RoomType, StoreResult, Subscription, User};
+use crate::store::{HistoryQuery, LoginToken, Mark, Message, Room, StoreResult, Subscription, User};
 
 fn read<T>(db: &Database, f: impl FnOnce(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
     let txn = db.begin_read().map_err(sf)?;
@@ -139,19 +139,20 @@ pub fn all_memberships(db: &Database) -> StoreResult<Vec<(RoomId, UserId)>> {
     })
 }
 
-pub fn channels(db: &Database) -> StoreResult<Vec<Room>> {
+pub fn channels_page(db: &Database, offset: usize, count: usize) -> StoreResult<(Vec<Room>, u64)> {
     read(db, |t| {
+        let index = t.open_table(CHANNELS).map_err(sf)?;
         let rooms = t.open_table(ROOMS).map_err(sf)?;
-        let mut out = Vec::new();
-        for entry in rooms.iter().map_err(sf)? {
-            let (_, v) = entry.map_err(sf)?;
-            let room: Room = dec(v.value())?;
-            if room.t == RoomType::Channel {
-                out.push(room);
+        let total = index.len().map_err(sf)?;
+        let mut out = Vec::with_capacity(count.min(1024));
+        for entry in index.iter().map_err(sf)?.skip(offset).take(count) {
+            let (k, _) = entry.map_err(sf)?;
+            let (_, rid) = k.value();
+            if let Some(v) = rooms.get(rid).map_err(sf)? {
+                out.push(dec(v.value())?);
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok((out, total))
     })
 }
 

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::app::rules::Txn;
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::store::{Change, ChangeRecord, LoginToken, Message, Room, StoreError, StoreResult, Subscription, User};
+use crate::store::{
+    Change, ChangeRecord, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, User,
+};
 
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// lowercase username → user id.
@@ -20,6 +22,11 @@ pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 pub const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 /// lowercase room name → room id.
 pub const ROOM_NAMES: TableDefinition<&str, &str> = TableDefinition::new("room_names");
+/// (lowercase name, rid) → (): public channels in name order (listings page through it).
+pub const CHANNELS: TableDefinition<(&str, &str), ()> = TableDefinition::new("channel_names");
+/// META key set once every channel is in `CHANNELS` (stores made before it existed are indexed
+/// at open).
+pub const META_CHANNELS_INDEXED: &str = "channels_indexed";
 /// (uid, rid) → subscription.
 pub const SUBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("subscriptions");
 /// (rid, uid) → (): room membership index.
@@ -64,6 +71,7 @@ pub struct Tables<'t> {
     pub tokens: Table<'t, &'static str, &'static [u8]>,
     pub rooms: Table<'t, &'static str, &'static [u8]>,
     pub room_names: Table<'t, &'static str, &'static str>,
+    pub channels: Table<'t, (&'static str, &'static str), ()>,
     pub subs: Table<'t, (&'static str, &'static str), &'static [u8]>,
     pub members: Table<'t, (&'static str, &'static str), ()>,
     pub messages: Table<'t, (&'static str, u64, u64), &'static [u8]>,
@@ -83,6 +91,7 @@ impl<'t> Tables<'t> {
             tokens: txn.open_table(TOKENS).map_err(sf)?,
             rooms: txn.open_table(ROOMS).map_err(sf)?,
             room_names: txn.open_table(ROOM_NAMES).map_err(sf)?,
+            channels: txn.open_table(CHANNELS).map_err(sf)?,
             subs: txn.open_table(SUBS).map_err(sf)?,
             members: txn.open_table(MEMBERS).map_err(sf)?,
             messages: txn.open_table(MESSAGES).map_err(sf)?,
@@ -116,6 +125,16 @@ impl<'t> Tables<'t> {
         }
         self.emails.insert(key.as_str(), uid.as_str()).map_err(sf)?;
         Ok(true)
+    }
+
+    /// Lists a public channel in the channel index (other rooms: nothing).
+    pub fn index_channel(&mut self, room: &Room) -> StoreResult<()> {
+        if let (RoomType::Channel, Some(name)) = (room.t, &room.name) {
+            self.channels
+                .insert((name.to_lowercase().as_str(), room.id.as_str()), ())
+                .map_err(sf)?;
+        }
+        Ok(())
     }
 
     /// Indexes a room's name (lowercased) unless another room holds it (imported rooms whose
@@ -203,7 +222,7 @@ impl Txn for Tables<'_> {
         if let Some(name) = &room.name {
             self.index_room_name(name, &room.id)?;
         }
-        Ok(())
+        self.index_channel(room)
     }
 
     fn sub(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>> {
