@@ -88,7 +88,10 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
         .as_str()
         .unwrap()
         .to_owned();
-    let sent = alice.ok("sendMessage", json!([{"_id": SECRET_MSG, "rid": secret, "msg": "the plan"}]));
+    let sent = alice.ok(
+        "sendMessage",
+        json!([{"_id": SECRET_MSG, "rid": secret, "msg": "the plan"}]),
+    );
     assert_eq!(sent["_id"], SECRET_MSG);
     let public = alice.send_message("GENERAL", "hello all");
     let public_id = public["_id"].as_str().unwrap().to_owned();
@@ -96,7 +99,11 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
 
     // DDP writes: (params naming the secret, the same naming nothing).
     let pairs: Vec<(&str, Value, Value)> = vec![
-        ("sendMessage", json!([{"rid": secret, "msg": "x"}]), json!([{"rid": nope, "msg": "x"}])),
+        (
+            "sendMessage",
+            json!([{"rid": secret, "msg": "x"}]),
+            json!([{"rid": nope, "msg": "x"}]),
+        ),
         (
             "sendMessage",
             json!([{"_id": SECRET_MSG, "rid": secret, "msg": "x"}]),
@@ -107,7 +114,11 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
             json!([{"_id": SECRET_MSG, "rid": secret, "msg": "hacked"}]),
             json!([{"_id": nomsg, "rid": nope, "msg": "hacked"}]),
         ),
-        ("updateMessage", json!([{"_id": SECRET_MSG, "msg": "hacked"}]), json!([{"_id": nomsg, "msg": "hacked"}])),
+        (
+            "updateMessage",
+            json!([{"_id": SECRET_MSG, "msg": "hacked"}]),
+            json!([{"_id": nomsg, "msg": "hacked"}]),
+        ),
         ("deleteMessage", json!([{"_id": SECRET_MSG}]), json!([{"_id": nomsg}])),
         ("joinRoom", json!([secret]), json!([nope])),
         ("leaveRoom", json!([secret]), json!([nope])),
@@ -118,8 +129,16 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
             json!([format!("{nope}/typing"), "eve", true]),
         ),
         // Reads.
-        ("loadHistory", json!([secret, null, 10, null]), json!([nope, null, 10, null])),
-        ("loadMissedMessages", json!([secret, {"$date": 0}]), json!([nope, {"$date": 0}])),
+        (
+            "loadHistory",
+            json!([secret, null, 10, null]),
+            json!([nope, null, 10, null]),
+        ),
+        (
+            "loadMissedMessages",
+            json!([secret, {"$date": 0}]),
+            json!([nope, {"$date": 0}]),
+        ),
         ("getRoomIdByNameOrId", json!(["secret"]), json!(["no-such-name"])),
         ("getRoomIdByNameOrId", json!([secret]), json!([nope])),
         ("getRoomNameById", json!([secret]), json!([nope])),
@@ -143,7 +162,11 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
             json!([format!("{nope}/deleteMessage"), false]),
         ),
     ] {
-        assert_eq!(eve.sub(name, hidden).unwrap_err(), eve.sub(name, missing).unwrap_err(), "{name}");
+        assert_eq!(
+            eve.sub(name, hidden).unwrap_err(),
+            eve.sub(name, missing).unwrap_err(),
+            "{name}"
+        );
     }
     // Listings never mention it.
     for method in ["rooms/get", "subscriptions/get"] {
@@ -164,7 +187,11 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
     for (path, hidden, missing) in gets {
         let a = rest.get(&path.replace("{}", hidden));
         let b = rest.get(&path.replace("{}", missing));
-        assert_eq!(scrub(&a, &[hidden, missing]), scrub(&b, &[hidden, missing]), "GET {path}");
+        assert_eq!(
+            scrub(&a, &[hidden, missing]),
+            scrub(&b, &[hidden, missing]),
+            "GET {path}"
+        );
         assert_ne!(a["status"], 200, "GET {path}");
     }
     let posts: Vec<(&str, Value, Value)> = vec![
@@ -173,9 +200,21 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
             json!({"message": {"rid": secret, "msg": "x"}}),
             json!({"message": {"rid": nope, "msg": "x"}}),
         ),
-        ("chat.postMessage", json!({"roomId": secret, "text": "x"}), json!({"roomId": nope, "text": "x"})),
-        ("chat.postMessage", json!({"channel": "#secret", "text": "x"}), json!({"channel": "#no-such-name", "text": "x"})),
-        ("chat.postMessage", json!({"channel": secret, "text": "x"}), json!({"channel": nope, "text": "x"})),
+        (
+            "chat.postMessage",
+            json!({"roomId": secret, "text": "x"}),
+            json!({"roomId": nope, "text": "x"}),
+        ),
+        (
+            "chat.postMessage",
+            json!({"channel": "#secret", "text": "x"}),
+            json!({"channel": "#no-such-name", "text": "x"}),
+        ),
+        (
+            "chat.postMessage",
+            json!({"channel": secret, "text": "x"}),
+            json!({"channel": nope, "text": "x"}),
+        ),
         (
             "chat.update",
             json!({"roomId": secret, "msgId": SECRET_MSG, "text": "hacked"}),
@@ -186,7 +225,11 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
             json!({"roomId": "GENERAL", "msgId": SECRET_MSG, "text": "hacked"}),
             json!({"roomId": "GENERAL", "msgId": nomsg, "text": "hacked"}),
         ),
-        ("chat.delete", json!({"roomId": secret, "msgId": SECRET_MSG}), json!({"roomId": nope, "msgId": nomsg})),
+        (
+            "chat.delete",
+            json!({"roomId": secret, "msgId": SECRET_MSG}),
+            json!({"roomId": nope, "msgId": nomsg}),
+        ),
         (
             "chat.delete",
             json!({"roomId": "GENERAL", "msgId": SECRET_MSG}),
@@ -199,16 +242,31 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
         let a = rest.post(path, hidden.clone());
         let b = rest.post(path, missing.clone());
         let echoes = [SECRET_MSG, nomsg, secret.as_str(), nope, "no-such-name"];
-        assert_eq!(scrub(&a, &echoes), scrub(&b, &echoes), "POST {path} {hidden} vs {missing}");
+        assert_eq!(
+            scrub(&a, &echoes),
+            scrub(&b, &echoes),
+            "POST {path} {hidden} vs {missing}"
+        );
         assert_ne!(a["status"], 200, "POST {path}");
     }
-    for path in ["rooms.get", "subscriptions.get", "channels.list", "channels.list.joined"] {
-        assert!(!rest.get(path).to_string().contains(&secret), "{path} lists the private group");
+    for path in [
+        "rooms.get",
+        "subscriptions.get",
+        "channels.list",
+        "channels.list.joined",
+    ] {
+        assert!(
+            !rest.get(path).to_string().contains(&secret),
+            "{path} lists the private group"
+        );
     }
 
     // Re-using an existing message id: refused alike, whether the message is hidden or visible
     // to the caller, over DDP and REST; nothing is written and nothing is revealed.
-    let ddp_hidden = eve.call("sendMessage", json!([{"_id": SECRET_MSG, "rid": "GENERAL", "msg": "x"}]));
+    let ddp_hidden = eve.call(
+        "sendMessage",
+        json!([{"_id": SECRET_MSG, "rid": "GENERAL", "msg": "x"}]),
+    );
     let ddp_visible = eve.call("sendMessage", json!([{"_id": public_id, "rid": "GENERAL", "msg": "x"}]));
     let echoes = [SECRET_MSG, public_id.as_str()];
     assert_eq!(
@@ -233,7 +291,11 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
     assert_eq!(msgs.len(), 1, "{h}");
     assert_eq!(msgs[0]["msg"], "the plan");
     let g = alice.ok("loadHistory", json!(["GENERAL", null, 10, null]));
-    assert_eq!(g["messages"].as_array().unwrap().len(), 1, "no message was added to GENERAL: {g}");
+    assert_eq!(
+        g["messages"].as_array().unwrap().len(),
+        1,
+        "no message was added to GENERAL: {g}"
+    );
 }
 
 #[test]
@@ -249,7 +311,10 @@ fn a_re_send_is_a_duplicate_only_for_the_same_id_room_and_author() {
     assert_eq!(first["_id"], "client-id-1");
     // The same author, room and id: accepted as a re-send (DDP answers it without a message),
     // nothing written; REST answers with the stored message.
-    alice.ok("sendMessage", json!([{"_id": "client-id-1", "rid": rid, "msg": "one, again"}]));
+    alice.ok(
+        "sendMessage",
+        json!([{"_id": "client-id-1", "rid": rid, "msg": "one, again"}]),
+    );
     let rest = Rest::login(&server, "alice");
     let again = rest.post(
         "chat.sendMessage",
@@ -259,13 +324,19 @@ fn a_re_send_is_a_duplicate_only_for_the_same_id_room_and_author() {
     assert_eq!(again["body"]["message"]["msg"], "one");
     // Another member, same room: refused, and the stored text is not revealed.
     let err = bob
-        .call("sendMessage", json!([{"_id": "client-id-1", "rid": rid, "msg": "mine"}]))
+        .call(
+            "sendMessage",
+            json!([{"_id": "client-id-1", "rid": rid, "msg": "mine"}]),
+        )
         .unwrap_err();
     assert_eq!(err["error"], "error-not-allowed");
     assert!(!err.to_string().contains("one"), "{err}");
     // The same author, another room: refused.
     let err = alice
-        .call("sendMessage", json!([{"_id": "client-id-1", "rid": "GENERAL", "msg": "x"}]))
+        .call(
+            "sendMessage",
+            json!([{"_id": "client-id-1", "rid": "GENERAL", "msg": "x"}]),
+        )
         .unwrap_err();
     assert_eq!(err["error"], "error-not-allowed");
     let h = alice.ok("loadHistory", json!([rid, null, 10, null]));

@@ -1,0 +1,637 @@
+//! The store conformance suite: one set of tests of every write rule and every read, run
+//! against every backend through the backend-neutral [`Backend`] interface. Today that is the
+//! embedded store; a MongoDB backend joins [`backends`] when `CHATD_TEST_MONGO_URL` names a
+//! replica set (until that backend exists, the suite says loudly that it was not run there).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use chatd::ids::{MessageId, RoomId, UserId};
+use chatd::store::{
+    Change, EmbeddedStore, HistoryQuery, LoginToken, Message, Room, RoomType, Store, StoreError, User, WriteOp,
+    WriteOutcome, WriteOutput, GENERAL_ROOM_ID, MAX_MESSAGE_CHARS,
+};
+
+/// A backend under test, with what keeps it alive.
+struct Under {
+    name: &'static str,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Under {
+    fn drop(&mut self) {
+        self.store.close();
+    }
+}
+
+fn backends() -> Vec<Under> {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Store::new(EmbeddedStore::open(dir.path()).unwrap(), 1).unwrap();
+    if std::env::var_os("CHATD_TEST_MONGO_URL").is_some() {
+        eprintln!("NOT RUN: store conformance on MongoDB — chatd has no MongoDB backend yet (issue 9)");
+    } else {
+        eprintln!("SKIPPED: store conformance on MongoDB (CHATD_TEST_MONGO_URL is not set)");
+    }
+    vec![Under {
+        name: "embedded",
+        store: embedded,
+        _dir: dir,
+    }]
+}
+
+fn each(test: impl Fn(&Store)) {
+    for b in backends() {
+        eprintln!("store conformance: {}", b.name);
+        test(&b.store);
+    }
+}
+
+fn w(s: &Store, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+    s.write_blocking(op)
+}
+
+fn code(r: Result<WriteOutcome, StoreError>) -> &'static str {
+    match r {
+        Err(StoreError::Rejected { code, .. }) => code,
+        Err(e) => panic!("not a client error: {e}"),
+        Ok(o) => panic!("accepted: {:?}", o.output),
+    }
+}
+
+fn user(s: &Store, name: &str) -> User {
+    let op = WriteOp::CreateUser {
+        username: name.into(),
+        name: String::new(),
+        email: Some(format!("{name}@example.org")),
+        password_hash: "hash".into(),
+    };
+    match w(s, op).unwrap().output {
+        WriteOutput::User(u) => *u,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn room(s: &Store, t: RoomType, name: &str, creator: &User, members: &[&str]) -> Room {
+    let op = WriteOp::CreateRoom {
+        t,
+        name: name.into(),
+        creator: creator.id.clone(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        read_only: false,
+    };
+    match w(s, op).unwrap().output {
+        WriteOutput::Room(r, true) => *r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn send(s: &Store, u: &User, rid: &RoomId, id: Option<&str>, text: &str) -> Result<WriteOutcome, StoreError> {
+    w(
+        s,
+        WriteOp::SendMessage {
+            uid: u.id.clone(),
+            rid: rid.clone(),
+            id: id.map(MessageId::from),
+            msg: text.into(),
+            tmid: None,
+        },
+    )
+}
+
+fn sent(r: Result<WriteOutcome, StoreError>) -> Message {
+    match r.unwrap().output {
+        WriteOutput::Message(m) => *m,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn general() -> RoomId {
+    RoomId::from(GENERAL_ROOM_ID)
+}
+
+#[test]
+fn users_are_unique_by_name_and_email_and_join_general() {
+    each(|s| {
+        let alice = user(s, "alice");
+        assert_eq!(alice.name, "alice", "an empty display name falls back to the username");
+        let dup = |username: &str, email: Option<&str>| {
+            code(w(
+                s,
+                WriteOp::CreateUser {
+                    username: username.into(),
+                    name: "x".into(),
+                    email: email.map(str::to_owned),
+                    password_hash: "h".into(),
+                },
+            ))
+        };
+        assert_eq!(dup("ALICE", None), "error-field-unavailable");
+        assert_eq!(dup("alice2", Some("Alice@Example.org")), "error-field-unavailable");
+        assert_eq!(dup("bad name", None), "error-invalid-username");
+        assert_eq!(dup("", None), "error-invalid-username");
+        let b = s.backend();
+        assert_eq!(b.user_by_username("ALICE").unwrap().unwrap().id, alice.id);
+        assert_eq!(b.user_by_email("ALICE@example.org").unwrap().unwrap().id, alice.id);
+        assert_eq!(b.user(&alice.id).unwrap().unwrap().username, "alice");
+        assert!(b.user(&UserId::from("nobody")).unwrap().is_none());
+        let bob = user(s, "bob");
+        let found = b
+            .users(&[bob.id.clone(), UserId::from("nobody"), alice.id.clone()])
+            .unwrap();
+        assert_eq!(
+            found.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
+            ["bob", "alice"]
+        );
+        // The default room.
+        assert!(b.subscription(&alice.id, &general()).unwrap().is_some());
+        let members = b.members(&general()).unwrap();
+        assert!(members.contains(&alice.id) && members.contains(&bob.id));
+        assert_eq!(b.room(&general()).unwrap().unwrap().users_count, 2);
+        assert_eq!(b.room_by_name("GENERAL").unwrap().unwrap().id, general());
+    });
+}
+
+#[test]
+fn passwords_and_tokens() {
+    each(|s| {
+        let alice = user(s, "alice");
+        let set = |expected: &str, new: &str| {
+            w(
+                s,
+                WriteOp::SetPasswordHash {
+                    uid: alice.id.clone(),
+                    expected: expected.into(),
+                    password_hash: new.into(),
+                },
+            )
+            .unwrap()
+        };
+        set("not-the-hash", "stolen");
+        assert_eq!(s.backend().user(&alice.id).unwrap().unwrap().password_hash, "hash");
+        set("hash", "argon");
+        assert_eq!(s.backend().user(&alice.id).unwrap().unwrap().password_hash, "argon");
+        let token = |exp: i64| LoginToken {
+            uid: alice.id.clone(),
+            created_at: 0,
+            expires_at: exp,
+        };
+        w(
+            s,
+            WriteOp::CreateToken {
+                token_hash: "t1".into(),
+                token: token(i64::MAX),
+            },
+        )
+        .unwrap();
+        w(
+            s,
+            WriteOp::CreateToken {
+                token_hash: "t2".into(),
+                token: token(10),
+            },
+        )
+        .unwrap();
+        let b = s.backend();
+        assert_eq!(b.user_by_token_hash("t1", 100).unwrap().unwrap().0.id, alice.id);
+        assert!(b.user_by_token_hash("t2", 100).unwrap().is_none(), "expired");
+        assert!(b.user_by_token_hash("t3", 100).unwrap().is_none());
+        w(
+            s,
+            WriteOp::DeleteToken {
+                token_hash: "t1".into(),
+            },
+        )
+        .unwrap();
+        assert!(b.user_by_token_hash("t1", 100).unwrap().is_none());
+        let ghost = LoginToken {
+            uid: UserId::from("ghost"),
+            created_at: 0,
+            expires_at: i64::MAX,
+        };
+        assert_eq!(
+            code(w(
+                s,
+                WriteOp::CreateToken {
+                    token_hash: "t4".into(),
+                    token: ghost
+                }
+            )),
+            "error-invalid-user"
+        );
+    });
+}
+
+#[test]
+fn rooms_owners_names_and_direct_ids() {
+    each(|s| {
+        let alice = user(s, "alice");
+        let bob = user(s, "bob");
+        let r = room(s, RoomType::Private, "team", &alice, &["bob", "@alice"]);
+        assert_eq!(r.users_count, 2);
+        let b = s.backend();
+        assert_eq!(b.subscription(&alice.id, &r.id).unwrap().unwrap().roles, ["owner"]);
+        assert!(b.subscription(&bob.id, &r.id).unwrap().unwrap().roles.is_empty());
+        let create = |t, name: &str, members: Vec<String>| {
+            w(
+                s,
+                WriteOp::CreateRoom {
+                    t,
+                    name: name.into(),
+                    creator: alice.id.clone(),
+                    members,
+                    read_only: false,
+                },
+            )
+        };
+        assert_eq!(
+            code(create(RoomType::Channel, "TEAM", vec![])),
+            "error-duplicate-channel-name"
+        );
+        assert_eq!(code(create(RoomType::Channel, "a b", vec![])), "error-invalid-name");
+        assert_eq!(code(create(RoomType::Direct, "dm", vec![])), "error-invalid-name");
+        assert_eq!(
+            code(create(RoomType::Channel, "x", vec!["ghost".into()])),
+            "error-invalid-user"
+        );
+        // A DM's id is the two user ids sorted and concatenated; creating it again changes nothing.
+        let dm = |creator: &User, other: &str| match w(
+            s,
+            WriteOp::CreateDirect {
+                creator: creator.id.clone(),
+                other_username: other.into(),
+            },
+        )
+        .unwrap()
+        .output
+        {
+            WriteOutput::Room(r, created) => (*r, created),
+            other => panic!("{other:?}"),
+        };
+        let (d, created) = dm(&alice, "bob");
+        assert!(created);
+        let mut ids = [alice.id.as_str(), bob.id.as_str()];
+        ids.sort();
+        assert_eq!(d.id.as_str(), ids.concat());
+        assert_eq!(d.t, RoomType::Direct);
+        assert_eq!(d.users_count, 2);
+        let (again, created) = dm(&bob, "@alice");
+        assert!(!created);
+        assert_eq!(again.id, d.id);
+        let (me, _) = dm(&alice, "alice");
+        assert_eq!(me.users_count, 1, "a self-DM has one member");
+        assert_eq!(
+            code(w(
+                s,
+                WriteOp::CreateDirect {
+                    creator: alice.id.clone(),
+                    other_username: "ghost".into()
+                }
+            )),
+            "error-invalid-user"
+        );
+        assert_eq!(b.subscription(&bob.id, &d.id).unwrap().unwrap().name, "alice");
+    });
+}
+
+#[test]
+fn joining_and_leaving_and_what_outsiders_are_told() {
+    each(|s| {
+        let alice = user(s, "alice");
+        let bob = user(s, "bob");
+        let carol = user(s, "carol");
+        let public = room(s, RoomType::Channel, "lobby", &alice, &[]);
+        let private = room(s, RoomType::Private, "secret", &alice, &[]);
+        let join = |u: &User, rid: &RoomId| {
+            w(
+                s,
+                WriteOp::Join {
+                    uid: u.id.clone(),
+                    rid: rid.clone(),
+                },
+            )
+        };
+        let leave = |u: &User, rid: &RoomId| {
+            w(
+                s,
+                WriteOp::Leave {
+                    uid: u.id.clone(),
+                    rid: rid.clone(),
+                },
+            )
+        };
+        join(&bob, &public.id).unwrap();
+        join(&bob, &public.id).unwrap();
+        assert_eq!(
+            s.backend().room(&public.id).unwrap().unwrap().users_count,
+            2,
+            "joining twice is one join"
+        );
+        // A private group and a missing room look the same to an outsider.
+        assert_eq!(code(join(&bob, &private.id)), "error-invalid-room");
+        assert_eq!(code(join(&bob, &RoomId::from("nope"))), "error-invalid-room");
+        assert_eq!(code(leave(&bob, &private.id)), "error-invalid-room");
+        assert_eq!(code(leave(&carol, &public.id)), "error-user-not-in-room");
+        // The last owner cannot leave a room that has other members.
+        assert_eq!(code(leave(&alice, &public.id)), "error-you-are-last-owner");
+        leave(&bob, &public.id).unwrap();
+        assert!(s.backend().subscription(&bob.id, &public.id).unwrap().is_none());
+        assert!(!s.backend().members(&public.id).unwrap().contains(&bob.id));
+        leave(&alice, &public.id).unwrap();
+        // DMs cannot be left.
+        let dm = w(
+            s,
+            WriteOp::CreateDirect {
+                creator: alice.id.clone(),
+                other_username: "bob".into(),
+            },
+        )
+        .unwrap();
+        let WriteOutput::Room(dm, _) = dm.output else { panic!() };
+        assert_eq!(code(leave(&alice, &dm.id)), "error-not-allowed");
+        assert_eq!(code(join(&carol, &dm.id)), "error-invalid-room");
+    });
+}
+
+#[test]
+fn messages_sequence_mentions_limits_and_idempotent_resends() {
+    each(|s| {
+        let alice = user(s, "alice");
+        let bob = user(s, "bob");
+        let _carol = user(s, "carol");
+        let r = room(s, RoomType::Private, "team", &alice, &["bob"]);
+        let m1 = sent(send(s, &alice, &r.id, Some("m1"), "hi @bob and @carol and @ghost"));
+        assert_eq!(m1.seq, 1);
+        assert_eq!(
+            m1.mentions.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
+            ["bob", "carol"]
+        );
+        let m2 = sent(send(s, &bob, &r.id, None, "second"));
+        assert_eq!(m2.seq, 2);
+        assert!(m2.ts > m1.ts, "timestamps strictly increase within a room");
+        assert_eq!(m2.id.as_str().len(), 17);
+        let b = s.backend();
+        let room_now = b.room(&r.id).unwrap().unwrap();
+        assert_eq!((room_now.msgs, room_now.last_seq), (2, 2));
+        assert_eq!(room_now.last_message.unwrap().id, m2.id);
+        // The sender has read their own message; the other member has not.
+        assert_eq!(b.subscription(&bob.id, &r.id).unwrap().unwrap().read_seq, 2);
+        assert_eq!(b.subscription(&alice.id, &r.id).unwrap().unwrap().read_seq, 1);
+        // Re-sends: a duplicate only for the same id, room and author.
+        let again = send(s, &alice, &r.id, Some("m1"), "changed").unwrap();
+        assert!(matches!(again.output, WriteOutput::Duplicate(ref m) if m.msg == m1.msg));
+        assert_eq!(code(send(s, &bob, &r.id, Some("m1"), "x")), "error-not-allowed");
+        assert_eq!(code(send(s, &alice, &general(), Some("m1"), "x")), "error-not-allowed");
+        assert_eq!(
+            b.room(&r.id).unwrap().unwrap().msgs,
+            2,
+            "refused re-sends wrote nothing"
+        );
+        // Who may post.
+        let outsider = user(s, "dave");
+        assert_eq!(code(send(s, &outsider, &r.id, None, "x")), "error-invalid-room");
+        assert_eq!(
+            code(send(s, &outsider, &RoomId::from("nope"), None, "x")),
+            "error-invalid-room"
+        );
+        let lobby = room(s, RoomType::Channel, "lobby", &alice, &[]);
+        assert_eq!(code(send(s, &outsider, &lobby.id, None, "x")), "error-not-allowed");
+        assert_eq!(
+            code(send(s, &alice, &r.id, None, &"x".repeat(MAX_MESSAGE_CHARS + 1))),
+            "error-message-size-exceeded"
+        );
+        // Read-only rooms: owners only.
+        let ro = w(
+            s,
+            WriteOp::CreateRoom {
+                t: RoomType::Channel,
+                name: "news".into(),
+                creator: alice.id.clone(),
+                members: vec!["bob".into()],
+                read_only: true,
+            },
+        )
+        .unwrap();
+        let WriteOutput::Room(ro, _) = ro.output else { panic!() };
+        assert_eq!(code(send(s, &bob, &ro.id, None, "x")), "error-not-allowed");
+        sent(send(s, &alice, &ro.id, None, "announcement"));
+    });
+}
+
+#[test]
+fn edits_deletes_and_read_marks() {
+    each(|s| {
+        let alice = user(s, "alice");
+        let bob = user(s, "bob");
+        let eve = user(s, "eve");
+        let r = room(s, RoomType::Private, "team", &alice, &["bob"]);
+        let m1 = sent(send(s, &bob, &r.id, Some("b1"), "bob's"));
+        let m2 = sent(send(s, &alice, &r.id, Some("a1"), "alice's"));
+        let update = |u: &User, mid: &str, rid: Option<&RoomId>, text: &str| {
+            w(
+                s,
+                WriteOp::UpdateMessage {
+                    uid: u.id.clone(),
+                    mid: MessageId::from(mid),
+                    rid: rid.cloned(),
+                    msg: text.into(),
+                },
+            )
+        };
+        let delete = |u: &User, mid: &str, rid: Option<&RoomId>| {
+            w(
+                s,
+                WriteOp::DeleteMessage {
+                    uid: u.id.clone(),
+                    mid: MessageId::from(mid),
+                    rid: rid.cloned(),
+                },
+            )
+        };
+        // Authors edit their own; owners edit anyone's; other members may not.
+        let edited = sent(update(&bob, "b1", Some(&r.id), "bob's, edited"));
+        assert_eq!(edited.edited_by.unwrap().id, bob.id);
+        assert!(edited.edited_at.is_some());
+        sent(update(&alice, "b1", None, "moderated"));
+        assert_eq!(code(update(&bob, "a1", None, "x")), "error-action-not-allowed");
+        // Outsiders, wrong rooms and missing messages are all "not found".
+        assert_eq!(code(update(&eve, "a1", None, "x")), "error-invalid-message");
+        assert_eq!(
+            code(update(&alice, "a1", Some(&general()), "x")),
+            "error-invalid-message"
+        );
+        assert_eq!(code(update(&alice, "zz", None, "x")), "error-invalid-message");
+        assert_eq!(code(delete(&eve, "a1", None)), "error-invalid-message");
+        assert_eq!(s.backend().message(&m2.id).unwrap().unwrap().msg, "alice's");
+        // The last message is the room's `lastMessage`; deleting it brings back the one before.
+        assert_eq!(
+            s.backend().room(&r.id).unwrap().unwrap().last_message.unwrap().id,
+            m2.id
+        );
+        delete(&alice, "a1", Some(&r.id)).unwrap();
+        let room_now = s.backend().room(&r.id).unwrap().unwrap();
+        assert_eq!(room_now.msgs, 1);
+        assert_eq!(room_now.last_message.unwrap().id, m1.id);
+        assert!(s.backend().message(&m2.id).unwrap().is_none());
+        // Read marks: O(1), from the room's sequence.
+        sent(send(s, &bob, &r.id, None, "more"));
+        let before = s.backend().subscription(&alice.id, &r.id).unwrap().unwrap();
+        let room_now = s.backend().room(&r.id).unwrap().unwrap();
+        assert!(before.read_seq < room_now.last_seq);
+        w(
+            s,
+            WriteOp::MarkRead {
+                uid: alice.id.clone(),
+                rid: r.id.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.backend().subscription(&alice.id, &r.id).unwrap().unwrap().read_seq,
+            room_now.last_seq
+        );
+        assert_eq!(
+            code(w(
+                s,
+                WriteOp::MarkRead {
+                    uid: eve.id.clone(),
+                    rid: r.id.clone()
+                }
+            )),
+            "error-invalid-room"
+        );
+    });
+}
+
+#[test]
+fn statuses() {
+    each(|s| {
+        let alice = user(s, "alice");
+        let set = |status: &str, text: Option<&str>| {
+            w(
+                s,
+                WriteOp::SetStatus {
+                    uid: alice.id.clone(),
+                    status: status.into(),
+                    status_text: text.map(str::to_owned),
+                },
+            )
+        };
+        assert_eq!(code(set("sleeping", None)), "error-invalid-status");
+        set("busy", Some("in a meeting")).unwrap();
+        set("away", None).unwrap();
+        let u = s.backend().user(&alice.id).unwrap().unwrap();
+        assert_eq!((u.status.as_str(), u.status_text.as_str()), ("away", "in a meeting"));
+    });
+}
+
+#[test]
+fn listings_history_pages_and_memberships() {
+    each(|s| {
+        let alice = user(s, "alice");
+        let names = ["delta", "Alpha", "charlie", "bravo"];
+        for n in names {
+            room(s, RoomType::Channel, n, &alice, &[]);
+        }
+        room(s, RoomType::Private, "hidden", &alice, &[]);
+        let b = s.backend();
+        let (page, total) = b.channels_page(0, 3).unwrap();
+        assert_eq!(total, 5, "four channels and GENERAL");
+        let got: Vec<String> = page.iter().map(|r| r.name.clone().unwrap()).collect();
+        assert_eq!(got, ["Alpha", "bravo", "charlie"], "name order, case-insensitive");
+        let (rest, _) = b.channels_page(3, 10).unwrap();
+        assert_eq!(
+            rest.iter().map(|r| r.name.clone().unwrap()).collect::<Vec<_>>(),
+            ["delta", "general"]
+        );
+        let subs = b.subscriptions_of(&alice.id).unwrap();
+        assert_eq!(subs.len(), 6);
+        let (rooms, mark) = b.memberships_of(&alice.id).unwrap();
+        assert_eq!(rooms.len(), 6);
+        assert!(mark <= b.head());
+        assert!(b
+            .all_memberships()
+            .unwrap()
+            .iter()
+            .any(|(r, u)| *r == general() && *u == alice.id));
+
+        // History: newest first, bounded by time, paged.
+        let lobby = b.room_by_name("ALPHA").unwrap().unwrap().id;
+        let mut ts = Vec::new();
+        for i in 0..10 {
+            ts.push(sent(send(s, &alice, &lobby, None, &format!("m{i}"))).ts);
+        }
+        let q = |latest: Option<i64>, oldest: Option<i64>, inclusive: bool, offset: u64, limit: usize| HistoryQuery {
+            latest,
+            oldest,
+            inclusive,
+            offset,
+            limit,
+            count_total: true,
+        };
+        let texts = |r: (Vec<Message>, u64)| (r.0.into_iter().map(|m| m.msg).collect::<Vec<_>>(), r.1);
+        assert_eq!(
+            texts(b.history(&lobby, &q(None, None, false, 0, 3)).unwrap()),
+            (vec!["m9".into(), "m8".into(), "m7".into()], 10)
+        );
+        assert_eq!(
+            texts(b.history(&lobby, &q(Some(ts[5]), None, false, 0, 2)).unwrap()).0,
+            ["m4", "m3"]
+        );
+        assert_eq!(
+            texts(b.history(&lobby, &q(Some(ts[5]), None, true, 0, 2)).unwrap()).0,
+            ["m5", "m4"]
+        );
+        assert_eq!(
+            texts(b.history(&lobby, &q(None, Some(ts[7]), false, 0, 10)).unwrap()).0,
+            ["m9", "m8"]
+        );
+        assert_eq!(
+            texts(b.history(&lobby, &q(None, Some(ts[7]), true, 1, 10)).unwrap()),
+            (vec!["m8".into(), "m7".into()], 3)
+        );
+        assert!(b
+            .history(&RoomId::from("nope"), &q(None, None, false, 0, 10))
+            .unwrap()
+            .0
+            .is_empty());
+        let m = b.history(&lobby, &q(None, None, false, 0, 1)).unwrap().0.remove(0);
+        assert_eq!(b.message(&m.id).unwrap().unwrap().msg, "m9");
+    });
+}
+
+#[test]
+fn the_change_feed_carries_every_change_in_order_after_its_write() {
+    for under in backends() {
+        let s = &under.store;
+        let start = s.head();
+        let alice = user(s, "alice");
+        let r = room(s, RoomType::Channel, "lobby", &alice, &[]);
+        let out = send(s, &alice, &r.id, None, "hello").unwrap();
+        assert!(out.mark > start && out.mark <= s.head());
+        let mut feed = s.backend().take_feed().expect("the feed");
+        assert!(s.backend().take_feed().is_none(), "one feed per store");
+        let mut changes = Vec::new();
+        for _ in 0..50 {
+            let batch = feed.next_batch(100, Duration::from_millis(100)).unwrap();
+            changes.extend(batch);
+            if changes.last().is_some_and(|c| c.mark >= out.mark) {
+                break;
+            }
+        }
+        // The feed starts at the head at open: here, everything this test wrote.
+        let kinds: Vec<&str> = changes
+            .iter()
+            .map(|c| match &c.record.as_ref().unwrap().change {
+                Change::MemberAdded { .. } => "member",
+                Change::MessageCreated { .. } => "message",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["member", "member", "message"], "{}", under.name);
+        assert!(changes.windows(2).all(|p| p[0].mark < p[1].mark));
+        assert_eq!(changes.last().unwrap().mark, out.mark);
+        // Nothing more, and the wait is bounded.
+        assert!(feed.next_batch(100, Duration::from_millis(20)).unwrap().is_empty());
+    }
+}
