@@ -157,6 +157,17 @@ fn add_member(t: &mut impl Txn, room: &mut Room, user: &User, owner: bool, now: 
     Ok(sub)
 }
 
+/// One `MemberAdded` change per new subscription of `room`.
+fn announce_members(t: &mut impl Txn, room: &Room, subs: Vec<Subscription>) -> StoreResult<()> {
+    for sub in subs {
+        t.push_change(Change::MemberAdded {
+            room: room.clone(),
+            subscription: sub,
+        })?;
+    }
+    Ok(())
+}
+
 /// A message `uid` may edit or delete (its author, or an owner of the room), with its room. A
 /// message in a room the user cannot see, or not in `rid` when given, does not exist for them.
 fn editable_message(t: &impl Txn, uid: &UserId, mid: &MessageId, rid: Option<&RoomId>) -> StoreResult<(Message, Room)> {
@@ -291,12 +302,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 subs.push(add_member(t, &mut room, user, false, now)?);
             }
             t.put_room(&room)?;
-            for sub in subs {
-                t.push_change(Change::MemberAdded {
-                    room: room.clone(),
-                    subscription: sub,
-                })?;
-            }
+            announce_members(t, &room, subs)?;
             Ok(WriteOutput::Room(Box::new(room), true))
         }
         WriteOp::CreateDirect {
@@ -358,12 +364,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 room.updated_at = now;
                 t.put_room(&room)?;
             }
-            for sub in subs {
-                t.push_change(Change::MemberAdded {
-                    room: room.clone(),
-                    subscription: sub,
-                })?;
-            }
+            announce_members(t, &room, subs)?;
             Ok(WriteOutput::Room(Box::new(room), created))
         }
         WriteOp::Join { uid, rid } => {

@@ -144,6 +144,44 @@ fn decoded(report: &mut CollectionReport, doc: Result<Document, String>) -> Opti
     }
 }
 
+/// Streams one collection: each document is decoded and converted (`convert` may skip it,
+/// counting why), converted records are handed to `flush` in batches of `batch_size`. A store
+/// failure stops the import; a bad record never does.
+fn stream<T>(
+    source: &Source,
+    collection: &str,
+    report: &mut CollectionReport,
+    batch_size: usize,
+    mut convert: impl FnMut(Document, &mut CollectionReport) -> Option<T>,
+    mut flush: impl FnMut(Vec<T>, &mut CollectionReport) -> StoreResult<()>,
+) -> Result<(), ImportError> {
+    let started = std::time::Instant::now();
+    let mut batch = Vec::new();
+    let mut failure: Option<StoreError> = None;
+    report.found = source.for_each(collection, &mut |doc| {
+        if failure.is_some() {
+            return;
+        }
+        let Some(d) = decoded(report, doc) else { return };
+        if let Some(item) = convert(d, report) {
+            batch.push(item);
+        }
+        if batch.len() >= batch_size {
+            if let Err(e) = flush(std::mem::take(&mut batch), report) {
+                failure = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if !batch.is_empty() {
+        flush(batch, report)?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(())
+}
+
 /// Runs a whole import from `source` into `sink`. `token_ttl_days`: how long an imported
 /// resume token lives after its login (Rocket.Chat's `Accounts_LoginExpiration`, 90 by default).
 pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> Result<Report, ImportError> {
@@ -151,171 +189,116 @@ pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> R
     let ttl_ms = i64::try_from(token_ttl_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
     let mut report = Report::default();
     let (mut users, mut rooms) = sink.existing_ids()?;
-    let mut failure: Option<StoreError> = None;
 
-    let mut clock = std::time::Instant::now();
-    let mut lap = || {
-        let s = clock.elapsed().as_secs_f64();
-        clock = std::time::Instant::now();
-        s
-    };
-
-    // Users.
-    let mut batch: Vec<ImportedUser> = Vec::new();
-    let mut flush_users = |batch: &mut Vec<ImportedUser>, r: &mut CollectionReport, users: &mut HashSet<String>| {
-        let results = sink.put_users(batch)?;
-        for (u, refused) in batch.drain(..).zip(results) {
-            match refused {
-                Some(skip) => r.skip(skip),
-                None => {
-                    r.imported += 1;
-                    r.note("resume tokens kept", u.tokens.len() as u64);
-                    r.note("resume tokens dropped (expired or malformed)", u.tokens_dropped);
-                    if u.user.password_hash.is_empty() {
-                        r.note("users without a password (OAuth/LDAP-only): cannot log in with one", 1);
-                    }
-                    if !u.user.active {
-                        r.note("deactivated users (cannot log in)", 1);
-                    }
-                    users.insert(u.user.id.0);
+    stream(
+        source,
+        "users",
+        &mut report.users,
+        BATCH,
+        |d, r| convert::user(&d, now, ttl_ms).map_err(|s| r.skip(s)).ok(),
+        |batch, r| {
+            let results = sink.put_users(&batch)?;
+            for (u, refused) in batch.into_iter().zip(results) {
+                if let Some(skip) = refused {
+                    r.skip(skip);
+                    continue;
                 }
+                r.imported += 1;
+                r.note("resume tokens kept", u.tokens.len() as u64);
+                r.note("resume tokens dropped (expired or malformed)", u.tokens_dropped);
+                if u.user.password_hash.is_empty() {
+                    r.note("users without a password (OAuth/LDAP-only): cannot log in with one", 1);
+                }
+                if !u.user.active {
+                    r.note("deactivated users (cannot log in)", 1);
+                }
+                users.insert(u.user.id.0);
             }
-        }
-        Ok::<(), StoreError>(())
-    };
-    report.users.found = source.for_each("users", &mut |doc| {
-        if failure.is_some() {
-            return;
-        }
-        let Some(d) = decoded(&mut report.users, doc) else {
-            return;
-        };
-        match convert::user(&d, now, ttl_ms) {
-            Ok(u) => batch.push(u),
-            Err(s) => report.users.skip(s),
-        }
-        if batch.len() >= BATCH {
-            if let Err(e) = flush_users(&mut batch, &mut report.users, &mut users) {
-                failure = Some(e);
-            }
-        }
-    })?;
-    if let Some(e) = failure.take() {
-        return Err(e.into());
-    }
-    flush_users(&mut batch, &mut report.users, &mut users)?;
-    report.users.seconds = lap();
+            Ok(())
+        },
+    )?;
 
-    // Rooms.
-    let mut batch: Vec<Room> = Vec::new();
-    let mut flush_rooms = |batch: &mut Vec<Room>, r: &mut CollectionReport, rooms: &mut HashSet<String>| {
-        let warnings = sink.put_rooms(batch)?;
-        for (room, warning) in batch.drain(..).zip(warnings) {
-            if let Some(w) = warning {
-                r.note("room names taken by another room (reachable by id only)", 1);
-                tracing::warn!(rid = %room.id, "{w}");
+    stream(
+        source,
+        "rocketchat_room",
+        &mut report.rooms,
+        BATCH,
+        |d, r| convert::room(&d, now).map_err(|s| r.skip(s)).ok(),
+        |batch, r| {
+            let warnings = sink.put_rooms(&batch)?;
+            for (room, warning) in batch.into_iter().zip(warnings) {
+                if let Some(w) = warning {
+                    r.note("room names taken by another room (reachable by id only)", 1);
+                    tracing::warn!(rid = %room.id, "{w}");
+                }
+                r.imported += 1;
+                rooms.insert(room.id.0);
             }
-            r.imported += 1;
-            rooms.insert(room.id.0);
-        }
-        Ok::<(), StoreError>(())
-    };
-    report.rooms.found = source.for_each("rocketchat_room", &mut |doc| {
-        if failure.is_some() {
-            return;
-        }
-        let Some(d) = decoded(&mut report.rooms, doc) else {
-            return;
-        };
-        match convert::room(&d, now) {
-            Ok(room) => batch.push(room),
-            Err(s) => report.rooms.skip(s),
-        }
-        if batch.len() >= BATCH {
-            if let Err(e) = flush_rooms(&mut batch, &mut report.rooms, &mut rooms) {
-                failure = Some(e);
-            }
-        }
-    })?;
-    if let Some(e) = failure.take() {
-        return Err(e.into());
-    }
-    flush_rooms(&mut batch, &mut report.rooms, &mut rooms)?;
-    report.rooms.seconds = lap();
+            Ok(())
+        },
+    )?;
 
     // Subscriptions: membership, roles and read positions; only of users and rooms imported.
-    let mut batch: Vec<Subscription> = Vec::new();
-    report.subscriptions.found = source.for_each("rocketchat_subscription", &mut |doc| {
-        if failure.is_some() {
-            return;
-        }
-        let r = &mut report.subscriptions;
-        let Some(d) = decoded(r, doc) else { return };
-        match convert::subscription(&d, now) {
+    stream(
+        source,
+        "rocketchat_subscription",
+        &mut report.subscriptions,
+        BATCH,
+        |d, r| match convert::subscription(&d, now) {
             Ok(sub) if !rooms.contains(sub.rid.as_str()) => {
-                r.skip(Skip::new("room missing", format!("{} (room {})", sub.id, sub.rid)))
+                r.skip(Skip::new("room missing", format!("{} (room {})", sub.id, sub.rid)));
+                None
             }
             Ok(sub) if !users.contains(sub.u.id.as_str()) => {
-                r.skip(Skip::new("user missing", format!("{} (user {})", sub.id, sub.u.id)))
+                r.skip(Skip::new("user missing", format!("{} (user {})", sub.id, sub.u.id)));
+                None
             }
-            Ok(sub) => batch.push(sub),
-            Err(s) => r.skip(s),
-        }
-        if batch.len() >= BATCH {
-            match sink.put_subscriptions(&batch) {
-                Ok(()) => r.imported += batch.len() as u64,
-                Err(e) => failure = Some(e),
+            Ok(sub) => Some(sub),
+            Err(s) => {
+                r.skip(s);
+                None
             }
-            batch.clear();
-        }
-    })?;
-    if let Some(e) = failure.take() {
-        return Err(e.into());
-    }
-    sink.put_subscriptions(&batch)?;
-    report.subscriptions.imported += batch.len() as u64;
-    report.subscriptions.seconds = lap();
+        },
+        |batch, r| {
+            sink.put_subscriptions(&batch)?;
+            r.imported += batch.len() as u64;
+            Ok(())
+        },
+    )?;
 
     // Messages: kept with their ids and authors (even authors that no longer exist).
-    let mut batch: Vec<Message> = Vec::new();
-    let mut flush_messages = |batch: &mut Vec<Message>, r: &mut CollectionReport| {
-        let n = batch.len() as u64;
-        let duplicates = sink.put_messages(std::mem::take(batch))?;
-        r.imported += n - duplicates.min(n);
-        r.note("already in the store (not written again)", duplicates);
-        Ok::<(), StoreError>(())
-    };
-    report.messages.found = source.for_each("rocketchat_message", &mut |doc| {
-        if failure.is_some() {
-            return;
-        }
-        let r = &mut report.messages;
-        let Some(d) = decoded(r, doc) else { return };
-        match convert::message(&d) {
+    stream(
+        source,
+        "rocketchat_message",
+        &mut report.messages,
+        MESSAGE_BATCH,
+        |d, r| match convert::message(&d) {
             Ok(m) if !rooms.contains(m.rid.as_str()) => {
-                r.skip(Skip::new("room missing", format!("{} (room {})", m.id, m.rid)))
+                r.skip(Skip::new("room missing", format!("{} (room {})", m.id, m.rid)));
+                None
             }
             Ok(m) => {
                 if !users.contains(m.u.id.as_str()) {
                     r.note("messages whose author no longer exists (kept)", 1);
                 }
-                batch.push(m);
+                Some(m)
             }
-            Err(s) => r.skip(s),
-        }
-        if batch.len() >= MESSAGE_BATCH {
-            if let Err(e) = flush_messages(&mut batch, r) {
-                failure = Some(e);
+            Err(s) => {
+                r.skip(s);
+                None
             }
-        }
-    })?;
-    if let Some(e) = failure.take() {
-        return Err(e.into());
-    }
-    flush_messages(&mut batch, &mut report.messages)?;
-    report.messages.seconds = lap();
+        },
+        |batch, r| {
+            let n = batch.len() as u64;
+            let duplicates = sink.put_messages(batch)?;
+            r.imported += n - duplicates.min(n);
+            r.note("already in the store (not written again)", duplicates);
+            Ok(())
+        },
+    )?;
 
+    let started = std::time::Instant::now();
     sink.finish()?;
-    report.finish_seconds = lap();
+    report.finish_seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -41,6 +41,8 @@ pub const FEED_BATCH: usize = 1024;
 /// Decoded batches queued between the feed thread and the tailer. When full, the feed thread
 /// waits (the feed is durable; nothing is lost by reading it later).
 pub const FEED_QUEUE_BATCHES: usize = 8;
+/// How long a writer waits before offering a request again to a full queue.
+const SUBMIT_RETRY: Duration = Duration::from_micros(500);
 /// How long the feed thread waits for new changes before checking whether it should stop.
 const FEED_WAIT: Duration = Duration::from_millis(200);
 
@@ -324,40 +326,36 @@ impl Store {
         self.readers.run(f).await
     }
 
-    /// Submits a write and waits (asynchronously) until it is durable. Shards only.
+    /// Submits a write and waits (asynchronously) until it is durable. Shards only: while the
+    /// writer's queue is full it waits on a glommio timer (back-pressure), never blocking.
     pub async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        self.submit(op, || glommio::timer::sleep(SUBMIT_RETRY)).await
+    }
+
+    /// Submits a write from a plain thread (CLI, tests), blocking until durable.
+    pub fn write_blocking(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        futures_lite::future::block_on(self.submit(op, || async { std::thread::sleep(SUBMIT_RETRY) }))
+    }
+
+    async fn submit<P: std::future::Future<Output = ()>>(
+        &self,
+        op: WriteOp,
+        pause: impl Fn() -> P,
+    ) -> StoreResult<WriteOutcome> {
         let (reply, rx) = oneshot::channel();
         let mut req = WriteRequest { op, reply };
         loop {
             match self.backend.try_submit(req) {
                 Ok(()) => break,
                 Err(SubmitError::Full(back)) => {
-                    // Back-pressure without blocking the shard's event loop.
                     req = back;
-                    glommio::timer::sleep(Duration::from_micros(500)).await;
+                    pause().await;
                 }
                 Err(SubmitError::Closed) => return Err(StoreError::Failed("store is shut down".into())),
             }
         }
         rx.await
             .map_err(|_| StoreError::Failed("store writer stopped".into()))?
-    }
-
-    /// Submits a write from a plain thread (CLI), blocking until durable.
-    pub fn write_blocking(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
-        let (reply, rx) = oneshot::channel();
-        let mut req = WriteRequest { op, reply };
-        loop {
-            match self.backend.try_submit(req) {
-                Ok(()) => break,
-                Err(SubmitError::Full(back)) => {
-                    req = back;
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-                Err(SubmitError::Closed) => return Err(StoreError::Failed("store is shut down".into())),
-            }
-        }
-        futures_lite::future::block_on(rx).map_err(|_| StoreError::Failed("store writer stopped".into()))?
     }
 
     /// Mark of the newest durable write.

@@ -111,19 +111,7 @@ pub fn subscriptions_of(db: &Database, uid: &UserId) -> StoreResult<Vec<(Subscri
 }
 
 pub fn members(db: &Database, rid: &RoomId) -> StoreResult<Vec<UserId>> {
-    read(db, |t| {
-        let members = t.open_table(MEMBERS).map_err(sf)?;
-        let mut out = Vec::new();
-        for entry in members.range((rid.as_str(), "")..).map_err(sf)? {
-            let (k, _) = entry.map_err(sf)?;
-            let (r, u) = k.value();
-            if r != rid.as_str() {
-                break;
-            }
-            out.push(UserId::from(u));
-        }
-        Ok(out)
-    })
+    read(db, |t| members_of(&t.open_table(MEMBERS).map_err(sf)?, rid))
 }
 
 pub fn all_memberships(db: &Database) -> StoreResult<Vec<(RoomId, UserId)>> {

@@ -63,6 +63,23 @@ pub fn message_key(m: &Message) -> (&str, u64, u64) {
     (m.rid.as_str(), ts_key(m.ts), m.seq)
 }
 
+/// The members of `rid` in the membership index (of a read or a write transaction).
+pub fn members_of(
+    table: &impl ReadableTable<(&'static str, &'static str), ()>,
+    rid: &RoomId,
+) -> StoreResult<Vec<UserId>> {
+    let mut out = Vec::new();
+    for entry in table.range((rid.as_str(), "")..).map_err(sf)? {
+        let (k, _) = entry.map_err(sf)?;
+        let (r, u) = k.value();
+        if r != rid.as_str() {
+            break;
+        }
+        out.push(UserId::from(u));
+    }
+    Ok(out)
+}
+
 /// Every table, opened once per write transaction.
 pub struct Tables<'t> {
     pub users: Table<'t, &'static str, &'static [u8]>,
@@ -250,16 +267,7 @@ impl Txn for Tables<'_> {
     }
 
     fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>> {
-        let mut out = Vec::new();
-        for entry in self.members.range((rid.as_str(), "")..).map_err(sf)? {
-            let (k, _) = entry.map_err(sf)?;
-            let (r, u) = k.value();
-            if r != rid.as_str() {
-                break;
-            }
-            out.push(UserId::from(u));
-        }
-        Ok(out)
+        members_of(&self.members, rid)
     }
 
     fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>> {
