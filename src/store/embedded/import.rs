@@ -8,7 +8,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::schema::{enc, sf, Tables, ROOMS, USERS};
+use super::schema::{enc, message_key, sf, Tables, ROOMS, USERS};
 use super::OpenError;
 use crate::app::rules::Txn;
 use crate::ids::{RoomId, UserId};
@@ -18,8 +18,8 @@ use crate::store::{Message, Room, StoreResult, Subscription};
 
 /// Rooms whose counters and read positions are recomputed per transaction in `finish`.
 const FINISH_ROOMS_PER_TXN: usize = 10_000;
-/// redb's page cache while importing: large, since messages land all over the file.
-const IMPORT_CACHE_BYTES: usize = 2 << 30;
+/// redb's page cache while importing (an upper bound): large, since messages land all over the file.
+const IMPORT_CACHE_BYTES: usize = 4 << 30;
 
 /// Per-room sequence numbers handed out in this import.
 #[derive(Default)]
@@ -162,10 +162,6 @@ impl ImportSink for EmbeddedImport {
         {
             let mut t = Tables::open(&txn)?;
             for mut m in batch {
-                if t.message_ids.get(m.id.as_str()).map_err(sf)?.is_some() {
-                    duplicates += 1;
-                    continue;
-                }
                 let tally = match tallies.get_mut(m.rid.as_str()) {
                     Some(tally) => tally,
                     None => {
@@ -179,10 +175,26 @@ impl ImportSink for EmbeddedImport {
                     }
                 };
                 // Sequence numbers count messages; unread counts only need how many there are.
-                tally.last_seq += 1;
+                m.seq = tally.last_seq + 1;
+                let key = message_key(&m);
+                // One lookup, not two: insert the id, and undo on the rare id already there (a
+                // re-run, or an id twice in the dump).
+                let previous = t
+                    .message_ids
+                    .insert(m.id.as_str(), key)
+                    .map_err(sf)?
+                    .map(|old| {
+                        let (r, ts, seq) = old.value();
+                        (r.to_owned(), ts, seq)
+                    });
+                if let Some((r, ts, seq)) = previous {
+                    t.message_ids.insert(m.id.as_str(), (r.as_str(), ts, seq)).map_err(sf)?;
+                    duplicates += 1;
+                    continue;
+                }
+                t.messages.insert(key, enc(&m)?.as_slice()).map_err(sf)?;
+                tally.last_seq = m.seq;
                 tally.msgs += 1;
-                m.seq = tally.last_seq;
-                t.put_message(&m)?;
             }
         }
         txn.commit().map_err(sf)?;
