@@ -179,14 +179,10 @@ impl ImportSink for EmbeddedImport {
                 let key = message_key(&m);
                 // One lookup, not two: insert the id, and undo on the rare id already there (a
                 // re-run, or an id twice in the dump).
-                let previous = t
-                    .message_ids
-                    .insert(m.id.as_str(), key)
-                    .map_err(sf)?
-                    .map(|old| {
-                        let (r, ts, seq) = old.value();
-                        (r.to_owned(), ts, seq)
-                    });
+                let previous = t.message_ids.insert(m.id.as_str(), key).map_err(sf)?.map(|old| {
+                    let (r, ts, seq) = old.value();
+                    (r.to_owned(), ts, seq)
+                });
                 if let Some((r, ts, seq)) = previous {
                     t.message_ids.insert(m.id.as_str(), (r.as_str(), ts, seq)).map_err(sf)?;
                     duplicates += 1;
