@@ -544,10 +544,29 @@ fn listings_history_pages_and_memberships() {
             rest.iter().map(|r| r.name.clone().unwrap()).collect::<Vec<_>>(),
             ["delta", "general"]
         );
+        // Pages in any order, again and after a new channel, agree with one full listing.
+        let names = |offset, count| -> Vec<String> {
+            b.channels_page(offset, count)
+                .unwrap()
+                .0
+                .into_iter()
+                .map(|r| r.name.unwrap())
+                .collect()
+        };
+        let all = names(0, 100);
+        for (offset, count) in [(0, 2), (2, 2), (4, 2), (2, 2), (1, 3), (4, 1), (0, 2), (5, 2)] {
+            let want: Vec<String> = all.iter().skip(offset).take(count).cloned().collect();
+            assert_eq!(names(offset, count), want, "page at {offset}");
+        }
+        room(s, RoomType::Channel, "bazaar", &alice, &[]);
+        // The page at 2 started at "charlie" before; a stale start would give charlie, delta.
+        assert_eq!(names(2, 2), ["bravo", "charlie"], "a new channel shifts later pages");
+        assert_eq!(names(1, 1), ["bazaar"]);
+        assert_eq!(b.channels_page(0, 0).unwrap().1, 6);
         let subs = b.subscriptions_of(&alice.id).unwrap();
-        assert_eq!(subs.len(), 6);
+        assert_eq!(subs.len(), 7);
         let (rooms, mark) = b.memberships_of(&alice.id).unwrap();
-        assert_eq!(rooms.len(), 6);
+        assert_eq!(rooms.len(), 7);
         assert!(mark <= b.head());
         assert!(b
             .all_memberships()

@@ -4,7 +4,8 @@
 //! through a large room's history (DDP `loadHistory`, 100 at a time, oldest-first back through
 //! the room) and lists every public channel (REST `channels.list`, 100 per page, each call a
 //! scan of all channels). Reports both latency distributions and the server's own event-loop
-//! stall metric. Run server and this tool on different cores.
+//! stall metric. Run server and this tool on different cores. The probe and the reader run on
+//! separate threads of this tool, so the reader's work never delays the probe's time stamps.
 
 use std::time::{Duration, Instant};
 
@@ -173,6 +174,56 @@ async fn probe(
     Ok((hist, in_flight))
 }
 
+/// A minimal HTTP/1.1 client on one keep-alive connection (GET only, `Content-Length` bodies).
+struct Http {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+}
+
+impl Http {
+    async fn connect(addr: &str) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream: tokio::io::BufReader::new(stream),
+            host: addr.to_owned(),
+        })
+    }
+
+    async fn get(&mut self, path: &str, uid: &str, token: &str) -> anyhow::Result<Vec<u8>> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nX-User-Id: {uid}\r\nX-Auth-Token: {token}\r\n\r\n",
+            self.host
+        );
+        self.stream.get_mut().write_all(req.as_bytes()).await?;
+        let mut status = String::new();
+        self.stream.read_line(&mut status).await?;
+        if !status.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {}", status.trim());
+        }
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if self.stream.read_line(&mut line).await? == 0 {
+                bail!("connection closed");
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok(body)
+    }
+}
+
 /// Pages through the big room and the channel list until `stop`; returns (history pages,
 /// channel pages, messages read).
 async fn reader(args: &StallArgs, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<(u64, u64, u64)> {
@@ -180,9 +231,8 @@ async fn reader(args: &StallArgs, stop: tokio::sync::watch::Receiver<bool>) -> a
     let (mut pages, mut lists, mut read) = (0u64, 0u64, 0u64);
     let mut latest: Value = Value::Null;
     let mut offset = 0usize;
-    let http = format!("http://{}/api/v1", args.addr);
     // One keep-alive connection, as a real client would hold.
-    let agent = ureq::AgentBuilder::new().build();
+    let mut http = Http::connect(&args.addr).await?;
     while !*stop.borrow() {
         if args.reader_does != "list" {
             let page = c.call("loadHistory", json!([args.big_room, latest, 100, null])).await?;
@@ -197,19 +247,17 @@ async fn reader(args: &StallArgs, stop: tokio::sync::watch::Receiver<bool>) -> a
         if args.reader_does == "history" {
             continue;
         }
-        let (uid, token, http, agent) = (uid.clone(), token.clone(), http.clone(), agent.clone());
-        let list = tokio::task::spawn_blocking(move || {
-            agent
-                .get(&format!("{http}/channels.list?offset={offset}&count=100"))
-                .set("X-User-Id", &uid)
-                .set("X-Auth-Token", &token)
-                .call()
-                .map(|r| r.into_string().unwrap_or_default())
-                .map_err(|e| anyhow!("{e}"))
-        })
-        .await?
-        .context("channels.list")?;
-        let v: Value = serde_json::from_str(&list)?;
+        // On this task's own thread, like the history pages: the probe shares the tool's one
+        // thread with the reader in every mode, so modes compare.
+        let list = http
+            .get(
+                &format!("/api/v1/channels.list?offset={offset}&count=100"),
+                &uid,
+                &token,
+            )
+            .await
+            .context("channels.list")?;
+        let v: Value = serde_json::from_slice(&list)?;
         let total = v["total"].as_u64().unwrap_or(0) as usize;
         offset = if offset + 100 >= total { 0 } else { offset + 100 };
         lists += 1;
@@ -244,13 +292,20 @@ pub async fn run(args: StallArgs) -> anyhow::Result<Value> {
     let stall_before = stall_metric(&args.addr);
     let quiet = probe(&mut a, &mut b, &rid, args.seconds, interval).await?;
     let stall_quiet = stall_metric(&args.addr);
-    // The loaded phase: the reader runs beside the probe.
+    // The loaded phase: the reader runs beside the probe, on its own thread (and runtime), so
+    // decoding its large answers never delays the probe's time stamps.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reader_args = args.clone();
-    let reading = tokio::spawn(async move { reader(&reader_args, stop_rx).await });
+    let reading = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(reader(&reader_args, stop_rx)))
+    });
     let loaded = probe(&mut a, &mut b, &rid, args.seconds, interval).await?;
     let _ = stop_tx.send(true);
-    let (pages, lists, read) = reading.await??;
+    let (pages, lists, read) = reading.join().map_err(|_| anyhow!("the reader thread panicked"))??;
     let stall_loaded = stall_metric(&args.addr);
     Ok(json!({
         "quiet": pct(&quiet),

@@ -51,6 +51,8 @@ pub struct EmbeddedStore {
     head: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
     feed: Mutex<Option<EmbeddedFeed>>,
+    /// Shared by the reader threads (never by shards): see [`reads::PageHints`].
+    channel_hints: Mutex<reads::PageHints>,
 }
 
 impl EmbeddedStore {
@@ -74,6 +76,7 @@ impl EmbeddedStore {
             .map_err(|e| failed(e.to_string()))?;
         Ok(Arc::new(Self {
             feed: Mutex::new(Some(EmbeddedFeed::new(db.clone(), head_seq, wake_rx))),
+            channel_hints: Mutex::new(reads::PageHints::default()),
             db,
             tx,
             head,
@@ -141,7 +144,7 @@ impl Backend for EmbeddedStore {
         reads::all_memberships(&self.db)
     }
     fn channels_page(&self, offset: usize, count: usize) -> StoreResult<(Vec<super::Room>, u64)> {
-        reads::channels_page(&self.db, offset, count)
+        reads::channels_page(&self.db, &self.channel_hints, offset, count)
     }
     fn message(&self, mid: &crate::ids::MessageId) -> StoreResult<Option<super::Message>> {
         reads::message(&self.db, mid)
