@@ -162,6 +162,9 @@ pub struct PresenceOwner {
     mesh: Rc<Mesh<ShardMsg>>,
     nr_shards: usize,
     users: RefCell<HashMap<UserId, UserPresence>>,
+    /// Users whose record is being read on first sight, with the newest chosen status that
+    /// arrived from the feed meanwhile (it wins over what the read returns).
+    loading: RefCell<HashMap<UserId, Option<(String, String)>>>,
     /// Transitions not yet broadcast, in the order they happened (every one is kept; only the
     /// broadcasting is batched).
     pending: RefCell<Vec<PresenceUpdate>>,
@@ -174,6 +177,7 @@ impl PresenceOwner {
         Rc::new(Self {
             store,
             mesh,
+            loading: RefCell::new(HashMap::new()),
             nr_shards,
             users: RefCell::new(HashMap::new()),
             pending: RefCell::new(Vec::new()),
@@ -185,9 +189,13 @@ impl PresenceOwner {
     pub async fn on_shard_presence(self: &Rc<Self>, uid: &UserId, shard: usize, present: bool) {
         if present && !self.users.borrow().contains_key(uid) {
             // First sight: the chosen status comes from the store (anything committed later
-            // arrives through the change feed as a status change). The read runs off this
-            // shard; the notices of one user are handled one at a time by the caller.
-            let user = match self.store.user(uid).await {
+            // arrives through the change feed as a status change, and one that arrives while
+            // the read is under way wins over it). The read runs off this shard; the notices
+            // of one user are handled one at a time by the caller.
+            self.loading.borrow_mut().entry(uid.clone()).or_insert(None);
+            let read = self.store.user(uid).await;
+            let newer = self.loading.borrow_mut().remove(uid).flatten();
+            let mut user = match read {
                 Ok(Some(u)) => u,
                 Ok(None) => return,
                 Err(e) => {
@@ -195,6 +203,9 @@ impl PresenceOwner {
                     return;
                 }
             };
+            if let Some((status, text)) = newer {
+                (user.status, user.status_text) = (status, text);
+            }
             self.users
                 .borrow_mut()
                 .entry(uid.clone())
@@ -244,6 +255,10 @@ impl PresenceOwner {
             p.chosen = Status::parse(status).unwrap_or(Status::Online);
             p.text = text.to_owned();
         } else {
+            // Being read on first sight: this change is newer than what the read may return.
+            if let Some(slot) = self.loading.borrow_mut().get_mut(uid) {
+                *slot = Some((status.to_owned(), text.to_owned()));
+            }
             return;
         }
         self.mark(uid);
