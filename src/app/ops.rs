@@ -359,19 +359,25 @@ impl<'a> Ops<'a> {
 
     /// A page of a room's history, newest first, as a JSON array rendered on a reader thread
     /// (reading and rendering a page never runs on this shard). `Ok(None)`: the room does not
-    /// exist or the user may not read it (indistinguishable).
+    /// exist, is not of `kind` (when given), or the user may not read it (indistinguishable).
     pub async fn history_json(
         &self,
         method: &str,
         user: &User,
         rid: &RoomId,
+        kind: Option<RoomType>,
         q: &HistoryQuery,
         d: Dates,
-    ) -> AppResult<Option<(Room, String)>> {
+    ) -> AppResult<Option<String>> {
         let room = self.room(rid).await?;
         let Some(room) = self.visible_room(user, room).await? else {
             return Ok(None);
         };
+        // A room of another kind than the door names is answered as a missing one, before any
+        // page is read.
+        if kind.is_some_and(|k| k != room.t) {
+            return Ok(None);
+        }
         let (rid, q) = (rid.clone(), q.clone());
         let json = self
             .ctx
@@ -384,7 +390,7 @@ impl<'a> Ops<'a> {
             })
             .await
             .map_err(|e| AppError::from(e).with_method(method))?;
-        Ok(Some((room, json)))
+        Ok(Some(json))
     }
 
     /// The user's rooms (`rooms: true`) or subscriptions updated after `since` (all when

@@ -310,10 +310,10 @@ impl Session {
         Ok(
             match self
                 .ops()
-                .history_json("loadHistory", user, &rid, &q, Dates::Ejson)
+                .history_json("loadHistory", user, &rid, None, &q, Dates::Ejson)
                 .await?
             {
-                Some((_, list)) => format!(r#"{{"messages":{list},"unreadNotLoaded":0}}"#),
+                Some(list) => format!(r#"{{"messages":{list},"unreadNotLoaded":0}}"#),
                 None => "false".into(),
             },
         )
@@ -333,9 +333,9 @@ impl Session {
         };
         let found = self
             .ops()
-            .history_json("loadMissedMessages", user, &rid, &q, Dates::Ejson)
+            .history_json("loadMissedMessages", user, &rid, None, &q, Dates::Ejson)
             .await?;
-        Ok(found.map_or_else(|| "false".into(), |(_, list)| list))
+        Ok(found.unwrap_or_else(|| "false".into()))
     }
 
     /// Methods whose result can be large (listings, history pages): their JSON is rendered on

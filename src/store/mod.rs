@@ -450,11 +450,6 @@ impl Store {
         self.read(move |b| b.subscription(&uid, &rid)).await
     }
 
-    pub async fn subscriptions_of(&self, uid: &UserId) -> StoreResult<Vec<(Subscription, Room)>> {
-        let uid = uid.clone();
-        self.read(move |b| b.subscriptions_of(&uid)).await
-    }
-
     pub async fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>> {
         let rid = rid.clone();
         self.read(move |b| b.members(&rid)).await
@@ -462,20 +457,6 @@ impl Store {
 
     pub async fn all_memberships(&self) -> StoreResult<Vec<(RoomId, UserId)>> {
         self.read(|b| b.all_memberships()).await
-    }
-
-    pub async fn channels_page(&self, offset: usize, count: usize) -> StoreResult<(Vec<Room>, u64)> {
-        self.read(move |b| b.channels_page(offset, count)).await
-    }
-
-    pub async fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>> {
-        let mid = mid.clone();
-        self.read(move |b| b.message(&mid)).await
-    }
-
-    pub async fn history(&self, rid: &RoomId, q: &HistoryQuery) -> StoreResult<(Vec<Message>, u64)> {
-        let (rid, q) = (rid.clone(), q.clone());
-        self.read(move |b| b.history(&rid, &q)).await
     }
 
     pub async fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)> {
