@@ -29,6 +29,7 @@ pub use model::*;
 
 use crate::ids::{MessageId, RoomId, UserId};
 use pool::ReadPool;
+pub use pool::ReaderPriority;
 
 /// Capacity of the queue in front of a backend's writer. When full, writers wait (back-pressure).
 pub const WRITE_QUEUE_CAPACITY: usize = 4096;
@@ -302,9 +303,14 @@ struct FeedThread {
 pub type FeedReceiver = mpsc::Receiver<Vec<FeedItem>>;
 
 impl Store {
-    /// Wraps a backend and starts `readers` reader threads.
+    /// Wraps a backend and starts `readers` reader threads (at the default priority).
     pub fn new(backend: Arc<dyn Backend>, readers: usize) -> StoreResult<Self> {
-        let readers = ReadPool::start(backend.clone(), readers.max(1), READ_QUEUE_CAPACITY)?;
+        Self::with_priority(backend, readers, ReaderPriority::default())
+    }
+
+    /// Wraps a backend and starts `readers` reader threads at `priority`.
+    pub fn with_priority(backend: Arc<dyn Backend>, readers: usize, priority: ReaderPriority) -> StoreResult<Self> {
+        let readers = ReadPool::start(backend.clone(), readers.max(1), READ_QUEUE_CAPACITY, priority)?;
         Ok(Self {
             backend,
             readers,
