@@ -20,6 +20,7 @@ pub struct Config {
     pub pin_cores: bool,
     pub limits: Limits,
     pub accounts: Accounts,
+    pub cluster: Cluster,
     /// Capacity of each shard-to-shard mesh channel.
     pub mesh_capacity: usize,
     /// Capacity of each shard-to-shard channel of the ephemeral lane (typing); a full lane
@@ -30,6 +31,9 @@ pub struct Config {
     /// Store reader threads: every store read (lookups, listings, history pages) runs on one
     /// of them, never on a shard's event loop.
     pub store_readers: usize,
+    /// Scheduling of reader threads: "idle" (run only on CPU time no shard wants) or "nice"
+    /// (nice 10: a smaller share, never starved).
+    pub store_reader_priority: crate::store::ReaderPriority,
     /// Log filter (tracing EnvFilter syntax), overridden by `RUST_LOG`.
     pub log: String,
 }
@@ -68,6 +72,114 @@ pub struct Accounts {
     pub registration_open: bool,
 }
 
+/// Host peering: typing and presence between chatd hosts, one TCP link per pair of hosts.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Address the cluster port listens on (peer links); `None` (the default) accepts no links.
+    pub listen: Option<SocketAddr>,
+    /// Other hosts' cluster addresses (`host:port`), dialled and kept connected. A host that
+    /// dials us is linked too, so one side of each pair naming the other is enough.
+    pub peers: Vec<String>,
+    /// The address other hosts reach this host at (`INSTANCE_IP`), shown to peers and in logs.
+    pub instance_ip: Option<String>,
+    /// File holding the shared secret that authenticates every link (`CHATD_CLUSTER_SECRET`
+    /// overrides it). Required as soon as `listen` or `peers` is set.
+    pub secret_file: Option<PathBuf>,
+    /// The secret itself, loaded from the environment or `secret_file` (never from the TOML
+    /// text, never printed).
+    #[serde(skip)]
+    pub secret: Option<ClusterSecret>,
+    /// Milliseconds between heartbeats on an idle link.
+    pub heartbeat_ms: u64,
+    /// Milliseconds without any frame from a peer before its link is declared dead and its
+    /// users' presence expires.
+    pub peer_timeout_ms: u64,
+    /// Frames a link may have queued for sending; when full, events are dropped and counted
+    /// (presence is re-sent as a snapshot once the link catches up).
+    pub send_queue_frames: usize,
+    /// Largest frame accepted from a peer, bytes; a larger one closes the link.
+    pub max_frame_bytes: usize,
+    /// Typing notices per second handed on from one peer link; more are dropped and counted.
+    pub max_typing_per_sec: u32,
+}
+
+/// The cluster secret; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("listen", &self.listen)
+            .field("peers", &self.peers)
+            .field("instance_ip", &self.instance_ip)
+            .field("secret_file", &self.secret_file)
+            .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("peer_timeout_ms", &self.peer_timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            peers: Vec::new(),
+            instance_ip: None,
+            secret_file: None,
+            secret: None,
+            heartbeat_ms: 1000,
+            peer_timeout_ms: 5000,
+            send_queue_frames: 4096,
+            max_frame_bytes: 1 << 20,
+            max_typing_per_sec: 20_000,
+        }
+    }
+}
+
+/// Shortest accepted cluster secret, bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+impl Cluster {
+    /// Whether this host takes part in a cluster (listens for or dials peers).
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || !self.peers.is_empty()
+    }
+
+    /// Loads the secret: `CHATD_CLUSTER_SECRET` if set, else `secret_file` (surrounding
+    /// whitespace trimmed).
+    pub fn load_secret(&mut self, env_secret: Option<String>) -> Result<(), ConfigError> {
+        if let Some(s) = env_secret {
+            self.secret = Some(ClusterSecret(s.trim().as_bytes().to_vec()));
+            return Ok(());
+        }
+        if let Some(path) = &self.secret_file {
+            let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            self.secret = Some(ClusterSecret(text.trim_ascii().to_vec()));
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -77,10 +189,12 @@ impl Default for Config {
             pin_cores: true,
             limits: Limits::default(),
             accounts: Accounts::default(),
+            cluster: Cluster::default(),
             mesh_capacity: 1024,
             ephemeral_capacity: 1024,
             io_memory_bytes: 512 * 1024,
             store_readers: 2,
+            store_reader_priority: crate::store::ReaderPriority::Idle,
             log: "info".into(),
         }
     }
@@ -192,6 +306,58 @@ impl Config {
         }
         if self.accounts.token_ttl_days == 0 {
             return bad("accounts.token_ttl_days", "must be at least 1");
+        }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            })
+        };
+        let c = &self.cluster;
+        if !c.enabled() {
+            return Ok(());
+        }
+        match &c.secret {
+            None => {
+                return bad(
+                    "cluster.secret_file",
+                    "is required when cluster.listen or cluster.peers is set (or set CHATD_CLUSTER_SECRET)",
+                )
+            }
+            Some(s) if s.0.len() < MIN_SECRET_BYTES => {
+                return bad("cluster.secret_file", "must hold a secret of at least 16 bytes")
+            }
+            Some(_) => {}
+        }
+        for peer in &c.peers {
+            let port_ok = peer
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+            if !port_ok {
+                return bad("cluster.peers", &format!("entry {peer:?} is not host:port"));
+            }
+        }
+        if c.heartbeat_ms < 50 || c.heartbeat_ms > 10_000 {
+            return bad("cluster.heartbeat_ms", "must be between 50 and 10000");
+        }
+        if c.peer_timeout_ms < 3 * c.heartbeat_ms || c.peer_timeout_ms > 60_000 {
+            return bad(
+                "cluster.peer_timeout_ms",
+                "must be at least 3 heartbeats and at most 60000",
+            );
+        }
+        if c.send_queue_frames == 0 {
+            return bad("cluster.send_queue_frames", "must be at least 1");
+        }
+        if c.max_typing_per_sec == 0 {
+            return bad("cluster.max_typing_per_sec", "must be at least 1");
+        }
+        if c.max_frame_bytes < 64 * 1024 || c.max_frame_bytes > 64 << 20 {
+            return bad("cluster.max_frame_bytes", "must be between 65536 and 67108864");
         }
         Ok(())
     }

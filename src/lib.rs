@@ -6,6 +6,7 @@ pub mod config;
 pub mod gateway;
 pub mod ids;
 pub mod import;
+pub mod peer;
 pub mod protocol;
 pub mod server;
 pub mod store;

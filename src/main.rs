@@ -74,6 +74,16 @@ struct ServeArgs {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Address of the cluster port for links from other chatd hosts (typing and presence).
+    /// Needs the shared secret: CHATD_CLUSTER_SECRET or `[cluster] secret_file`.
+    #[arg(long)]
+    cluster_listen: Option<SocketAddr>,
+    /// Another host's cluster address, host:port (repeatable); kept linked.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// The address other hosts reach this one at.
+    #[arg(long, env = "INSTANCE_IP")]
+    instance_ip: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +134,18 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Some(addr) = args.cluster_listen {
+        config.cluster.listen = Some(addr);
+    }
+    if !args.peers.is_empty() {
+        config.cluster.peers = args.peers.clone();
+    }
+    if let Some(ip) = &args.instance_ip {
+        config.cluster.instance_ip = Some(ip.clone());
+    }
+    config
+        .cluster
+        .load_secret(std::env::var("CHATD_CLUSTER_SECRET").ok().filter(|s| !s.is_empty()))?;
     config.validate()?;
     Ok(config)
 }

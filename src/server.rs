@@ -14,6 +14,7 @@ use crate::chat::tailer::Tailer;
 use crate::chat::{ShardMsg, TAILER_SHARD};
 use crate::config::{Config, ConfigError};
 use crate::gateway::{self, ShardCtx};
+use crate::peer::{PeerStats, Peers};
 use crate::store::{EmbeddedStore, FeedReceiver, OpenError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +27,26 @@ pub enum ServerError {
     StoreStart(#[from] StoreError),
     #[error(transparent)]
     Shards(#[from] chatd_shards::StartError),
+    #[error("cannot listen on the cluster port {addr}: {source}")]
+    ClusterListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running chatd.
 pub struct Server {
     shards: Option<ShardSet>,
     store: Store,
+    cluster_addr: Option<std::net::SocketAddr>,
+    peer_stats: Arc<PeerStats>,
+}
+
+/// What the tailer shard needs to start host peering.
+struct ClusterStart {
+    host: u64,
+    name: String,
+    listener: Option<std::net::TcpListener>,
 }
 
 /// Raises the open-file limit to the hard limit (each connection is a file descriptor).
@@ -46,7 +61,7 @@ impl Server {
     pub fn start(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let backend = EmbeddedStore::open(&config.data_dir)?;
-        let store = match Store::new(backend.clone(), config.store_readers) {
+        let store = match Store::with_priority(backend.clone(), config.store_readers, config.store_reader_priority) {
             Ok(s) => s,
             Err(e) => {
                 crate::store::Backend::close(&*backend);
@@ -70,25 +85,48 @@ impl Server {
             name: "chatd-shard".into(),
         };
         let start_head = store.head();
+        let cluster = match Self::cluster_start(&config) {
+            Ok(c) => c,
+            Err(e) => {
+                store.close();
+                return Err(e);
+            }
+        };
+        let cluster_addr = cluster
+            .as_ref()
+            .and_then(|c| c.listener.as_ref())
+            .and_then(|l| l.local_addr().ok());
+        let peer_stats = Arc::new(PeerStats::default());
+        let shard_peer_stats = peer_stats.clone();
+        let cluster = Arc::new(Mutex::new(cluster));
         let config = Arc::new(config);
         let feed = Arc::new(Mutex::new(Some(feed)));
         let shard_store = store.clone();
         let started = ShardSet::start(&shard_cfg, ShutdownHandle::new(), move |ctx: ShardContext<ShardMsg>| {
             let store = shard_store.clone();
             let config = config.clone();
-            let feed = if ctx.id == TAILER_SHARD {
-                feed.lock().ok().and_then(|mut f| f.take())
+            let peer_stats = shard_peer_stats.clone();
+            let (feed, cluster) = if ctx.id == TAILER_SHARD {
+                (
+                    feed.lock().ok().and_then(|mut f| f.take()),
+                    cluster.lock().ok().and_then(|mut c| c.take()),
+                )
             } else {
-                None
+                (None, None)
             };
-            async move { shard_main(ctx, store, config, feed, start_head).await }
+            async move { shard_main(ctx, store, config, feed, start_head, cluster, peer_stats).await }
         });
         match started {
             Ok(shards) => {
+                if let Some(addr) = cluster_addr {
+                    tracing::info!(addr = %addr, "cluster port listening");
+                }
                 tracing::info!(addr = %shards.local_addr(), shards = shard_cfg.shards, "chatd listening");
                 Ok(Self {
                     shards: Some(shards),
                     store,
+                    cluster_addr,
+                    peer_stats,
                 })
             }
             Err(e) => {
@@ -96,6 +134,51 @@ impl Server {
                 Err(e.into())
             }
         }
+    }
+
+    /// Binds the cluster port (so a taken port fails the start, not a shard later) and picks
+    /// this run's host id.
+    fn cluster_start(config: &Config) -> Result<Option<ClusterStart>, ServerError> {
+        let c = &config.cluster;
+        if !c.enabled() {
+            return Ok(None);
+        }
+        let listener = match c.listen {
+            Some(addr) => {
+                Some(std::net::TcpListener::bind(addr).map_err(|source| ServerError::ClusterListen { addr, source })?)
+            }
+            None => None,
+        };
+        let port = listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+        let name = match (&c.instance_ip, port) {
+            (Some(ip), Some(port)) => format!("{ip}:{port}"),
+            (Some(ip), None) => ip.clone(),
+            (None, _) => listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map_or_else(|| "(dial-only)".to_owned(), |a| a.to_string()),
+        };
+        let host = rand::random::<u64>().max(1);
+        tracing::info!(
+            host = format_args!("{host:016x}"),
+            name = %name,
+            peers = c.peers.len(),
+            "host peering on"
+        );
+        tracing::warn!(
+            "host peering with the embedded store shares typing and presence only: messages are not shared between hosts without MongoDB"
+        );
+        Ok(Some(ClusterStart { host, name, listener }))
+    }
+
+    /// The cluster port's address, when host peering listens.
+    pub fn cluster_addr(&self) -> Option<std::net::SocketAddr> {
+        self.cluster_addr
+    }
+
+    /// Host peering figures.
+    pub fn peer_stats(&self) -> Arc<PeerStats> {
+        self.peer_stats.clone()
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -134,8 +217,31 @@ impl Drop for Server {
     }
 }
 
-async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Tailer>>) {
+/// CPU shares of the ephemeral task queue (typing, peer links) against the default queue's 1000.
+const EPHEMERAL_SHARES: usize = 100;
+
+/// Spawns `fut` into task queue `queue`.
+fn spawn_in(queue: glommio::TaskQueueHandle, fut: impl std::future::Future<Output = ()> + 'static) {
+    match glommio::spawn_local_into(fut, queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot spawn into the ephemeral task queue"),
+    }
+}
+
+/// Messages one dispatch task handles before it lets the shard's other tasks run: a lane that is
+/// never empty (a typing flood) must not starve the others.
+const DISPATCH_BURST: u32 = 64;
+
+async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Tailer>>, peers: Option<Rc<Peers>>) {
+    let mut burst = 0u32;
     while let Some(msg) = rx.recv().await {
+        burst += 1;
+        if burst >= DISPATCH_BURST {
+            burst = 0;
+            futures_lite::future::yield_now().await;
+        }
         match msg {
             ShardMsg::Changes { records, head } => hub.apply_changes(records, head),
             ShardMsg::Ack { token } => hub.ack(token),
@@ -171,7 +277,12 @@ async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Ta
             },
             ShardMsg::PresenceAnswer { token, answers } => hub.presence_answer(token, answers),
             ShardMsg::Presence(updates) => hub.apply_presence(&updates),
-            ShardMsg::Activity(activity) => hub.apply_activity(&activity),
+            ShardMsg::Activity(activity) => {
+                hub.apply_activity(&activity);
+                if let Some(peers) = &peers {
+                    peers.send_activity(&activity);
+                }
+            }
         }
     }
 }
@@ -182,6 +293,8 @@ async fn shard_main(
     config: Arc<Config>,
     feed: Option<FeedReceiver>,
     start_head: u64,
+    cluster: Option<ClusterStart>,
+    peer_stats: Arc<PeerStats>,
 ) {
     let ShardContext {
         id,
@@ -196,12 +309,13 @@ async fn shard_main(
         ..
     } = ctx;
     let mesh = Rc::new(mesh);
+    let ephemeral = Rc::new(ephemeral);
     let hub = Rc::new(Hub::new(
         id,
         store.clone(),
         stats.clone(),
         mesh.clone(),
-        Rc::new(ephemeral),
+        ephemeral.clone(),
         start_head,
     ));
     let tailer = match (id == TAILER_SHARD, feed) {
@@ -215,8 +329,39 @@ async fn shard_main(
         _ => None,
     };
     let tailer_ref = tailer.as_ref().map(|(t, _)| t.clone());
-    for rx in receivers.into_iter().chain(ephemeral_receivers) {
-        glommio::spawn_local(dispatch(rx, hub.clone(), tailer_ref.clone())).detach();
+    // Typing and peer links get their own task queue with a small share of the shard: a flood
+    // of them can take at most that share from sessions, the tailer and message fan-out.
+    let lane_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(EPHEMERAL_SHARES),
+        glommio::Latency::NotImportant,
+        "ephemeral",
+    );
+    let peers = match (cluster, &config.cluster.secret, &tailer_ref) {
+        (Some(c), Some(secret), Some(t)) => {
+            let peers = Peers::new(
+                c.host,
+                c.name,
+                secret.0.clone(),
+                config.cluster.clone(),
+                t.presence().clone(),
+                ephemeral.clone(),
+                stats.clone(),
+                peer_stats.clone(),
+                shutdown.clone(),
+            );
+            // Link tasks run in the ephemeral task queue (and so does what they spawn).
+            let starting = peers.clone();
+            let listener = c.listener;
+            spawn_in(lane_queue, async move { crate::peer::link::start(&starting, listener) });
+            Some(peers)
+        }
+        _ => None,
+    };
+    for rx in receivers {
+        glommio::spawn_local(dispatch(rx, hub.clone(), tailer_ref.clone(), peers.clone())).detach();
+    }
+    for rx in ephemeral_receivers {
+        spawn_in(lane_queue, dispatch(rx, hub.clone(), tailer_ref.clone(), peers.clone()));
     }
     let tailer_task = tailer.map(|(t, feed)| {
         let shutdown = shutdown.clone();
@@ -227,10 +372,14 @@ async fn shard_main(
         config: config.clone(),
         shutdown: shutdown.clone(),
         all_stats,
+        peer_stats,
         started_at: Instant::now(),
     });
     gateway::serve(Acceptor::new(listener, stats.clone(), shutdown.clone()), gctx).await;
 
+    if let Some(peers) = &peers {
+        peers.close_all();
+    }
     // Draining: ask every client to reconnect (to another host or after restart), then wait.
     for s in hub.all_sessions() {
         s.out.close(CloseReason::new(1012, "server restarting; reconnect"));

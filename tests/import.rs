@@ -5,70 +5,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
-use bson::{doc, Bson, DateTime, Document};
+use bson::{doc, Bson};
+use common::rcdump::*;
 use common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-
-const DAY: i64 = 86_400_000;
-
-fn now() -> i64 {
-    chatd::ids::now_ms()
-}
-
-fn date(ms: i64) -> Bson {
-    Bson::DateTime(DateTime::from_millis(ms))
-}
-
-/// Rocket.Chat's stored password: bcrypt of the lowercase hex SHA-256 (cost 4 keeps tests fast;
-/// any cost verifies).
-fn rc_password(pw: &str) -> String {
-    bcrypt::hash(sha256_hex(pw), 4).unwrap()
-}
-
-/// Meteor's stored form of a resume token: base64 of its SHA-256.
-fn rc_token_hash(token: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(token.as_bytes()))
-}
-
-fn write_bson(path: &Path, docs: &[Document], gzip: bool) {
-    let mut bytes = Vec::new();
-    for d in docs {
-        d.to_writer(&mut bytes).unwrap();
-    }
-    if gzip {
-        let f = std::fs::File::create(path.with_extension("bson.gz")).unwrap();
-        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
-        gz.write_all(&bytes).unwrap();
-        gz.finish().unwrap();
-    } else {
-        std::fs::write(path, bytes).unwrap();
-    }
-}
-
-fn user_doc(id: &str, username: &str, password: Option<&str>, active: bool, tokens: Vec<Document>) -> Document {
-    let mut services = doc! {"resume": {"loginTokens": tokens}};
-    if let Some(pw) = password {
-        services.insert("password", doc! {"bcrypt": rc_password(pw)});
-    } else {
-        services.insert(
-            "google",
-            doc! {"id": "g-1", "email": format!("{username}@gmail.example")},
-        );
-    }
-    doc! {
-        "_id": id, "username": username, "name": format!("{username} N."),
-        "emails": [{"address": format!("{username}@example.org"), "verified": true}],
-        "roles": ["user"], "active": active, "type": "user", "createdAt": date(now() - 400 * DAY),
-        "services": services, "_updatedAt": date(now() - DAY),
-    }
-}
 
 /// The dump every test here imports. Alice and bob have passwords; carol is OAuth-only; dave is
 /// deactivated; plus one record of every malformed or dangling kind.
@@ -206,16 +148,6 @@ fn build_dump() -> Dump {
     ];
     write_bson(&db.join("rocketchat_message.bson"), &messages, false);
     Dump { dir, t0 }
-}
-
-fn import(dump: &Path, data: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args(["import", "rocketchat", "--dump"])
-        .arg(dump)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .expect("run chatd import")
 }
 
 fn summary_line<'a>(out: &'a str, collection: &str) -> &'a str {

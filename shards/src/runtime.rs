@@ -19,6 +19,11 @@ use crate::listener::{bind_reuseport_group, ListenError};
 use crate::mesh::{assemble, Mesh, MeshReceiver};
 use crate::{ShardStats, ShutdownHandle, ShutdownSignal};
 
+/// Longest a shard runs ready tasks before it polls for I/O and cross-thread wake-ups again
+/// (glommio's default is 100 ms: under a flood that never lets the run queue empty, a wake-up
+/// from the store's threads would wait that long).
+const PREEMPT_TIMER: Duration = Duration::from_millis(5);
+
 /// How long `start` waits for every shard to come up before giving up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -178,6 +183,7 @@ impl ShardSet {
             let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("{}{}", config.name, id))
                 .io_memory(config.io_memory)
+                .preempt_timer(PREEMPT_TIMER)
                 .spawn(move || async move {
                     // SAFETY: `fd` is a listening TCP socket whose ownership was released above.
                     let listener = unsafe { TcpListener::from_raw_fd(fd) };

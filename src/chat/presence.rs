@@ -14,8 +14,8 @@
 //!   in batches ([`PresenceUpdate`]) over the reliable lane. No lock is shared between shards.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::rc::Rc;
+use std::collections::{HashMap, HashSet};
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ShardMsg;
 use crate::ids::{RoomId, UserId};
+use crate::peer::Peers;
 use crate::store::Store;
 
 /// How long the owner gathers transitions before broadcasting them as one batch: 10,000 users
@@ -114,6 +115,19 @@ pub struct PresenceUpdate {
     pub text: String,
 }
 
+/// One host's share of a user's presence: whether the user is connected there (online, away,
+/// or offline: no longer) and the status they chose, as that host knows it. Hosts exchange these
+/// over peer links; each combines them with its own connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contribution {
+    pub uid: UserId,
+    pub username: String,
+    pub name: String,
+    pub connection: Status,
+    pub chosen: Status,
+    pub text: String,
+}
+
 /// What the owner knows of one user.
 struct UserPresence {
     username: String,
@@ -121,6 +135,13 @@ struct UserPresence {
     /// The chosen (persisted) status and its text.
     chosen: Status,
     text: String,
+    /// `chosen` comes from this host's store or change feed (otherwise from a peer, which is
+    /// all we know of a user connected only elsewhere).
+    chosen_local: bool,
+    /// Connection status per peer host that reports the user connected (online or away).
+    remote: HashMap<u64, Status>,
+    /// This host's contribution as last sent to peers: (connection here, chosen, text).
+    shared: Option<(Status, Status, String)>,
     /// Per shard: presence notices counted (> 0: has sessions there; counting makes their
     /// arrival order irrelevant), and whether all of them are idle.
     present: Vec<i32>,
@@ -130,7 +151,38 @@ struct UserPresence {
 }
 
 impl UserPresence {
+    fn new(username: String, name: String, chosen: Status, text: String, nr_shards: usize) -> Self {
+        Self {
+            username,
+            name,
+            chosen,
+            text,
+            chosen_local: false,
+            remote: HashMap::new(),
+            shared: None,
+            present: vec![0; nr_shards],
+            idle: vec![false; nr_shards],
+            published: None,
+        }
+    }
+
+    /// The connection status across this host and every peer: online if online anywhere, away
+    /// if connected somewhere but idle everywhere.
     fn connection(&self) -> Status {
+        let mut best = self.local_connection();
+        for s in self.remote.values() {
+            match (best, *s) {
+                (Status::Online, _) => break,
+                (_, Status::Online) => best = Status::Online,
+                (Status::Offline, Status::Away) => best = Status::Away,
+                _ => {}
+            }
+        }
+        best
+    }
+
+    /// The connection status from this host's sessions alone.
+    fn local_connection(&self) -> Status {
         let mut any = false;
         for (i, p) in self.present.iter().enumerate() {
             if *p > 0 {
@@ -161,6 +213,12 @@ pub struct PresenceOwner {
     store: Store,
     mesh: Rc<Mesh<ShardMsg>>,
     nr_shards: usize,
+    /// Host peering, when on: receives this host's contribution changes.
+    peers: RefCell<Weak<Peers>>,
+    /// Contribution changes not yet sent to peers, in order.
+    peer_pending: RefCell<Vec<Contribution>>,
+    /// Peer host → users it reports connected.
+    by_host: RefCell<HashMap<u64, HashSet<UserId>>>,
     users: RefCell<HashMap<UserId, UserPresence>>,
     /// Users whose record is being read on first sight, with the newest chosen status that
     /// arrived from the feed meanwhile (it wins over what the read returns).
@@ -179,15 +237,24 @@ impl PresenceOwner {
             mesh,
             loading: RefCell::new(HashMap::new()),
             nr_shards,
+            peers: RefCell::new(Weak::new()),
+            peer_pending: RefCell::new(Vec::new()),
+            by_host: RefCell::new(HashMap::new()),
             users: RefCell::new(HashMap::new()),
             pending: RefCell::new(Vec::new()),
             flush_scheduled: Cell::new(false),
         })
     }
 
+    /// Attaches host peering: from now on this host's contributions go to `peers`.
+    pub fn set_peers(&self, peers: Weak<Peers>) {
+        *self.peers.borrow_mut() = peers;
+    }
+
     /// A shard reports that `uid` now has (`present`) or no longer has sessions there.
     pub async fn on_shard_presence(self: &Rc<Self>, uid: &UserId, shard: usize, present: bool) {
-        if present && !self.users.borrow().contains_key(uid) {
+        let known_here = self.users.borrow().get(uid).is_some_and(|p| p.chosen_local);
+        if present && !known_here {
             // First sight: the chosen status comes from the store (anything committed later
             // arrives through the change feed as a status change, and one that arrives while
             // the read is under way wins over it). The read runs off this shard; the notices
@@ -206,18 +273,21 @@ impl PresenceOwner {
             if let Some((status, text)) = newer {
                 (user.status, user.status_text) = (status, text);
             }
-            self.users
-                .borrow_mut()
-                .entry(uid.clone())
-                .or_insert_with(|| UserPresence {
-                    username: user.username,
-                    name: user.name,
-                    chosen: Status::parse(&user.status).unwrap_or(Status::Online),
-                    text: user.status_text,
-                    present: vec![0; self.nr_shards],
-                    idle: vec![false; self.nr_shards],
-                    published: None,
-                });
+            let chosen = Status::parse(&user.status).unwrap_or(Status::Online);
+            let mut users = self.users.borrow_mut();
+            let p = users.entry(uid.clone()).or_insert_with(|| {
+                UserPresence::new(
+                    user.username,
+                    user.name,
+                    chosen,
+                    user.status_text.clone(),
+                    self.nr_shards,
+                )
+            });
+            if !p.chosen_local {
+                // Known so far only from a peer: this host's store has the final word.
+                (p.chosen, p.text, p.chosen_local) = (chosen, user.status_text, true);
+            }
         }
         let mut users = self.users.borrow_mut();
         if !users.contains_key(uid) {
@@ -254,6 +324,7 @@ impl PresenceOwner {
         if let Some(p) = self.users.borrow_mut().get_mut(uid) {
             p.chosen = Status::parse(status).unwrap_or(Status::Online);
             p.text = text.to_owned();
+            p.chosen_local = true;
         } else {
             // Being read on first sight: this change is newer than what the read may return.
             if let Some(slot) = self.loading.borrow_mut().get_mut(uid) {
@@ -262,6 +333,106 @@ impl PresenceOwner {
             return;
         }
         self.mark(uid);
+    }
+
+    /// Contributions from peer host `host`, in order: each says whether the user is connected
+    /// there and what they chose (used while this host knows nothing newer of its own).
+    pub fn on_remote(self: &Rc<Self>, host: u64, list: Vec<Contribution>) {
+        for c in list {
+            {
+                let mut users = self.users.borrow_mut();
+                let mut by_host = self.by_host.borrow_mut();
+                if c.connection == Status::Offline {
+                    let Some(p) = users.get_mut(&c.uid) else { continue };
+                    p.remote.remove(&host);
+                    if let Some(set) = by_host.get_mut(&host) {
+                        set.remove(&c.uid);
+                    }
+                } else {
+                    let p = users.entry(c.uid.clone()).or_insert_with(|| {
+                        UserPresence::new(
+                            c.username.clone(),
+                            c.name.clone(),
+                            c.chosen,
+                            c.text.clone(),
+                            self.nr_shards,
+                        )
+                    });
+                    p.remote.insert(host, c.connection);
+                    if !p.chosen_local {
+                        (p.chosen, p.text) = (c.chosen, c.text);
+                    }
+                    by_host.entry(host).or_default().insert(c.uid.clone());
+                }
+            }
+            self.mark(&c.uid);
+        }
+    }
+
+    /// Peer host `host` sent its whole state: what it no longer reports is dropped.
+    pub fn replace_host(self: &Rc<Self>, host: u64, list: Vec<Contribution>) {
+        let now: HashSet<&UserId> = list
+            .iter()
+            .filter(|c| c.connection != Status::Offline)
+            .map(|c| &c.uid)
+            .collect();
+        let gone: Vec<UserId> = self
+            .by_host
+            .borrow()
+            .get(&host)
+            .map(|set| set.iter().filter(|u| !now.contains(u)).cloned().collect())
+            .unwrap_or_default();
+        self.forget_host_users(host, gone);
+        self.on_remote(host, list);
+    }
+
+    /// Peer host `host` is lost: its contributions expire.
+    pub fn drop_host(self: &Rc<Self>, host: u64) {
+        let gone: Vec<UserId> = self
+            .by_host
+            .borrow_mut()
+            .remove(&host)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default();
+        if !gone.is_empty() {
+            tracing::info!(
+                host = format_args!("{host:016x}"),
+                users = gone.len(),
+                "peer lost: its users' presence expired"
+            );
+        }
+        self.forget_host_users(host, gone);
+    }
+
+    fn forget_host_users(self: &Rc<Self>, host: u64, uids: Vec<UserId>) {
+        for uid in uids {
+            if let Some(p) = self.users.borrow_mut().get_mut(&uid) {
+                p.remote.remove(&host);
+            }
+            if let Some(set) = self.by_host.borrow_mut().get_mut(&host) {
+                set.remove(&uid);
+            }
+            self.mark(&uid);
+        }
+    }
+
+    /// This host's own contributions: every user connected here.
+    pub fn local_snapshot(&self) -> Vec<Contribution> {
+        self.users
+            .borrow()
+            .iter()
+            .filter_map(|(uid, p)| {
+                let connection = p.local_connection();
+                (connection != Status::Offline).then(|| Contribution {
+                    uid: uid.clone(),
+                    username: p.username.clone(),
+                    name: p.name.clone(),
+                    connection,
+                    chosen: p.chosen,
+                    text: p.text.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The current host-level presence of `uids`: (status, connection status, status text).
@@ -281,6 +452,21 @@ impl PresenceOwner {
             let mut users = self.users.borrow_mut();
             let Some(p) = users.get_mut(uid) else { return };
             let now = (p.effective(), p.connection(), p.text.clone());
+            let local = p.local_connection();
+            let share = (local != Status::Offline).then(|| (local, p.chosen, p.text.clone()));
+            if share != p.shared {
+                if self.peers.borrow().strong_count() > 0 {
+                    self.peer_pending.borrow_mut().push(Contribution {
+                        uid: uid.clone(),
+                        username: p.username.clone(),
+                        name: p.name.clone(),
+                        connection: local,
+                        chosen: p.chosen,
+                        text: p.text.clone(),
+                    });
+                }
+                p.shared = share;
+            }
             if p.published.as_ref() != Some(&now) {
                 self.pending.borrow_mut().push(PresenceUpdate {
                     uid: uid.clone(),
@@ -310,6 +496,12 @@ impl PresenceOwner {
     /// until nothing is pending, so two flushes never interleave.
     async fn flush(&self) {
         loop {
+            let to_peers = std::mem::take(&mut *self.peer_pending.borrow_mut());
+            if !to_peers.is_empty() {
+                if let Some(peers) = self.peers.borrow().upgrade() {
+                    peers.send_presence(&to_peers);
+                }
+            }
             let updates = std::mem::take(&mut *self.pending.borrow_mut());
             if updates.is_empty() {
                 self.flush_scheduled.set(false);
@@ -337,16 +529,10 @@ mod tests {
     use super::*;
 
     fn user(present: &[bool], idle: &[bool], chosen: Status) -> UserPresence {
-        let present = present.iter().map(|p| i32::from(*p)).collect();
-        UserPresence {
-            username: "u".into(),
-            name: "U".into(),
-            chosen,
-            text: String::new(),
-            present,
-            idle: idle.to_vec(),
-            published: None,
-        }
+        let mut p = UserPresence::new("u".into(), "U".into(), chosen, String::new(), present.len());
+        p.present = present.iter().map(|p| i32::from(*p)).collect();
+        p.idle = idle.to_vec();
+        p
     }
 
     #[test]
@@ -375,6 +561,18 @@ mod tests {
             user(&[false, false], &[false, false], Status::Busy).effective(),
             Status::Offline
         );
+        // Peers' contributions: connected on another host counts; online anywhere wins.
+        let mut remote = user(&[false, false], &[false, false], Status::Online);
+        remote.remote.insert(7, Status::Away);
+        assert_eq!(
+            (remote.connection(), remote.local_connection()),
+            (Status::Away, Status::Offline)
+        );
+        let mut idle_here = user(&[true, false], &[true, false], Status::Online);
+        idle_here.remote.insert(7, Status::Online);
+        assert_eq!(idle_here.effective(), Status::Online);
+        idle_here.remote.clear();
+        assert_eq!(idle_here.effective(), Status::Away);
         // Chosen "offline" is invisible: offline to others while connected.
         let invisible = user(&[true, false], &[false, false], Status::Offline);
         assert_eq!(

@@ -133,6 +133,23 @@ fn metrics(ctx: &ShardCtx) -> Response<Full<Bytes>> {
         "# TYPE chatd_change_feed_head gauge\nchatd_change_feed_head {}",
         ctx.hub.store.head()
     );
+    let p = &ctx.peer_stats;
+    let peer_series: [(&str, &str, &std::sync::atomic::AtomicU64); 7] = [
+        ("chatd_peer_links_up", "gauge", &p.links_up),
+        ("chatd_peer_links_established_total", "counter", &p.links_established),
+        ("chatd_peer_refused_total", "counter", &p.refused),
+        ("chatd_peer_frames_sent_total", "counter", &p.frames_sent),
+        ("chatd_peer_frames_received_total", "counter", &p.frames_received),
+        ("chatd_peer_dropped_total", "counter", &p.dropped),
+        ("chatd_peer_expired_total", "counter", &p.expired),
+    ];
+    for (name, kind, counter) in peer_series {
+        let _ = writeln!(
+            out,
+            "# TYPE {name} {kind}\n{name} {}",
+            crate::peer::PeerStats::get(counter)
+        );
+    }
     let _ = writeln!(
         out,
         "# TYPE chatd_uptime_seconds gauge\nchatd_uptime_seconds {}",

@@ -29,6 +29,8 @@ pub struct ShardCtx {
     pub config: Arc<Config>,
     pub shutdown: ShutdownSignal,
     pub all_stats: Arc<Vec<Arc<ShardStats>>>,
+    /// Host peering figures (written by the tailer shard).
+    pub peer_stats: Arc<crate::peer::PeerStats>,
     pub started_at: std::time::Instant,
 }
 

@@ -7,6 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+pub mod rcdump;
+
 use chatd::{Config, Server};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -415,6 +417,15 @@ impl ChatdProcess {
 
     /// Runs `chatd serve` with extra arguments; `Err(log)` if it exits before listening.
     pub fn serve_with(data_dir: &std::path::Path, extra: &[&str]) -> Result<Self, (Option<i32>, String)> {
+        Self::serve_env(data_dir, extra, &[])
+    }
+
+    /// Runs `chatd serve` with extra arguments and environment variables.
+    pub fn serve_env(
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, (Option<i32>, String)> {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
@@ -422,6 +433,7 @@ impl ChatdProcess {
             .args(["--shards", "2", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("PORT")
             .stdout(Stdio::null())
@@ -466,6 +478,26 @@ impl ChatdProcess {
                 Err((status.and_then(|s| s.code()), text))
             }
         }
+    }
+
+    /// The value of `key=` on the first log line containing `marker`, if logged yet.
+    pub fn logged_value(&self, marker: &str, key: &str) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        let line = log.lines().find(|l| l.contains(marker))?;
+        let prefix = format!("{key}=");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .map(str::to_owned)
+    }
+
+    /// The process's resident memory, bytes (Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     /// SIGKILL: no drain, no shutdown code runs.
