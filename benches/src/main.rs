@@ -10,6 +10,7 @@
 
 mod proto;
 mod rcdump;
+mod relay;
 mod seed;
 mod stall;
 
@@ -60,6 +61,8 @@ enum Cmd {
     RcDump(rcdump::DumpArgs),
     /// Measure another session's delivery latency with and without a heavy reader beside it.
     Stall(stall::StallArgs),
+    /// Measure typing relay latency, on one host or across two peered hosts.
+    TypingRelay(relay::RelayArgs),
     /// One worker process of a run (started by `run`, which passes its options as JSON).
     #[command(hide = true)]
     Worker {
@@ -940,6 +943,12 @@ fn main() {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(stall::run(args)))
+            .map(|v| println!("{v}")),
+        Cmd::TypingRelay(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(relay::run(args)))
             .map(|v| println!("{v}")),
         Cmd::Worker { index, args_json } => serde_json::from_str(&args_json)
             .map_err(anyhow::Error::from)

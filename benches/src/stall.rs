@@ -50,13 +50,13 @@ fn sha256_hex(s: &str) -> String {
 }
 
 /// A minimal DDP client: one method call at a time, answering pings.
-struct Ddp {
+pub(crate) struct Ddp {
     ws: Ws,
     next: u64,
 }
 
 impl Ddp {
-    async fn login(addr: &str, user: &str, password: &str) -> anyhow::Result<(Self, String, String)> {
+    pub(crate) async fn login(addr: &str, user: &str, password: &str) -> anyhow::Result<(Self, String, String)> {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/websocket")).await?;
         let mut c = Self { ws, next: 0 };
         c.send(json!({"msg": "connect", "version": "1", "support": ["1"]}))
@@ -72,12 +72,12 @@ impl Ddp {
         Ok((c, uid, token))
     }
 
-    async fn send(&mut self, v: Value) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, v: Value) -> anyhow::Result<()> {
         self.ws.send(Message::text(v.to_string())).await?;
         Ok(())
     }
 
-    async fn frame(&mut self) -> anyhow::Result<Value> {
+    pub(crate) async fn frame(&mut self) -> anyhow::Result<Value> {
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => {
@@ -95,7 +95,7 @@ impl Ddp {
         }
     }
 
-    async fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         self.next += 1;
         let id = self.next.to_string();
         self.send(json!({"msg": "method", "method": method, "id": id, "params": params}))

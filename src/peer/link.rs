@@ -35,6 +35,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most bytes the writer gathers into one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Most presence entries one snapshot may hold (users connected to one host); more closes the link.
+const MAX_SNAPSHOT_ENTRIES: usize = 1_000_000;
 /// Frames the reader handles before it lets other tasks of the shard run.
 const READ_BURST: u32 = 64;
 
@@ -260,7 +262,7 @@ async fn read_loop(peers: &Peers, link: &LinkHandle, mut reader: ReadHalf<TcpStr
             Frame::Presence(list) => peers.on_presence(link, list),
             Frame::Snapshot { entries, last } => {
                 staged.extend(entries);
-                if staged.len() > 10_000_000 {
+                if staged.len() > MAX_SNAPSHOT_ENTRIES {
                     return Err(PeerError::Garbage("endless presence snapshot"));
                 }
                 if last {

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
@@ -15,9 +15,17 @@ use super::{Backend, StoreError, StoreResult};
 type Job = Box<dyn FnOnce(&dyn Backend) + Send>;
 
 enum Msg {
-    Run(Job),
+    /// A job and when it was queued.
+    Run(Job, Instant),
     Stop,
 }
+
+/// Under [`ReaderPriority::Idle`], a reader that picks up a job which waited this long (the CPU
+/// has had no idle time for it) runs at nice 10 until the queue is prompt again, so a saturated
+/// host slows reads down instead of starving them.
+const STARVED_AFTER: Duration = Duration::from_millis(20);
+/// ... and goes back to idle scheduling once jobs wait less than this.
+const PROMPT_UNDER: Duration = Duration::from_millis(1);
 
 /// How reader threads yield to the shards on a core they share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -26,12 +34,30 @@ pub enum ReaderPriority {
     /// `SCHED_IDLE`: a reader runs only when no shard (or other normal thread) wants the core,
     /// and a shard that wakes takes the core back at once. Measured: another session's p99
     /// delivery latency stays within 0.2 ms while a client pages through history (with nice 10
-    /// it rose by 0.4–5 ms). Under full CPU load reads wait for idle time.
+    /// it rose by 0.4–5 ms). When the CPU has no idle time for reads (jobs wait 20 ms), a reader
+    /// runs at nice 10 until jobs are prompt again, so reads slow down but never starve.
     #[default]
     Idle,
     /// Nice 10: readers get a smaller share of a busy core but are never starved; a waking shard
     /// can wait up to a scheduler slice behind a running reader.
     Nice,
+}
+
+/// Switches the calling thread to `SCHED_IDLE` (`idle`) or back to normal scheduling at nice
+/// 10. Returns whether the switch took effect.
+fn set_idle(idle: bool) -> bool {
+    // SAFETY: plain syscalls on the calling thread only; `param` outlives the call.
+    let rc = unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        if idle {
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+        } else {
+            let rc = libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            rc | libc::setpriority(libc::PRIO_PROCESS, tid, READER_NICE)
+        }
+    };
+    rc == 0
 }
 
 /// Nice value of reader threads under [`ReaderPriority::Nice`].
@@ -40,20 +66,7 @@ const READER_NICE: libc::c_int = 10;
 /// Lowers the calling thread's scheduling priority. Best effort: a failure leaves the default
 /// priority (and says so once per thread).
 fn lower_priority(priority: ReaderPriority) {
-    // SAFETY: plain syscalls on the calling thread only; `param` outlives the call.
-    let rc = unsafe {
-        match priority {
-            ReaderPriority::Idle => {
-                let param = libc::sched_param { sched_priority: 0 };
-                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
-            }
-            ReaderPriority::Nice => {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, READER_NICE)
-            }
-        }
-    };
-    if rc != 0 {
+    if !set_idle(priority == ReaderPriority::Idle) {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
             ?priority,
@@ -84,7 +97,17 @@ impl ReadPool {
                 .name(format!("chatd-reader-{i}"))
                 .spawn(move || {
                     lower_priority(priority);
-                    while let Ok(Msg::Run(job)) = rx.recv() {
+                    let mut idle = priority == ReaderPriority::Idle;
+                    while let Ok(Msg::Run(job, queued)) = rx.recv() {
+                        if priority == ReaderPriority::Idle {
+                            let waited = queued.elapsed();
+                            if idle && waited >= STARVED_AFTER {
+                                idle = !set_idle(false);
+                                tracing::debug!(?waited, "store reads starved of idle CPU: reader at nice 10");
+                            } else if !idle && waited < PROMPT_UNDER {
+                                idle = set_idle(true);
+                            }
+                        }
                         job(&*backend);
                     }
                 })
@@ -104,9 +127,12 @@ impl ReadPool {
         F: FnOnce(&dyn Backend) -> StoreResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let mut msg = Msg::Run(Box::new(move |b: &dyn Backend| {
-            let _ = reply.send(f(b));
-        }));
+        let mut msg = Msg::Run(
+            Box::new(move |b: &dyn Backend| {
+                let _ = reply.send(f(b));
+            }),
+            Instant::now(),
+        );
         loop {
             match self.tx.try_send(msg) {
                 Ok(()) => break,
