@@ -23,9 +23,8 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "test-cluster-secret-0123456789";
 
-/// The tests of this file run one at a time: each starts up to three chatd processes, and the
-/// locked memory every shard's io_uring needs is one budget for all processes of a user here
-/// (8 MiB: about seven two-shard processes at once).
+/// The tests of this file run one at a time: each starts up to three chatd processes (six shards
+/// and their store threads) on a machine that may have two cores.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {

@@ -24,6 +24,9 @@ use crate::{ShardStats, ShutdownHandle, ShutdownSignal};
 /// from the store's threads would wait that long).
 const PREEMPT_TIMER: Duration = Duration::from_millis(5);
 
+/// Period of the timer that keeps an executor awake while the shards connect.
+const JOIN_TICK: Duration = Duration::from_millis(2);
+
 /// How long `start` waits for every shard to come up before giving up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -187,6 +190,14 @@ impl ShardSet {
                 .spawn(move || async move {
                     // SAFETY: `fd` is a listening TCP socket whose ownership was released above.
                     let listener = unsafe { TcpListener::from_raw_fd(fd) };
+                    // While the mesh forms, a timer keeps this executor waking: glommio can lose
+                    // a cross-executor wake-up of an executor that sleeps (DataDog/glommio#261),
+                    // which left a start stuck here under load. Dropping the task cancels it.
+                    let ticker = glommio::spawn_local(async {
+                        loop {
+                            glommio::timer::sleep(JOIN_TICK).await;
+                        }
+                    });
                     let joined = future::or(
                         async { Some(futures_lite::future::zip(mesh.join(), lane.join()).await) },
                         async {
@@ -195,6 +206,7 @@ impl ShardSet {
                         },
                     )
                     .await;
+                    drop(ticker);
                     let Some((Ok((senders, receivers)), Ok((lane_senders, lane_receivers)))) = joined else {
                         return;
                     };
