@@ -1,8 +1,9 @@
 //! Host peering with real processes: three `chatd serve` on loopback (free ports), each with its
 //! own data directory imported from one Rocket.Chat dump built here, linked over their cluster
 //! ports. Typing crosses hosts, presence is cluster-wide and expires with a lost host, bad peers
-//! are refused, a typing flood stays bounded, and a partition (a relay between two hosts that
-//! stops passing bytes, then passes them again) converges.
+//! are refused, a typing flood stays bounded, and a partition converges: once through a relay
+//! between two hosts that stops passing bytes and then passes them again, and once between network
+//! namespaces whose veth link goes down and up (skipped, loudly, where namespaces cannot be made).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -532,4 +533,141 @@ fn a_partition_between_two_hosts_heals_and_presence_converges() {
     relay.open.store(true, Ordering::Relaxed);
     assert_eq!(next_status(&mut watch, BOB), 1);
     wait_until("A and B linked again", || metric(&a, "chatd_peer_links_up") == 1);
+}
+
+/// A network namespace joined to this one by a veth pair (`10.213.N.1` here, `10.213.N.2` there),
+/// removed on drop.
+struct Netns {
+    name: String,
+    here: String,
+    subnet: u32,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    match std::process::Command::new("ip").args(args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("ip: {e}")),
+    }
+}
+
+impl Netns {
+    /// `Err` when namespaces cannot be made here (no `ip`, no privilege).
+    fn create() -> Result<Self, String> {
+        let id = std::process::id() % 10_000;
+        let subnet = 1 + std::process::id() % 250;
+        let ns = Self {
+            name: format!("chatd-test-{id}"),
+            here: format!("vch{id}"),
+            subnet,
+        };
+        let there = format!("vcn{id}");
+        ip(&["netns", "add", &ns.name])?;
+        let addr_here = format!("{}/24", ns.addr(1));
+        let addr_there = format!("{}/24", ns.addr(2));
+        let steps: [&[&str]; 7] = [
+            &["link", "add", &ns.here, "type", "veth", "peer", "name", &there],
+            &["link", "set", &there, "netns", &ns.name],
+            &["addr", "add", &addr_here, "dev", &ns.here],
+            &["link", "set", &ns.here, "up"],
+            &[
+                "netns",
+                "exec",
+                &ns.name,
+                "ip",
+                "addr",
+                "add",
+                &addr_there,
+                "dev",
+                &there,
+            ],
+            &["netns", "exec", &ns.name, "ip", "link", "set", &there, "up"],
+            &["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            ip(step)?;
+        }
+        Ok(ns)
+    }
+
+    fn addr(&self, host: u32) -> String {
+        format!("10.213.{}.{host}", self.subnet)
+    }
+
+    /// Cuts (`false`) or restores (`true`) the link between the namespaces.
+    fn set_link(&self, up: bool) {
+        ip(&["link", "set", &self.here, if up { "up" } else { "down" }]).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.here]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[test]
+fn a_partition_between_network_namespaces_heals_and_presence_converges() {
+    let _serial = serial();
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!(
+                "\n*** SKIPPED: the network-namespace partition test needs `ip netns` and the privilege to \
+                 create namespaces: {why}. (The relay partition test still ran.) ***\n"
+            );
+            return;
+        }
+    };
+    let dump = build_dump();
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("fast.toml");
+    std::fs::write(&config, "[cluster]\nheartbeat_ms = 200\npeer_timeout_ms = 1000\n").unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let secret = [("CHATD_CLUSTER_SECRET", SECRET)];
+    // Host A here, its cluster port on the veth; host B inside the namespace.
+    let a_cluster_listen = format!("{}:0", ns.addr(1));
+    let a = ChatdProcess::serve_env(
+        &imported(dump.path(), root.path(), "a"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            &a_cluster_listen,
+            "--config",
+            &config,
+        ],
+        &secret,
+    )
+    .expect("A starts");
+    let a_cluster = cluster_addr(&a).to_string();
+    let b_listen = format!("{}:0", ns.addr(2));
+    let b = ChatdProcess::serve_via(
+        &["ip", "netns", "exec", &ns.name],
+        &imported(dump.path(), root.path(), "b"),
+        &["--listen", &b_listen, "--peer", &a_cluster, "--config", &config],
+        &secret,
+    )
+    .expect("B starts in its namespace");
+    wait_until("A and B linked across the namespaces", || {
+        metric(&a, "chatd_peer_links_up") == 1
+    });
+    let mut watch = watch_status(&a, "alice");
+    let _bob = login(&b, "bob");
+    assert_eq!(next_status(&mut watch, BOB), 1);
+
+    // Partition: the veth goes down; A stops hearing B and bob goes offline on A.
+    ns.set_link(false);
+    assert_eq!(next_status(&mut watch, BOB), 0);
+    // Heal: B dials A again; its snapshot brings bob (still connected to B) back online on A.
+    ns.set_link(true);
+    assert_eq!(next_status(&mut watch, BOB), 1);
+    wait_until("A and B linked again", || metric(&a, "chatd_peer_links_up") == 1);
+    drop(b);
+    drop(a);
 }

@@ -426,9 +426,28 @@ impl ChatdProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self, (Option<i32>, String)> {
+        Self::serve_via(&[], data_dir, extra, env)
+    }
+
+    /// Runs `chatd serve` through a wrapper command that ends by executing it (e.g. `ip netns
+    /// exec NS`), so the child is still chatd itself.
+    pub fn serve_via(
+        wrapper: &[&str],
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, (Option<i32>, String)> {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_chatd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_chatd")),
+        };
+        let mut child = command
             .arg("serve")
             .args(["--shards", "2", "--data-dir"])
             .arg(data_dir)
