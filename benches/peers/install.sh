@@ -14,8 +14,18 @@ apt-get install -y -qq --no-install-recommends \
 for svc in nginx redis-server nats-server; do
   (systemctl stop "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null || true)
 done
-pkill -x nginx 2>/dev/null || true
-pkill -x redis-server 2>/dev/null || true
+# Where no service manager runs, the packages' daemons may still be up: stop exactly those, by the
+# pid files the packages configure (never every nginx or redis on the machine).
+stop_by_pidfile() {
+  local file="$1" name="$2" pid
+  [ -f "$file" ] || return 0
+  pid="$(cat "$file")"
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then
+    kill "$pid" 2>/dev/null || true
+  fi
+}
+stop_by_pidfile /run/nginx.pid nginx
+stop_by_pidfile /run/redis/redis-server.pid redis-server
 command -v node >/dev/null || { echo "node is required (Node.js 20 on this machine)"; exit 1; }
 (cd socketio && npm install --no-audit --no-fund --loglevel=error)
 # Plotting for RESULTS.md figures.
