@@ -254,20 +254,24 @@ fn typing_and_presence_cross_hosts_and_survive_a_lost_host() {
     drop(dump);
 }
 
-/// A raw peer connection from the test: connect and send `bytes`, then see the host close it.
-fn closes_after(addr: SocketAddr, bytes: &[u8]) -> bool {
-    let mut s = TcpStream::connect(addr).unwrap();
+/// Reads until the host closes the connection: `true` if it did (EOF or reset) within the wait.
+fn closed_by_host(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(WAIT)).unwrap();
-    let _ = s.write_all(bytes);
     let mut sink = [0u8; 4096];
     loop {
         match s.read(&mut sink) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
         }
     }
+}
+
+/// A raw peer connection from the test: connect and send `bytes`, then see the host close it.
+fn closes_after(addr: SocketAddr, bytes: &[u8]) -> bool {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = s.write_all(bytes);
+    closed_by_host(&mut s)
 }
 
 fn framed(body: &[u8]) -> Vec<u8> {
@@ -344,14 +348,7 @@ fn bad_peers_are_refused_and_the_host_keeps_serving() {
     // An authenticated peer that then sends an oversized frame is cut off too.
     let mut s = authenticated_peer(a_cluster, SECRET);
     s.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
-    let mut sink = [0u8; 4096];
-    let closed = loop {
-        match s.read(&mut sink) {
-            Ok(0) => break true,
-            Ok(_) => continue,
-            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    };
+    let closed = closed_by_host(&mut s);
     assert!(closed, "oversized frame did not close the link");
 
     // A still serves chat.

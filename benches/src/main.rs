@@ -900,6 +900,14 @@ fn room_complete(report: &ConnReport, room_senders: &[u32], shared: &Shared) -> 
     })
 }
 
+/// Runs a one-client measurement on a current-thread runtime and prints its JSON result.
+fn print_json(measure: impl std::future::Future<Output = anyhow::Result<serde_json::Value>>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let v = rt.block_on(measure)?;
+    println!("{v}");
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
@@ -938,18 +946,8 @@ fn main() {
             Ok(())
         }),
         Cmd::RcDump(args) => rcdump::generate(&args),
-        Cmd::Stall(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(stall::run(args)))
-            .map(|v| println!("{v}")),
-        Cmd::TypingRelay(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(relay::run(args)))
-            .map(|v| println!("{v}")),
+        Cmd::Stall(args) => print_json(stall::run(args)),
+        Cmd::TypingRelay(args) => print_json(relay::run(args)),
         Cmd::Worker { index, args_json } => serde_json::from_str(&args_json)
             .map_err(anyhow::Error::from)
             .and_then(|args| worker(index, args)),

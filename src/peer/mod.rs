@@ -23,14 +23,14 @@ pub mod link;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatd_shards::{Mesh, ShardStats, ShutdownSignal};
 
-use crate::chat::presence::{Activity, Origin, PresenceOwner, Status};
+use crate::chat::presence::{Activity, Contribution, Origin, PresenceOwner, Status};
 use crate::chat::ShardMsg;
 use crate::config::Cluster;
 use crate::ids::RoomId;
@@ -174,9 +174,6 @@ fn status(s: WireStatus) -> Status {
         WireStatus::Busy => Status::Busy,
     }
 }
-
-/// A presence contribution in the owner's terms: (uid, username, name, connection, chosen, text).
-pub type Contribution = crate::chat::presence::Contribution;
 
 fn to_wire(c: &Contribution) -> PeerPresence {
     PeerPresence {
@@ -450,6 +447,3 @@ impl Peers {
         }
     }
 }
-
-/// A weak handle the presence owner keeps (the peers own the owner, not the other way round).
-pub type PeersRef = Weak<Peers>;
