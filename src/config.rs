@@ -14,8 +14,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Number of shards; 0 means one per online CPU.
     pub shards: usize,
-    /// Directory of the embedded store.
+    /// Directory of the embedded store; with MongoDB, where this host keeps its change-stream
+    /// position.
     pub data_dir: PathBuf,
+    pub store: StoreConfig,
     /// Pin shard i to CPU i.
     pub pin_cores: bool,
     pub limits: Limits,
@@ -36,6 +38,53 @@ pub struct Config {
     pub store_reader_priority: crate::store::ReaderPriority,
     /// Log filter (tracing EnvFilter syntax), overridden by `RUST_LOG`.
     pub log: String,
+}
+
+/// Which store backend holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// One redb file in `data_dir` (single host).
+    #[default]
+    Embedded,
+    /// A MongoDB replica set shared by every host of a cluster.
+    Mongodb,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: BackendKind,
+    /// The replica set's URL, e.g. `mongodb://db1,db2,db3/chatd?replicaSet=rs0` (the path names
+    /// the database; `chatd` when absent). `MONGO_URL` sets it and selects MongoDB.
+    pub mongo_url: Option<String>,
+    /// Seconds start-up waits for a usable MongoDB server before it gives up (exit code 3); also
+    /// how long an operation waits for one while running.
+    pub mongo_connect_timeout_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Embedded,
+            mongo_url: None,
+            mongo_connect_timeout_secs: 10,
+        }
+    }
+}
+
+/// The URL may hold a password: `Debug` shows only its hosts and database.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("backend", &self.backend)
+            .field(
+                "mongo_url",
+                &self.mongo_url.as_deref().map(crate::store::mongo::redacted_url),
+            )
+            .field("mongo_connect_timeout_secs", &self.mongo_connect_timeout_secs)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +235,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
             shards: 0,
             data_dir: PathBuf::from("./chatd-data"),
+            store: StoreConfig::default(),
             pin_cores: true,
             limits: Limits::default(),
             accounts: Accounts::default(),
@@ -307,7 +357,54 @@ impl Config {
         if self.accounts.token_ttl_days == 0 {
             return bad("accounts.token_ttl_days", "must be at least 1");
         }
+        self.validate_store()?;
         self.validate_cluster()
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let s = &self.store;
+        if s.backend != BackendKind::Mongodb {
+            return Ok(());
+        }
+        let Some(url) = &s.mongo_url else {
+            return Err(ConfigError::Invalid {
+                key: "store.mongo_url",
+                problem: "is required with store.backend = \"mongodb\" (or set MONGO_URL)".into(),
+            });
+        };
+        if let Err(e) = crate::store::mongo::validate_url(url) {
+            return Err(ConfigError::Invalid {
+                key: "store.mongo_url",
+                problem: format!("is not a usable MongoDB URL: {e}"),
+            });
+        }
+        if s.mongo_connect_timeout_secs == 0 || s.mongo_connect_timeout_secs > 600 {
+            return Err(ConfigError::Invalid {
+                key: "store.mongo_connect_timeout_secs",
+                problem: "must be between 1 and 600".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The MongoDB backend's options, when it is selected.
+    pub fn mongo_options(&self) -> Option<crate::store::mongo::MongoOptions> {
+        if self.store.backend != BackendKind::Mongodb {
+            return None;
+        }
+        let host = self
+            .cluster
+            .instance_ip
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| self.listen.to_string());
+        Some(crate::store::mongo::MongoOptions {
+            url: self.store.mongo_url.clone()?,
+            database: None,
+            connect_timeout: Duration::from_secs(self.store.mongo_connect_timeout_secs),
+            data_dir: self.data_dir.clone(),
+            host,
+        })
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {

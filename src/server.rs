@@ -15,7 +15,8 @@ use crate::chat::{ShardMsg, TAILER_SHARD};
 use crate::config::{Config, ConfigError};
 use crate::gateway::{self, ShardCtx};
 use crate::peer::{PeerStats, Peers};
-use crate::store::{EmbeddedStore, FeedReceiver, OpenError, Store, StoreError};
+use crate::store::mongo::{MongoOpenError, MongoStore};
+use crate::store::{Backend, EmbeddedStore, FeedReceiver, OpenError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -23,6 +24,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] OpenError),
+    #[error(transparent)]
+    Mongo(#[from] MongoOpenError),
     #[error("cannot start the store: {0}")]
     StoreStart(#[from] StoreError),
     #[error(transparent)]
@@ -49,6 +52,9 @@ struct ClusterStart {
     listener: Option<std::net::TcpListener>,
 }
 
+/// Reader threads at least, with MongoDB (each read waits on a network round trip).
+const MONGO_MIN_READERS: usize = 8;
+
 /// Raises the open-file limit to the hard limit (each connection is a file descriptor).
 pub fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -60,11 +66,15 @@ pub fn raise_fd_limit() {
 impl Server {
     pub fn start(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
-        let backend = EmbeddedStore::open(&config.data_dir)?;
-        let store = match Store::with_priority(backend.clone(), config.store_readers, config.store_reader_priority) {
+        let (backend, readers): (Arc<dyn Backend>, usize) = match config.mongo_options() {
+            // Reads wait on the network: more of them in flight.
+            Some(opts) => (MongoStore::open(&opts)?, config.store_readers.max(MONGO_MIN_READERS)),
+            None => (EmbeddedStore::open(&config.data_dir)?, config.store_readers),
+        };
+        let store = match Store::with_priority(backend.clone(), readers, config.store_reader_priority) {
             Ok(s) => s,
             Err(e) => {
-                crate::store::Backend::close(&*backend);
+                backend.close();
                 return Err(e.into());
             }
         };
@@ -165,9 +175,11 @@ impl Server {
             peers = c.peers.len(),
             "host peering on"
         );
-        tracing::warn!(
-            "host peering with the embedded store shares typing and presence only: messages are not shared between hosts without MongoDB"
-        );
+        if config.mongo_options().is_none() {
+            tracing::warn!(
+                "host peering with the embedded store shares typing and presence only: messages are not shared between hosts without MongoDB"
+            );
+        }
         Ok(Some(ClusterStart { host, name, listener }))
     }
 
@@ -217,6 +229,12 @@ impl Drop for Server {
     }
 }
 
+/// Close code when the change feed lost history: 1012 "service restart" (clients reconnect,
+/// log in again with their resume token and re-subscribe, then catch up with
+/// `loadMissedMessages` / history, as after any reconnect).
+pub const RELOAD_CLOSE_CODE: u16 = 1012;
+pub const RELOAD_CLOSE_REASON: &str = "change feed restarted: reconnect and reload";
+
 /// CPU shares of the ephemeral task queue (typing, peer links) against the default queue's 1000.
 const EPHEMERAL_SHARES: usize = 100;
 
@@ -244,6 +262,13 @@ async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Ta
         }
         match msg {
             ShardMsg::Changes { records, head } => hub.apply_changes(records, head),
+            ShardMsg::Reload => {
+                let sessions = hub.all_sessions();
+                tracing::warn!(sessions = sessions.len(), "change feed lost history: asking clients to reconnect and reload");
+                for s in sessions {
+                    s.out.close(CloseReason::new(RELOAD_CLOSE_CODE, RELOAD_CLOSE_REASON));
+                }
+            }
             ShardMsg::Ack { token } => hub.ack(token),
             ShardMsg::UserShard {
                 uid,

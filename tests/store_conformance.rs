@@ -1,14 +1,16 @@
 //! The store conformance suite: one set of tests of every write rule and every read, run
-//! against every backend through the backend-neutral [`Backend`] interface. Today that is the
-//! embedded store; a MongoDB backend joins [`backends`] when `CHATD_TEST_MONGO_URL` names a
-//! replica set (until that backend exists, the suite says loudly that it was not run there).
+//! against every backend through the backend-neutral [`Backend`] interface: the embedded store
+//! always, and the MongoDB backend when `CHATD_TEST_MONGO_URL` names a replica set (each test in
+//! a database of its own, dropped afterwards). Without it the suite says loudly that MongoDB
+//! was skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
 use chatd::ids::{MessageId, RoomId, UserId};
+use chatd::store::mongo::{MongoOptions, MongoStore};
 use chatd::store::{
-    Change, EmbeddedStore, HistoryQuery, LoginToken, Message, Room, RoomType, Store, StoreError, User, WriteOp,
+    Change, EmbeddedStore, FeedEntry, HistoryQuery, LoginToken, Message, Room, RoomType, Store, StoreError, User, WriteOp,
     WriteOutcome, WriteOutput, GENERAL_ROOM_ID, MAX_MESSAGE_CHARS,
 };
 
@@ -16,11 +18,15 @@ use chatd::store::{
 struct Under {
     name: &'static str,
     store: Store,
+    mongo: Option<std::sync::Arc<MongoStore>>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Under {
     fn drop(&mut self) {
+        if let Some(m) = &self.mongo {
+            m.drop_database().unwrap();
+        }
         self.store.close();
     }
 }
@@ -28,16 +34,35 @@ impl Drop for Under {
 fn backends() -> Vec<Under> {
     let dir = tempfile::tempdir().unwrap();
     let embedded = Store::new(EmbeddedStore::open(dir.path()).unwrap(), 1).unwrap();
-    if std::env::var_os("CHATD_TEST_MONGO_URL").is_some() {
-        eprintln!("NOT RUN: store conformance on MongoDB — chatd has no MongoDB backend yet (issue 9)");
-    } else {
-        eprintln!("SKIPPED: store conformance on MongoDB (CHATD_TEST_MONGO_URL is not set)");
-    }
-    vec![Under {
+    let mut out = vec![Under {
         name: "embedded",
         store: embedded,
+        mongo: None,
         _dir: dir,
-    }]
+    }];
+    match std::env::var("CHATD_TEST_MONGO_URL") {
+        Ok(url) if !url.is_empty() => {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = MongoOptions {
+                url,
+                database: Some(format!("chatd_test_{}", chatd::ids::random_id())),
+                connect_timeout: Duration::from_secs(10),
+                data_dir: dir.path().to_owned(),
+                host: "conformance".into(),
+            };
+            let mongo = MongoStore::open(&opts).unwrap();
+            out.push(Under {
+                name: "mongodb",
+                store: Store::new(mongo.clone(), 4).unwrap(),
+                mongo: Some(mongo),
+                _dir: dir,
+            });
+        }
+        _ => eprintln!(
+            "\n*** SKIPPED: store conformance on MongoDB — CHATD_TEST_MONGO_URL is not set (it must name a replica set) ***\n"
+        ),
+    }
+    out
 }
 
 fn each(test: impl Fn(&Store)) {
@@ -641,10 +666,13 @@ fn the_change_feed_carries_every_change_in_order_after_its_write() {
         // The feed starts at the head at open: here, everything this test wrote.
         let kinds: Vec<&str> = changes
             .iter()
-            .map(|c| match &c.record.as_ref().unwrap().change {
-                Change::MemberAdded { .. } => "member",
-                Change::MessageCreated { .. } => "message",
-                _ => "other",
+            .map(|c| match &c.entry {
+                FeedEntry::Change(rec) => match rec.change {
+                    Change::MemberAdded { .. } => "member",
+                    Change::MessageCreated { .. } => "message",
+                    _ => "other",
+                },
+                _ => "not a change",
             })
             .collect();
         assert_eq!(kinds, ["member", "member", "message"], "{}", under.name);

@@ -50,6 +50,9 @@ pub enum ShardMsg {
     },
     /// Presence owner → every shard: a batch of presence transitions, in order.
     Presence(Arc<Vec<PresenceUpdate>>),
+    /// Tailer → every shard: the change feed lost changes; every local client must reconnect
+    /// and reload what it shows.
+    Reload,
     /// Ephemeral lane, any shard → every shard: a typing / activity notice (dropped when the lane
     /// is full).
     Activity(Arc<Activity>),

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use super::presence::PresenceOwner;
 use super::ShardMsg;
 use crate::ids::{RoomId, UserId};
-use crate::store::{Change, ChangeRecord, FeedItem, FeedReceiver, Mark, Store, StoreError};
+use crate::store::{Change, ChangeRecord, FeedEntry, FeedItem, FeedReceiver, Mark, Store, StoreError};
 
 #[derive(Default)]
 struct Routing {
@@ -97,6 +97,7 @@ fn mask(bits: impl Iterator<Item = bool>) -> u64 {
 }
 
 pub struct Tailer {
+    store: Store,
     mesh: Rc<Mesh<ShardMsg>>,
     nr_shards: usize,
     stats: Arc<ShardStats>,
@@ -119,11 +120,10 @@ impl Tailer {
     ) -> Result<Self, StoreError> {
         let nr_shards = mesh.nr_shards();
         let mut routing = Routing::default();
-        for (rid, uid) in store.all_memberships().await? {
-            routing.user_rooms.entry(uid).or_default().insert(rid);
-        }
+        Self::load_memberships(&store, &mut routing).await?;
         Ok(Self {
-            presence: PresenceOwner::new(store, mesh.clone()),
+            presence: PresenceOwner::new(store.clone(), mesh.clone()),
+            store,
             mesh,
             nr_shards,
             stats,
@@ -131,6 +131,41 @@ impl Tailer {
             position: Cell::new(position),
             bad_records: Cell::new(0),
         })
+    }
+
+    async fn load_memberships(store: &Store, routing: &mut Routing) -> Result<(), StoreError> {
+        routing.user_rooms.clear();
+        for (rid, uid) in store.all_memberships().await? {
+            routing.user_rooms.entry(uid).or_default().insert(rid);
+        }
+        Ok(())
+    }
+
+    /// The feed lost changes: membership changes among them are unknown, so routing is loaded
+    /// again (users' shards are kept), and every shard tells its clients to reconnect and reload.
+    async fn history_lost(&self) {
+        let mut fresh = Routing::default();
+        match Self::load_memberships(&self.store, &mut fresh).await {
+            Ok(()) => {
+                let mut r = self.routing.borrow_mut();
+                let user_shards = std::mem::take(&mut r.user_shards);
+                *r = fresh;
+                let nr = self.nr_shards;
+                for (uid, counts) in user_shards {
+                    for (shard, n) in counts.iter().enumerate() {
+                        for _ in 0..(*n).max(0) {
+                            r.user_shard(&uid, shard, true, nr);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reload memberships after the feed lost history"),
+        }
+        for shard in 0..self.nr_shards {
+            if self.mesh.send_to(shard, ShardMsg::Reload).await.is_err() {
+                tracing::debug!(shard, "shard gone; reload not delivered there");
+            }
+        }
     }
 
     /// The host-level presence owner (it lives on the tailer shard).
@@ -187,14 +222,21 @@ impl Tailer {
     /// that care, and the mark reached to every shard (so waiting writers are released).
     async fn distribute(&self, batch: Vec<FeedItem>) {
         let mut per_shard: Vec<Vec<Arc<ChangeRecord>>> = (0..self.nr_shards).map(|_| Vec::new()).collect();
+        let mut last_position = None;
+        let mut lost = false;
         for item in batch {
-            self.position.set(item.mark);
-            let rec = match item.record {
-                Ok(rec) => rec,
-                Err(e) => {
+            self.position.set(self.position.get().max(item.mark));
+            last_position = Some(item.position);
+            let rec = match item.entry {
+                FeedEntry::Change(rec) => rec,
+                FeedEntry::Undecodable(e) => {
                     self.bad_records.set(self.bad_records.get() + 1);
                     ShardStats::add(&self.stats.dropped, 1);
                     tracing::error!(mark = item.mark, error = %e, "change record failed to decode; skipped");
+                    continue;
+                }
+                FeedEntry::HistoryLost => {
+                    lost = true;
                     continue;
                 }
             };
@@ -215,6 +257,12 @@ impl Tailer {
             {
                 tracing::debug!(shard, "shard gone; changes not delivered there");
             }
+        }
+        if lost {
+            self.history_lost().await;
+        }
+        if let Some(position) = last_position {
+            self.store.delivered(position);
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod model;
+pub mod mongo;
 mod pool;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,13 +96,24 @@ impl FeedPosition {
     }
 }
 
-/// One change read from a feed, decoded on the feed thread. A record that failed to decode
-/// keeps its slot (with the reason) so the tailer counts and logs it and moves past it.
+/// One entry read from a feed, decoded on the feed thread (or the backend's feed task).
 #[derive(Debug)]
 pub struct FeedItem {
     pub mark: Mark,
+    /// Where the feed stands after this entry (empty: nowhere to resume from).
     pub position: FeedPosition,
-    pub record: Result<Arc<ChangeRecord>, String>,
+    pub entry: FeedEntry,
+}
+
+#[derive(Debug)]
+pub enum FeedEntry {
+    Change(Arc<ChangeRecord>),
+    /// A record that failed to decode keeps its slot (with the reason) so the tailer counts and
+    /// logs it and moves past it.
+    Undecodable(String),
+    /// The feed lost changes (MongoDB: the resume point left the oplog) and goes on from now:
+    /// every connected client must reconnect and reload.
+    HistoryLost,
 }
 
 /// A backend's ordered change feed. Runs on the feed thread only.
@@ -109,6 +121,30 @@ pub trait ChangeFeed: Send {
     /// Up to `max` changes after the current position, oldest first, waiting up to `wait` for
     /// the first one. Advances the position past what it returns.
     fn next_batch(&mut self, max: usize, wait: Duration) -> StoreResult<Vec<FeedItem>>;
+
+    /// Records that everything up to `position` has been handed to the shards, so a restart
+    /// resumes after it (backends whose feed starts at the head at open keep nothing).
+    fn persist(&mut self, _position: &FeedPosition) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+/// How a backend is doing, for `/health` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct BackendStatus {
+    pub backend: &'static str,
+    /// The store answers (always, for the embedded store).
+    pub reachable: bool,
+    /// Why it does not.
+    pub error: Option<String>,
+    /// The change feed is open (always, for the embedded store).
+    pub feed_open: bool,
+    /// Milliseconds between the last change's commit and its arrival at the tailer.
+    pub feed_lag_ms: u64,
+    pub feed_events: u64,
+    pub feed_bad_events: u64,
+    pub feed_history_lost: u64,
+    pub feed_resumes: u64,
 }
 
 /// A write request for a backend's writer.
@@ -159,8 +195,23 @@ pub trait Backend: Send + Sync + 'static {
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError>;
     /// Mark of the newest durable write.
     fn head(&self) -> Mark;
-    /// The change feed, positioned at the head now. Taken once (later calls: `None`).
+    /// The change feed, positioned at the head when the store opened (or where this host's
+    /// feed last stopped, for backends that persist it). Taken once (later calls: `None`).
     fn take_feed(&self) -> Option<Box<dyn ChangeFeed>>;
+    /// Roughly how many seconds of writes separate two marks (health checks compare the head
+    /// with what shards applied). Embedded marks count changes, not time: one change = one
+    /// "second" there, so 10,000 behind reads as far behind.
+    fn marks_apart_seconds(&self, newer: Mark, older: Mark) -> u64 {
+        newer.saturating_sub(older) / 1000
+    }
+    fn status(&self) -> BackendStatus {
+        BackendStatus {
+            backend: "embedded",
+            reachable: true,
+            feed_open: true,
+            ..BackendStatus::default()
+        }
+    }
     /// Stops the writer after every queued request, and waits for it.
     fn close(&self);
 }
@@ -297,6 +348,27 @@ pub struct Store {
 struct FeedThread {
     stop: AtomicBool,
     handle: Mutex<Option<JoinHandle<()>>>,
+    /// The newest position the tailer has handed to the shards, not yet persisted. Written by
+    /// the tailer shard only, taken by the feed thread.
+    delivered: Mutex<Option<FeedPosition>>,
+}
+
+/// How often the feed thread persists the delivered position (at most).
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+impl FeedThread {
+    /// Persists the newest delivered position, if any (a failure is logged and retried later).
+    fn persist(&self, feed: &mut dyn ChangeFeed) {
+        let pending = self.delivered.lock().ok().and_then(|mut p| p.take());
+        if let Some(position) = pending {
+            if let Err(e) = feed.persist(&position) {
+                tracing::warn!(error = %e, "cannot persist the change feed's position; will retry");
+                if let Ok(mut slot) = self.delivered.lock() {
+                    slot.get_or_insert(position);
+                }
+            }
+        }
+    }
 }
 
 /// The tailer's end of the feed: decoded batches, in order.
@@ -381,7 +453,12 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("chatd-feed".into())
             .spawn(move || {
+                let mut persisted_at = std::time::Instant::now();
                 while !state.stop.load(Ordering::Acquire) {
+                    if persisted_at.elapsed() >= PERSIST_EVERY {
+                        persisted_at = std::time::Instant::now();
+                        state.persist(&mut *feed);
+                    }
                     let batch = match feed.next_batch(FEED_BATCH, FEED_WAIT) {
                         Ok(b) => b,
                         Err(e) => {
@@ -397,6 +474,7 @@ impl Store {
                         break;
                     }
                 }
+                state.persist(&mut *feed);
                 tracing::debug!("feed thread stopped");
             })
             .map_err(|e| StoreError::Failed(format!("cannot start the feed thread: {e}")))?;
@@ -404,6 +482,24 @@ impl Store {
             *h = Some(handle);
         }
         Ok(rx)
+    }
+
+    /// Records that the tailer has handed every change up to `position` to the shards (tailer
+    /// shard only; the feed thread persists it within [`PERSIST_EVERY`]).
+    pub fn delivered(&self, position: FeedPosition) {
+        if let Ok(mut slot) = self.feed_thread.delivered.lock() {
+            *slot = Some(position);
+        }
+    }
+
+    /// How the backend is doing.
+    pub fn status(&self) -> BackendStatus {
+        self.backend.status()
+    }
+
+    /// See [`Backend::marks_apart_seconds`].
+    pub fn marks_apart_seconds(&self, newer: Mark, older: Mark) -> u64 {
+        self.backend.marks_apart_seconds(newer, older)
     }
 
     /// Stops the feed thread, the readers and the writer (in that order) and waits for them.

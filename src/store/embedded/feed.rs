@@ -7,7 +7,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use redb::Database;
 
-use crate::store::{ChangeFeed, FeedItem, FeedPosition, StoreResult};
+use crate::store::{ChangeFeed, FeedEntry, FeedItem, FeedPosition, StoreResult};
 
 pub struct EmbeddedFeed {
     db: Arc<Database>,
@@ -36,7 +36,10 @@ impl EmbeddedFeed {
             out.push(FeedItem {
                 mark: seq,
                 position: FeedPosition::from_seq(seq),
-                record: record.map(Arc::new).map_err(|e| e.to_string()),
+                entry: match record {
+                    Ok(r) => FeedEntry::Change(Arc::new(r)),
+                    Err(e) => FeedEntry::Undecodable(e.to_string()),
+                },
             });
         }
         Ok(out)

@@ -1,0 +1,653 @@
+//! The MongoDB backend: chatd hosts sharing one replica set.
+//!
+//! Threads: the driver lives on the store's own tokio runtime ("chatd-mongo-N" workers), which
+//! also runs the change-stream task ([`feed::follow`]) and a reachability probe. Shards never
+//! run tokio: they reach the backend over the same bounded queues as the embedded store's — the
+//! writer thread ("chatd-mongo-writer", fed by a bounded crossbeam channel) and the reader pool —
+//! and those plain threads block on the runtime for each driver call.
+//!
+//! Writes: the writer applies a group of requests with the shared chat rules inside one
+//! multi-document transaction (write concern `w: majority, j: true`), retrying transient
+//! transaction errors; a client's write is acknowledged only after the commit. Each change is
+//! also inserted into the change-log collection in the same transaction; every host's tailer
+//! follows those inserts through one change stream, and a write's mark is its commit's operation
+//! time, compared with the cluster time of the changes a shard has applied.
+
+pub mod convert;
+pub mod feed;
+mod reads;
+pub mod schema;
+mod txn;
+
+use std::future::IntoFuture;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mongodb::bson::{doc, Document, Timestamp};
+use mongodb::error::{ErrorKind, WriteFailure, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, ConnectionString, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
+};
+use mongodb::{Client, ClientSession, Database};
+use rand::Rng;
+use tokio::runtime::Handle;
+
+use super::{
+    Backend, BackendStatus, ChangeFeed, Mark, StoreError, StoreResult, SubmitError, WriteOutcome, WriteRequest,
+    WRITE_QUEUE_CAPACITY,
+};
+use crate::app::rules::{self, GENERAL_ROOM_ID};
+use crate::ids::{now_ms, MessageId, RoomId, UserId};
+use feed::{DriverIo, FeedStats, MongoFeed, Start, TokenFile};
+use reads::Reads;
+use txn::MongoTxn;
+
+/// Most requests applied in one transaction.
+pub const MAX_GROUP: usize = 64;
+/// How long a majority write may wait for replication before it reports an unknown outcome
+/// (the write may still land; clients re-send with the same id, which is idempotent).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of a transaction that failed with a transient error (write conflicts between
+/// hosts, elections) before its requests fail.
+const TRANSIENT_ATTEMPTS: u32 = 8;
+/// Commit retries when the outcome of a commit is unknown.
+const COMMIT_ATTEMPTS: u32 = 3;
+/// Between reachability probes.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Driver worker threads.
+const RUNTIME_THREADS: usize = 2;
+
+/// What the backend needs to start.
+#[derive(Clone)]
+pub struct MongoOptions {
+    pub url: String,
+    /// The database; when `None`, the URL's path names it (`chatd` when that is empty too).
+    pub database: Option<String>,
+    /// Start-up gives up after this long without a usable server (exit code 3); also the
+    /// driver's server-selection timeout for every operation later.
+    pub connect_timeout: Duration,
+    /// Where this host keeps its change-stream position.
+    pub data_dir: PathBuf,
+    /// This host's name, recorded with each change it writes.
+    pub host: String,
+}
+
+impl std::fmt::Debug for MongoOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoOptions")
+            .field("url", &redacted_url(&self.url))
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MongoOpenError {
+    #[error("invalid MongoDB URL: {0}")]
+    Url(String),
+    #[error("MongoDB at {at} is unreachable: {reason}")]
+    Unreachable { at: String, reason: String },
+    #[error("MongoDB at {at} is not a replica set: chatd follows change streams, which need one (a one-member replica set is enough: rs.initiate())")]
+    NotReplicaSet { at: String },
+    #[error("MongoDB at {at}: {reason}")]
+    Failed { at: String, reason: String },
+}
+
+/// A URL's hosts and database, without credentials or options (safe to log).
+pub fn redacted_url(url: &str) -> String {
+    match ConnectionString::parse(url) {
+        Ok(cs) => {
+            let hosts: Vec<String> = cs.host_info_hosts().unwrap_or_default();
+            format!(
+                "mongodb://{}/{}",
+                hosts.join(","),
+                cs.default_database.as_deref().unwrap_or("")
+            )
+        }
+        Err(_) => "(invalid URL)".into(),
+    }
+}
+
+trait HostInfo {
+    fn host_info_hosts(&self) -> Option<Vec<String>>;
+}
+
+impl HostInfo for ConnectionString {
+    fn host_info_hosts(&self) -> Option<Vec<String>> {
+        match &self.host_info {
+            mongodb::options::HostInfo::HostIdentifiers(hosts) => Some(hosts.iter().map(|h| h.to_string()).collect()),
+            mongodb::options::HostInfo::DnsRecord(name) => Some(vec![format!("srv:{name}")]),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a URL's syntax (no I/O): `--check-config`.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    ConnectionString::parse(url).map(|_| ()).map_err(|e| describe(&e))
+}
+
+/// The server's error code, where the error carries one.
+pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|w| w.first().map(|w| w.code))
+            .or_else(|| m.write_concern_error.as_ref().map(|w| w.code)),
+        _ => None,
+    }
+}
+
+/// A short description of a driver error (its kind, without the server's whole reply).
+pub fn describe(e: &mongodb::error::Error) -> String {
+    let text = e.kind.to_string();
+    match text.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+fn majority_journaled() -> WriteConcern {
+    WriteConcern::builder()
+        .w(Acknowledgment::Majority)
+        .journal(true)
+        .w_timeout(WRITE_TIMEOUT)
+        .build()
+}
+
+enum Request {
+    Write(WriteRequest),
+    Stop,
+}
+
+/// Whether MongoDB answered lately (the probe) — `/health` turns unhealthy when not.
+#[derive(Default)]
+struct Reachability {
+    up: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+pub struct MongoStore {
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    rt: Handle,
+    client: Client,
+    reads: Reads,
+    tx: Sender<Request>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Mark of the newest commit this host made.
+    head: Arc<AtomicU64>,
+    feed_start: Mutex<Option<(Start, TokenFile)>>,
+    feed_stats: Arc<FeedStats>,
+    reach: Arc<Reachability>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// What start-up learned about the server.
+struct Connected {
+    client: Client,
+    db: Database,
+    /// The cluster time when the store opened: the feed starts there unless it resumes.
+    opened_at: Option<Timestamp>,
+}
+
+async fn connect(url: String, database: Option<String>, timeout: Duration) -> Result<Connected, MongoOpenError> {
+    let at = redacted_url(&url);
+    let mut o = ClientOptions::parse(&url)
+        .await
+        .map_err(|e| MongoOpenError::Url(describe(&e)))?;
+    o.app_name = Some("chatd".into());
+    o.server_selection_timeout = Some(timeout);
+    o.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
+    o.write_concern = Some(majority_journaled());
+    o.read_concern = Some(ReadConcern::majority());
+    o.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+    let name = database
+        .or_else(|| o.default_database.clone())
+        .unwrap_or_else(|| "chatd".into());
+    let client = Client::with_options(o).map_err(|e| MongoOpenError::Url(describe(&e)))?;
+    let db = client.database(&name);
+    let hello = db
+        .run_command(doc! {"hello": 1})
+        .await
+        .map_err(|e| MongoOpenError::Unreachable {
+            at: at.clone(),
+            reason: describe(&e),
+        })?;
+    if hello.get_str("setName").is_err() && hello.get_str("msg").ok() != Some("isdbgrid") {
+        return Err(MongoOpenError::NotReplicaSet { at });
+    }
+    let failed = |e: mongodb::error::Error| MongoOpenError::Failed {
+        at: at.clone(),
+        reason: describe(&e),
+    };
+    schema::ensure(&db).await.map_err(failed)?;
+    bootstrap_general(&db).await.map_err(failed)?;
+    // A majority read in a causally consistent session: its operation time is a cluster time
+    // every change committed before now is at or below.
+    let mut session = client.start_session().await.map_err(failed)?;
+    db.collection::<Document>(schema::ROOMS)
+        .find_one(doc! {"_id": GENERAL_ROOM_ID})
+        .session(&mut session)
+        .await
+        .map_err(failed)?;
+    let opened_at = session.operation_time();
+    Ok(Connected { client, db, opened_at })
+}
+
+/// Creates the GENERAL channel when missing (several hosts may race: the loser's upsert finds it).
+async fn bootstrap_general(db: &Database) -> mongodb::error::Result<()> {
+    let room = rules::general_room(now_ms());
+    let mut fields = match schema::room_doc(&room, true) {
+        Ok(d) => d,
+        Err(e) => return Err(mongodb::error::Error::custom(e.to_string())),
+    };
+    fields.remove("_id");
+    let result = db
+        .collection::<Document>(schema::ROOMS)
+        .update_one(doc! {"_id": GENERAL_ROOM_ID}, doc! {"$setOnInsert": fields})
+        .upsert(true)
+        .await;
+    match result {
+        Err(e) if error_code(&e) == Some(schema::DUPLICATE_KEY) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+impl MongoStore {
+    /// Connects (giving up after `connect_timeout`), creates what is missing, and starts the
+    /// writer thread and the reachability probe. The change stream starts when the feed is taken.
+    pub fn open(opts: &MongoOptions) -> Result<Arc<Self>, MongoOpenError> {
+        let at = redacted_url(&opts.url);
+        let failed = |reason: String| MongoOpenError::Failed { at: at.clone(), reason };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name("chatd-mongo")
+            .enable_all()
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        let rt = runtime.handle().clone();
+        // The driver's own timeouts bound the attempt; the outer one is a backstop. The work is
+        // spawned and only the join handle is timed out (never a driver future).
+        let task = rt.spawn(connect(opts.url.clone(), opts.database.clone(), opts.connect_timeout));
+        let joined = rt.block_on(async {
+            tokio::time::timeout(opts.connect_timeout + Duration::from_secs(2), task).await
+        });
+        let connected = match joined {
+            Ok(Ok(Ok(c))) => c,
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => {
+                return Err(MongoOpenError::Unreachable {
+                    at,
+                    reason: format!("no answer within {:?}", opts.connect_timeout),
+                })
+            }
+        };
+        let Connected { client, db, opened_at } = connected;
+        let file = TokenFile::new(&opts.data_dir, db.name());
+        if let Err(e) = std::fs::create_dir_all(&opts.data_dir) {
+            return Err(failed(format!("data directory {}: {e}", opts.data_dir.display())));
+        }
+        let start = match file.load() {
+            Some(token) => Start::After(token),
+            None => opened_at.map_or(Start::Now, Start::At),
+        };
+        let head = Arc::new(AtomicU64::new(opened_at.map_or(0, convert::mark_of)));
+        let (tx, rx) = crossbeam_channel::bounded(WRITE_QUEUE_CAPACITY);
+        let writer = Writer {
+            rt: rt.clone(),
+            client: client.clone(),
+            db: db.clone(),
+            host: opts.host.clone(),
+            head: head.clone(),
+            session: None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("chatd-mongo-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| failed(e.to_string()))?;
+        let reach = Arc::new(Reachability::default());
+        reach.up.store(true, Ordering::Release);
+        let stopping = Arc::new(AtomicBool::new(false));
+        rt.spawn(probe(db.clone(), reach.clone(), stopping.clone()));
+        tracing::info!(at = %at, database = db.name(), "MongoDB store open");
+        Ok(Arc::new(Self {
+            runtime: Mutex::new(Some(runtime)),
+            reads: Reads { rt: rt.clone(), db },
+            rt,
+            client,
+            tx,
+            writer: Mutex::new(Some(writer)),
+            head,
+            feed_start: Mutex::new(Some((start, file))),
+            feed_stats: Arc::new(FeedStats::default()),
+            reach,
+            stopping,
+        }))
+    }
+}
+
+/// Pings the server every [`PROBE_EVERY`] (each ping bounded by the server-selection timeout).
+async fn probe(db: Database, reach: Arc<Reachability>, stopping: Arc<AtomicBool>) {
+    while !stopping.load(Ordering::Acquire) {
+        let result = db.run_command(doc! {"ping": 1}).await;
+        let was = reach.up.swap(result.is_ok(), Ordering::AcqRel);
+        match result {
+            Ok(_) if !was => tracing::info!("MongoDB reachable again"),
+            Err(e) => {
+                let text = describe(&e);
+                if was {
+                    tracing::error!(error = %text, "MongoDB unreachable");
+                }
+                if let Ok(mut slot) = reach.error.lock() {
+                    *slot = Some(text);
+                }
+            }
+            Ok(_) => {}
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    rt: Handle,
+    client: Client,
+    db: Database,
+    host: String,
+    head: Arc<AtomicU64>,
+    /// Made on first use, and again after a failure that may have broken it.
+    session: Option<ClientSession>,
+}
+
+/// How one attempt at a group ended.
+enum Attempt {
+    Done(Vec<StoreResult<WriteOutcome>>),
+    /// A driver error: the transaction is aborted.
+    Failed(mongodb::error::Error),
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Request>) {
+        let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP);
+        let mut stop = false;
+        while !stop {
+            let Ok(first) = rx.recv() else { break };
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Write(w) => batch.push(w),
+                    Request::Stop => stop = true,
+                }
+                if batch.len() < MAX_GROUP && !stop {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let results = self.commit_group(&batch);
+            for (req, result) in batch.drain(..).zip(results) {
+                let _ = req.reply.send(result);
+            }
+        }
+        tracing::debug!("MongoDB writer stopped");
+    }
+
+    /// Applies `batch` in one transaction, retrying transient failures; when a group fails
+    /// otherwise (e.g. a unique index refused one request), each request is tried alone.
+    fn commit_group(&mut self, batch: &[WriteRequest]) -> Vec<StoreResult<WriteOutcome>> {
+        match self.with_retries(batch) {
+            Ok(results) => results,
+            Err(e) if batch.len() > 1 && error_code(&e) == Some(schema::DUPLICATE_KEY) => {
+                batch.iter().flat_map(|r| self.commit_group(std::slice::from_ref(r))).collect()
+            }
+            Err(e) => {
+                let failure = StoreError::Failed(describe(&e));
+                tracing::error!(error = %failure, requests = batch.len(), "MongoDB transaction failed; requests rejected");
+                batch.iter().map(|_| Err(failure.clone())).collect()
+            }
+        }
+    }
+
+    fn with_retries(&mut self, batch: &[WriteRequest]) -> Result<Vec<StoreResult<WriteOutcome>>, mongodb::error::Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.attempt(batch) {
+                Attempt::Done(results) => return Ok(results),
+                Attempt::Failed(e) => e,
+            };
+            // A duplicate key on a lone request: another host just wrote the same unique name;
+            // once more, the rules see it and refuse cleanly.
+            let again = error.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                || (batch.len() == 1 && error_code(&error) == Some(schema::DUPLICATE_KEY) && attempt < 3);
+            if !again || attempt >= TRANSIENT_ATTEMPTS {
+                return Err(error);
+            }
+            let pause = Duration::from_millis(rand::thread_rng().gen_range(1..=(5u64 << attempt.min(6))));
+            std::thread::sleep(pause);
+        }
+    }
+
+    fn session(&mut self) -> Result<&mut ClientSession, mongodb::error::Error> {
+        if self.session.is_none() {
+            let client = self.client.clone();
+            self.session = Some(self.rt.block_on(async move { client.start_session().await })?);
+        }
+        match self.session.as_mut() {
+            Some(s) => Ok(s),
+            None => Err(mongodb::error::Error::custom("no session")),
+        }
+    }
+
+    fn attempt(&mut self, batch: &[WriteRequest]) -> Attempt {
+        let rt = self.rt.clone();
+        let db = self.db.clone();
+        let host = self.host.clone();
+        let session = match self.session() {
+            Ok(s) => s,
+            Err(e) => return Attempt::Failed(e),
+        };
+        let started = rt.block_on(
+            session
+                .start_transaction()
+                .read_concern(ReadConcern::snapshot())
+                .write_concern(majority_journaled())
+                .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+                .into_future(),
+        );
+        if let Err(e) = started {
+            self.session = None;
+            return Attempt::Failed(e);
+        }
+        let now = now_ms();
+        let mut outputs = Vec::with_capacity(batch.len());
+        let failure = {
+            let mut t = MongoTxn::new(&rt, &db, session, &host, now);
+            let mut failure = None;
+            for req in batch {
+                let before = t.pushed;
+                match rules::apply(&mut t, req.op.clone(), now) {
+                    Ok(output) => outputs.push(Ok((output, t.pushed > before))),
+                    // A refused request wrote nothing (the rules check before writing).
+                    Err(e @ StoreError::Rejected { .. }) => outputs.push(Err(e)),
+                    Err(e) => {
+                        failure = Some(
+                            t.last_error
+                                .borrow_mut()
+                                .take()
+                                .unwrap_or_else(|| mongodb::error::Error::custom(e.to_string())),
+                        );
+                        break;
+                    }
+                }
+            }
+            failure
+        };
+        if let Some(e) = failure {
+            let _ = rt.block_on(session.abort_transaction().into_future());
+            return Attempt::Failed(e);
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match rt.block_on(session.commit_transaction().into_future()) {
+                Ok(()) => break,
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < COMMIT_ATTEMPTS => continue,
+                Err(e) => {
+                    let _ = rt.block_on(session.abort_transaction().into_future());
+                    return Attempt::Failed(e);
+                }
+            }
+        }
+        let mark = session.operation_time().map_or(0, convert::mark_of);
+        self.head.fetch_max(mark, Ordering::AcqRel);
+        Attempt::Done(
+            outputs
+                .into_iter()
+                .map(|r| {
+                    r.map(|(output, changed)| WriteOutcome {
+                        output,
+                        // Nothing to wait for when the write changed nothing the feed carries.
+                        mark: if changed { mark } else { 0 },
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+impl MongoStore {
+    /// Drops chatd's database (tests and tooling; never called by the server).
+    pub fn drop_database(&self) -> StoreResult<()> {
+        let db = self.reads.db.clone();
+        self.rt
+            .block_on(db.drop().into_future())
+            .map_err(|e| StoreError::Failed(describe(&e)))
+    }
+}
+
+impl Backend for MongoStore {
+    fn user(&self, uid: &UserId) -> StoreResult<Option<super::User>> {
+        self.reads.user(uid)
+    }
+    fn users(&self, uids: &[UserId]) -> StoreResult<Vec<super::User>> {
+        self.reads.users(uids)
+    }
+    fn user_by_username(&self, username: &str) -> StoreResult<Option<super::User>> {
+        self.reads.user_by_username(username)
+    }
+    fn user_by_email(&self, email: &str) -> StoreResult<Option<super::User>> {
+        self.reads.user_by_email(email)
+    }
+    fn user_by_token_hash(&self, token_hash: &str, now: i64) -> StoreResult<Option<(super::User, super::LoginToken)>> {
+        self.reads.user_by_token_hash(token_hash, now)
+    }
+    fn room(&self, rid: &RoomId) -> StoreResult<Option<super::Room>> {
+        self.reads.room(rid)
+    }
+    fn room_by_name(&self, name: &str) -> StoreResult<Option<super::Room>> {
+        self.reads.room_by_name(name)
+    }
+    fn subscription(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<super::Subscription>> {
+        self.reads.subscription(uid, rid)
+    }
+    fn subscriptions_of(&self, uid: &UserId) -> StoreResult<Vec<(super::Subscription, super::Room)>> {
+        self.reads.subscriptions_of(uid)
+    }
+    fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>> {
+        self.reads.members(rid)
+    }
+    fn all_memberships(&self) -> StoreResult<Vec<(RoomId, UserId)>> {
+        self.reads.all_memberships()
+    }
+    fn channels_page(&self, offset: usize, count: usize) -> StoreResult<(Vec<super::Room>, u64)> {
+        self.reads.channels_page(offset, count)
+    }
+    fn message(&self, mid: &MessageId) -> StoreResult<Option<super::Message>> {
+        self.reads.message(mid)
+    }
+    fn history(&self, rid: &RoomId, q: &super::HistoryQuery) -> StoreResult<(Vec<super::Message>, u64)> {
+        self.reads.history(rid, q)
+    }
+    fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)> {
+        self.reads.memberships_of(uid)
+    }
+
+    fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError> {
+        match self.tx.try_send(Request::Write(req)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Request::Write(req))) => Err(SubmitError::Full(req)),
+            Err(_) => Err(SubmitError::Closed),
+        }
+    }
+
+    fn head(&self) -> Mark {
+        self.head
+            .load(Ordering::Acquire)
+            .max(self.feed_stats.last_mark.load(Ordering::Acquire))
+    }
+
+    fn take_feed(&self) -> Option<Box<dyn ChangeFeed>> {
+        let (start, file) = self.feed_start.lock().ok()?.take()?;
+        let io = DriverIo {
+            db: self.reads.db.clone(),
+        };
+        Some(Box::new(MongoFeed::start(
+            self.rt.clone(),
+            io,
+            start,
+            file,
+            self.feed_stats.clone(),
+        )))
+    }
+
+    fn marks_apart_seconds(&self, newer: Mark, older: Mark) -> u64 {
+        convert::mark_seconds(newer).saturating_sub(convert::mark_seconds(older))
+    }
+
+    fn status(&self) -> BackendStatus {
+        let s = &self.feed_stats;
+        let up = self.reach.up.load(Ordering::Acquire);
+        BackendStatus {
+            backend: "mongodb",
+            reachable: up,
+            error: if up {
+                None
+            } else {
+                self.reach.error.lock().ok().and_then(|e| e.clone())
+            },
+            feed_open: s.open.load(Ordering::Acquire),
+            feed_lag_ms: s.lag_ms.load(Ordering::Relaxed),
+            feed_events: s.events.load(Ordering::Relaxed),
+            feed_bad_events: s.bad_events.load(Ordering::Relaxed),
+            feed_history_lost: s.history_lost.load(Ordering::Relaxed),
+            feed_resumes: s.resumes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn close(&self) {
+        let _ = self.tx.send(Request::Stop);
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.stopping.store(true, Ordering::Release);
+        let client = self.client.clone();
+        let runtime = self.runtime.lock().ok().and_then(|mut r| r.take());
+        if let Some(runtime) = runtime {
+            // Lets the driver end its sessions and cursors, within a bound.
+            let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await });
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}

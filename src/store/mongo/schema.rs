@@ -1,0 +1,180 @@
+//! chatd's collections in MongoDB, their indexes, and the document each record is stored as
+//! (documented for operators in `deploy/mongodb.md`). A document is the record's own fields
+//! (see [`super::convert`]) plus `_id` and the lowercase keys the unique indexes need. Created at
+//! start when missing; runs on the store's tokio runtime.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::IndexOptions;
+use mongodb::{Database, IndexModel};
+
+use super::convert::to_doc;
+use crate::store::{ChangeRecord, LoginToken, Message, Room, RoomType, StoreResult, Subscription, User};
+
+pub const USERS: &str = "chatd_users";
+pub const TOKENS: &str = "chatd_tokens";
+pub const ROOMS: &str = "chatd_rooms";
+pub const SUBSCRIPTIONS: &str = "chatd_subscriptions";
+pub const MESSAGES: &str = "chatd_messages";
+/// The change log: one document per change, inserted in the transaction that made it; the
+/// tailers follow its inserts through the change stream.
+pub const CHANGES: &str = "chatd_changes";
+/// Every collection chatd creates.
+pub const ALL: [&str; 6] = [USERS, TOKENS, ROOMS, SUBSCRIPTIONS, MESSAGES, CHANGES];
+
+/// Change documents are only needed until every tailer has read them from the stream (which
+/// reads the oplog, not this collection); the TTL index removes them after a day.
+pub const CHANGES_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// MongoDB's duplicate-key error (a unique index refused a write).
+pub const DUPLICATE_KEY: i32 = 11000;
+/// MongoDB's "namespace exists" (creating a collection that is there).
+pub const NAMESPACE_EXISTS: i32 = 48;
+
+fn unique(keys: Document, name: &str, partial: Option<Document>) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .unique(true)
+                .partial_filter_expression(partial)
+                .build(),
+        )
+        .build()
+}
+
+fn plain(keys: Document, name: &str) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().name(name.to_owned()).build())
+        .build()
+}
+
+/// The indexes of each collection (names are stable: creating them again is a no-op).
+pub fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
+    let exists = |field: &str| Some(doc! { field: { "$exists": true } });
+    vec![
+        (
+            USERS,
+            vec![
+                unique(doc! {"username_lower": 1}, "username_lower", None),
+                unique(doc! {"emails_lower": 1}, "emails_lower", exists("emails_lower")),
+            ],
+        ),
+        (TOKENS, vec![plain(doc! {"uid": 1}, "uid")]),
+        (
+            ROOMS,
+            vec![
+                unique(doc! {"name_lower": 1}, "name_lower", exists("name_lower")),
+                plain(doc! {"t": 1, "name_sort": 1, "_id": 1}, "t_name_sort"),
+            ],
+        ),
+        (
+            SUBSCRIPTIONS,
+            vec![
+                unique(doc! {"u.id": 1, "rid": 1}, "uid_rid", None),
+                plain(doc! {"rid": 1, "u.id": 1}, "rid_uid"),
+            ],
+        ),
+        (MESSAGES, vec![plain(doc! {"rid": 1, "ts": 1, "seq": 1}, "rid_ts_seq")]),
+        (
+            CHANGES,
+            vec![IndexModel::builder()
+                .keys(doc! {"at": 1})
+                .options(
+                    IndexOptions::builder()
+                        .name("at_ttl".to_owned())
+                        .expire_after(CHANGES_TTL)
+                        .build(),
+                )
+                .build()],
+        ),
+    ]
+}
+
+/// Creates every collection and index that is missing.
+pub async fn ensure(db: &Database) -> mongodb::error::Result<()> {
+    let existing = db.list_collection_names().await?;
+    for name in ALL {
+        if !existing.iter().any(|e| e == name) {
+            match db.create_collection(name).await {
+                Ok(()) => tracing::info!(collection = name, "created collection"),
+                // Another host created it meanwhile.
+                Err(e) if super::error_code(&e) == Some(NAMESPACE_EXISTS) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    for (name, models) in indexes() {
+        db.collection::<Document>(name).create_indexes(models).await?;
+    }
+    Ok(())
+}
+
+pub fn user_doc(u: &User, extra_emails: &[String]) -> StoreResult<Document> {
+    let mut d = to_doc(u)?;
+    d.insert("_id", u.id.as_str());
+    d.insert("username_lower", u.username.to_lowercase());
+    let mut emails: Vec<String> = u.email.iter().chain(extra_emails).map(|e| e.to_lowercase()).collect();
+    emails.sort();
+    emails.dedup();
+    if !emails.is_empty() {
+        d.insert("emails_lower", emails);
+    }
+    Ok(d)
+}
+
+pub fn token_doc(token_hash: &str, t: &LoginToken) -> StoreResult<Document> {
+    let mut d = to_doc(t)?;
+    d.insert("_id", token_hash);
+    Ok(d)
+}
+
+/// `indexed_name`: whether the room holds its name in the unique name index (an imported room
+/// whose name another room holds keeps it unindexed).
+pub fn room_doc(r: &Room, indexed_name: bool) -> StoreResult<Document> {
+    let mut d = to_doc(r)?;
+    d.insert("_id", r.id.as_str());
+    if let Some(name) = &r.name {
+        // Listings sort by it; the unique index holds it only when the name is the room's own.
+        d.insert("name_sort", name.to_lowercase());
+        if indexed_name {
+            d.insert("name_lower", name.to_lowercase());
+        }
+    }
+    Ok(d)
+}
+
+pub fn subscription_doc(s: &Subscription) -> StoreResult<Document> {
+    let mut d = to_doc(s)?;
+    d.insert("_id", s.id.as_str());
+    Ok(d)
+}
+
+pub fn message_doc(m: &Message) -> StoreResult<Document> {
+    let mut d = to_doc(m)?;
+    d.insert("_id", m.id.as_str());
+    Ok(d)
+}
+
+/// A change as stored in the change log (`seq` is 0: a change's position is the cluster time
+/// of its insert, assigned by the tailer).
+pub fn change_doc(record: &ChangeRecord, host: &str, now_ms: i64) -> StoreResult<Document> {
+    Ok(doc! {
+        "at": Bson::DateTime(mongodb::bson::DateTime::from_millis(now_ms)),
+        "host": host,
+        "record": to_doc(record)?,
+    })
+}
+
+/// Filter of one subscription.
+pub fn sub_key(uid: &str, rid: &str) -> Document {
+    doc! {"u.id": uid, "rid": rid}
+}
+
+/// Filter of the public channels.
+pub fn channels_filter() -> Document {
+    doc! {"t": RoomType::Channel.code()}
+}
