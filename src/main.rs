@@ -1,12 +1,15 @@
 //! The `chatd` binary: command line, logging, configuration, then run. Errors map to exit codes
-//! (1: runtime failure, 2: bad configuration or usage). Runs on the main thread, which only
-//! waits for signals once the server is up.
+//! (1: runtime failure, 2: bad configuration or usage, 3: a port, data directory or database
+//! that is taken or unreachable). Runs on the main thread, which only waits for signals once the
+//! server is up.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chatd::store::{EmbeddedStore, OpenError, Store, WriteOp};
+use chatd::config::BackendKind;
+use chatd::store::mongo::{MongoOpenError, MongoOptions, MongoStore};
+use chatd::store::{Backend, EmbeddedStore, OpenError, Store, WriteOp};
 use chatd::{Config, Server, ServerError};
 use clap::{Args, Parser, Subcommand};
 
@@ -52,6 +55,13 @@ struct ImportArgs {
     /// Data directory of the embedded store. Default ./chatd-data.
     #[arg(long, default_value = "./chatd-data")]
     data_dir: PathBuf,
+    /// Import into chatd's MongoDB backend at this URL (a replica set) instead of the embedded
+    /// store; may be the same server as the source, as chatd's collections are its own.
+    #[arg(long)]
+    into_mongo_url: Option<String>,
+    /// Seconds to wait for the target MongoDB before giving up (exit code 3).
+    #[arg(long, default_value_t = 10)]
+    mongo_connect_timeout: u64,
     /// Days an imported resume token lives after its login (Accounts_LoginExpiration).
     #[arg(long, default_value_t = 90)]
     token_ttl_days: u64,
@@ -65,9 +75,21 @@ struct ServeArgs {
     /// Number of shards (pinned executor threads). Default: every online CPU.
     #[arg(long)]
     shards: Option<usize>,
-    /// Data directory of the embedded store. Default ./chatd-data.
+    /// Data directory of the embedded store (with MongoDB: where this host keeps its change
+    /// stream position). Default ./chatd-data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Store backend: embedded (default; one host) or mongodb (hosts sharing a replica set).
+    /// MONGO_URL in the environment selects mongodb.
+    #[arg(long, value_enum)]
+    store: Option<BackendKind>,
+    /// MongoDB URL (a replica set), e.g. mongodb://db1,db2,db3/chatd?replicaSet=rs0. Overrides
+    /// MONGO_URL.
+    #[arg(long)]
+    mongo_url: Option<String>,
+    /// Seconds start-up waits for MongoDB before giving up with exit code 3. Default 10.
+    #[arg(long)]
+    mongo_connect_timeout: Option<u64>,
     /// TOML configuration file (every key: deploy/chatd.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -88,10 +110,13 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Create a user in the store (the server must be stopped).
+    /// Create a user in the store (the embedded store: while the server is stopped).
     Add {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "mongo_url")]
+        data_dir: Option<PathBuf>,
+        /// Create the user in chatd's MongoDB backend instead (servers may run).
+        #[arg(long, env = "MONGO_URL")]
+        mongo_url: Option<String>,
         #[arg(long)]
         username: String,
         #[arg(long)]
@@ -134,6 +159,23 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
+    // As in a Rocket.Chat unit: MONGO_URL selects the shared database.
+    if let Ok(url) = std::env::var("MONGO_URL") {
+        if !url.is_empty() {
+            config.store.backend = BackendKind::Mongodb;
+            config.store.mongo_url = Some(url);
+        }
+    }
+    if let Some(url) = &args.mongo_url {
+        config.store.backend = BackendKind::Mongodb;
+        config.store.mongo_url = Some(url.clone());
+    }
+    if let Some(kind) = args.store {
+        config.store.backend = kind;
+    }
+    if let Some(secs) = args.mongo_connect_timeout {
+        config.store.mongo_connect_timeout_secs = secs;
+    }
     if let Some(addr) = args.cluster_listen {
         config.cluster.listen = Some(addr);
     }
@@ -153,9 +195,18 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = build_config(&args)?;
     init_logging(&config.log);
+    if std::env::var_os("MONGO_OPLOG_URL").is_some() {
+        tracing::info!("MONGO_OPLOG_URL is not needed and ignored: chatd follows MongoDB change streams");
+    }
     if args.check_config {
+        let store = match &config.store.mongo_url {
+            Some(url) if config.store.backend == BackendKind::Mongodb => {
+                format!("MongoDB at {}", chatd::store::mongo::redacted_url(url))
+            }
+            _ => format!("embedded store in {}", config.data_dir.display()),
+        };
         println!(
-            "configuration OK ({} shards, listening on {})",
+            "configuration OK ({} shards, listening on {}, {store})",
             config.shard_count(),
             config.listen
         );
@@ -178,14 +229,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens chatd's MongoDB backend for a command (no server needed).
+fn open_mongo(url: &str, data_dir: PathBuf, timeout_secs: u64) -> Result<std::sync::Arc<MongoStore>, MongoOpenError> {
+    MongoStore::open(&MongoOptions {
+        url: url.to_owned(),
+        database: None,
+        connect_timeout: std::time::Duration::from_secs(timeout_secs),
+        data_dir,
+        host: "chatd-cli".into(),
+    })
+}
+
 fn user_add(
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    mongo_url: Option<String>,
     username: String,
     password: String,
     email: Option<String>,
     name: Option<String>,
 ) -> anyhow::Result<()> {
-    let backend = EmbeddedStore::open(&data_dir)?;
+    let backend: std::sync::Arc<dyn Backend> = match (&mongo_url, data_dir) {
+        (Some(url), dir) => open_mongo(url, dir.unwrap_or_else(std::env::temp_dir), 10)?,
+        (None, Some(dir)) => EmbeddedStore::open(&dir)?,
+        (None, None) => anyhow::bail!("name a store: --data-dir DIR or --mongo-url URL"),
+    };
     let store = Store::new(backend, 1)?;
     let hash = chatd::auth::hash_password_digest(&chatd::auth::sha256_hex(&password)).map_err(anyhow::Error::msg)?;
     let op = WriteOp::CreateUser {
@@ -207,14 +274,20 @@ fn user_add(
 fn import_rocketchat(args: ImportArgs) -> anyhow::Result<()> {
     use chatd::import::{self, Source};
     // The store first: a running server means exit code 3 before any source is touched.
-    let mut sink = chatd::store::embedded::import::EmbeddedImport::open(&args.data_dir)?;
+    let mut sink: Box<dyn import::ImportSink> = match &args.into_mongo_url {
+        Some(url) => {
+            let store = open_mongo(url, args.data_dir.clone(), args.mongo_connect_timeout)?;
+            Box::new(chatd::store::mongo::import::MongoImport::new(store))
+        }
+        None => Box::new(chatd::store::embedded::import::EmbeddedImport::open(&args.data_dir)?),
+    };
     let source = match (&args.dump, &args.mongo_url) {
         (Some(dir), _) => Source::dump(dir)?,
         (None, Some(url)) => Source::mongo(url)?,
         (None, None) => anyhow::bail!("name a source: --dump DIR or --mongo-url URL"),
     };
     let started = std::time::Instant::now();
-    let report = import::run(&source, &mut sink, args.token_ttl_days)?;
+    let report = import::run(&source, &mut *sink, args.token_ttl_days)?;
     print!("{}", report.summary());
     println!("import finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -226,13 +299,14 @@ fn main() {
         Command::Serve(args) => serve(args),
         Command::User(UserCommand::Add {
             data_dir,
+            mongo_url,
             username,
             password,
             email,
             name,
         }) => {
             init_logging("warn");
-            user_add(data_dir, username, password, email, name)
+            user_add(data_dir, mongo_url, username, password, email, name)
         }
         Command::Import(ImportCommand::Rocketchat(args)) => {
             init_logging("warn");
@@ -246,7 +320,8 @@ fn main() {
 }
 
 /// Exit codes: 1 for failures at run time, 2 for a bad command line or configuration, 3 when the
-/// port or the data directory is already taken by another process.
+/// port or the data directory is already taken by another process, or MongoDB is unreachable
+/// (or not a replica set).
 fn exit_code(e: &anyhow::Error) -> i32 {
     use chatd_shards::{ListenError, StartError};
     let in_use = matches!(e.downcast_ref::<OpenError>(), Some(OpenError::InUse(_)))
@@ -255,9 +330,17 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             Some(ServerError::Store(OpenError::InUse(_)))
                 | Some(ServerError::Shards(StartError::Listen(ListenError::InUse { .. })))
         );
+    let mongo = e
+        .downcast_ref::<MongoOpenError>()
+        .or(match e.downcast_ref::<ServerError>() {
+            Some(ServerError::Mongo(m)) => Some(m),
+            _ => None,
+        });
+    let unavailable = mongo.is_some_and(|m| !matches!(m, MongoOpenError::Url(_)));
     let usage = e.downcast_ref::<chatd::config::ConfigError>().is_some()
-        || matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Config(_)));
-    if in_use {
+        || matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Config(_)))
+        || matches!(mongo, Some(MongoOpenError::Url(_)));
+    if in_use || unavailable {
         3
     } else if usage {
         2

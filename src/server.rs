@@ -264,7 +264,10 @@ async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Ta
             ShardMsg::Changes { records, head } => hub.apply_changes(records, head),
             ShardMsg::Reload => {
                 let sessions = hub.all_sessions();
-                tracing::warn!(sessions = sessions.len(), "change feed lost history: asking clients to reconnect and reload");
+                tracing::warn!(
+                    sessions = sessions.len(),
+                    "change feed lost history: asking clients to reconnect and reload"
+                );
                 for s in sessions {
                     s.out.close(CloseReason::new(RELOAD_CLOSE_CODE, RELOAD_CLOSE_REASON));
                 }

@@ -1,4 +1,5 @@
-//! The `chatd` command line: offline user admin, and refusing to share a port or a data dir.
+//! The `chatd` command line: offline user admin, refusing to share a port or a data dir,
+//! configuration checks, and selecting MongoDB (the start-up failure path needs no server).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -11,6 +12,8 @@ fn chatd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chatd"))
         .args(args)
         .env_remove("PORT")
+        .env_remove("MONGO_URL")
+        .env_remove("MONGO_OPLOG_URL")
         .output()
         .expect("run chatd")
 }
@@ -88,4 +91,99 @@ fn check_config_accepts_the_documented_example_and_rejects_unknown_keys() {
     let out = chatd(&["serve", "--config", bad.to_str().unwrap(), "--check-config"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_key"));
+}
+
+#[test]
+fn mongo_url_selects_mongodb_and_check_config_validates_it() {
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(["serve", "--check-config"])
+            .args(args)
+            .env_remove("PORT")
+            .env_remove("MONGO_URL")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap()
+    };
+    // As in a Rocket.Chat unit: MONGO_URL alone selects MongoDB; the password is never shown.
+    let out = run(
+        &[
+            (
+                "MONGO_URL",
+                "mongodb://chat:pw-secret@db1:27017,db2:27017/rocketchat?replicaSet=rs0",
+            ),
+            ("MONGO_OPLOG_URL", "mongodb://db1:27017/local"),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("MongoDB at mongodb://db1:27017,db2:27017/rocketchat"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pw-secret") && !stderr.contains("pw-secret"));
+    assert!(stderr.contains("MONGO_OPLOG_URL is not needed"), "{stderr}");
+    // --store embedded wins over the environment.
+    let out = run(&[("MONGO_URL", "mongodb://db1/x")], &["--store", "embedded"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("embedded store"));
+    // A URL that does not parse, or MongoDB without a URL: bad configuration (exit 2), naming the key.
+    for args in [&["--mongo-url", "http://not-mongo"][..], &["--store", "mongodb"][..]] {
+        let out = run(&[], args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("store.mongo_url"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_mongodb_fails_start_clearly_with_exit_3_within_the_timeout() {
+    use std::time::{Duration, Instant};
+    use wait_timeout::ChildExt;
+    // Nothing listens on the first address (connection refused); the second accepts TCP
+    // connections and never answers (a black hole).
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    for addr in [refused, silent.local_addr().unwrap()] {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+            .arg(dir.path())
+            .args([
+                "--mongo-url",
+                &format!("mongodb://{addr}/chatd"),
+                "--mongo-connect-timeout",
+                "2",
+            ])
+            .env_remove("PORT")
+            .env_remove("MONGO_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = match child.wait_timeout(Duration::from_secs(60)).unwrap() {
+            Some(s) => s,
+            None => {
+                let _ = child.kill();
+                panic!("chatd hung with MongoDB unreachable at {addr}");
+            }
+        };
+        let elapsed = started.elapsed();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains(&format!("MongoDB at mongodb://{addr}/chatd is unreachable")),
+            "{stderr}"
+        );
+        // The driver's own default would wait 30 s; the 2 s timeout (plus start-up) is honoured.
+        assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    }
 }

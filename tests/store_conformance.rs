@@ -10,8 +10,8 @@ use std::time::Duration;
 use chatd::ids::{MessageId, RoomId, UserId};
 use chatd::store::mongo::{MongoOptions, MongoStore};
 use chatd::store::{
-    Change, EmbeddedStore, FeedEntry, HistoryQuery, LoginToken, Message, Room, RoomType, Store, StoreError, User, WriteOp,
-    WriteOutcome, WriteOutput, GENERAL_ROOM_ID, MAX_MESSAGE_CHARS,
+    Change, EmbeddedStore, FeedEntry, HistoryQuery, LoginToken, Message, Room, RoomType, Store, StoreError, User,
+    WriteOp, WriteOutcome, WriteOutput, GENERAL_ROOM_ID, MAX_MESSAGE_CHARS,
 };
 
 /// A backend under test, with what keeps it alive.

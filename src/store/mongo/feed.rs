@@ -215,7 +215,17 @@ pub async fn follow<I: StreamIo>(mut io: I, mut start: Start, out: mpsc::Sender<
                 if failing.take().is_some() {
                     tracing::info!("change stream open again");
                 }
-                match pump(&mut io, &mut stream, &mut start, &out, &stats, &mut backoff, &mut last_mark).await {
+                match pump(
+                    &mut io,
+                    &mut stream,
+                    &mut start,
+                    &out,
+                    &stats,
+                    &mut backoff,
+                    &mut last_mark,
+                )
+                .await
+                {
                     Pumped::Closed => return,
                     Pumped::Invalidated => continue,
                     Pumped::Failed(f) => f,
@@ -281,11 +291,11 @@ async fn pump<I: StreamIo>(
             *last_mark = (*last_mark).max(mark_of(ts));
             stats.last_mark.fetch_max(*last_mark, Ordering::AcqRel);
         }
-        let written_ms = ev
-            .wall_ms
-            .or_else(|| ev.cluster_time.map(|t| i64::from(t.time) * 1000));
+        let written_ms = ev.wall_ms.or_else(|| ev.cluster_time.map(|t| i64::from(t.time) * 1000));
         if let Some(at) = written_ms {
-            stats.lag_ms.store(now_ms().saturating_sub(at).max(0) as u64, Ordering::Relaxed);
+            stats
+                .lag_ms
+                .store(now_ms().saturating_sub(at).max(0) as u64, Ordering::Relaxed);
         }
         let position = match &ev.token {
             Some(t) => {
@@ -472,7 +482,9 @@ impl MongoFeed {
 
 impl ChangeFeed for MongoFeed {
     fn next_batch(&mut self, max: usize, wait: Duration) -> StoreResult<Vec<FeedItem>> {
-        let first = self.rt.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await });
+        let first = self
+            .rt
+            .block_on(async { tokio::time::timeout(wait, self.rx.recv()).await });
         let mut out = match first {
             Err(_) => return Ok(Vec::new()),
             Ok(None) => return Err(StoreError::Failed("the change stream task stopped".into())),

@@ -15,6 +15,7 @@
 
 pub mod convert;
 pub mod feed;
+pub mod import;
 mod reads;
 pub mod schema;
 mod txn;
@@ -277,9 +278,8 @@ impl MongoStore {
         // The driver's own timeouts bound the attempt; the outer one is a backstop. The work is
         // spawned and only the join handle is timed out (never a driver future).
         let task = rt.spawn(connect(opts.url.clone(), opts.database.clone(), opts.connect_timeout));
-        let joined = rt.block_on(async {
-            tokio::time::timeout(opts.connect_timeout + Duration::from_secs(2), task).await
-        });
+        let joined =
+            rt.block_on(async { tokio::time::timeout(opts.connect_timeout + Duration::from_secs(2), task).await });
         let connected = match joined {
             Ok(Ok(Ok(c))) => c,
             Ok(Ok(Err(e))) => return Err(e),
@@ -407,9 +407,10 @@ impl Writer {
     fn commit_group(&mut self, batch: &[WriteRequest]) -> Vec<StoreResult<WriteOutcome>> {
         match self.with_retries(batch) {
             Ok(results) => results,
-            Err(e) if batch.len() > 1 && error_code(&e) == Some(schema::DUPLICATE_KEY) => {
-                batch.iter().flat_map(|r| self.commit_group(std::slice::from_ref(r))).collect()
-            }
+            Err(e) if batch.len() > 1 && error_code(&e) == Some(schema::DUPLICATE_KEY) => batch
+                .iter()
+                .flat_map(|r| self.commit_group(std::slice::from_ref(r)))
+                .collect(),
             Err(e) => {
                 let failure = StoreError::Failed(describe(&e));
                 tracing::error!(error = %failure, requests = batch.len(), "MongoDB transaction failed; requests rejected");
@@ -418,7 +419,10 @@ impl Writer {
         }
     }
 
-    fn with_retries(&mut self, batch: &[WriteRequest]) -> Result<Vec<StoreResult<WriteOutcome>>, mongodb::error::Error> {
+    fn with_retries(
+        &mut self,
+        batch: &[WriteRequest],
+    ) -> Result<Vec<StoreResult<WriteOutcome>>, mongodb::error::Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;

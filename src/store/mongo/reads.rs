@@ -26,7 +26,9 @@ pub struct Reads {
 
 impl Reads {
     fn run<T>(&self, f: impl IntoFuture<Output = mongodb::error::Result<T>>) -> StoreResult<T> {
-        self.rt.block_on(f.into_future()).map_err(|e| StoreError::Failed(super::describe(&e)))
+        self.rt
+            .block_on(f.into_future())
+            .map_err(|e| StoreError::Failed(super::describe(&e)))
     }
 
     fn coll(&self, name: &str) -> Collection<Document> {
@@ -38,7 +40,12 @@ impl Reads {
         self.run(c.find_one(filter))?.map(|d| from_doc(&d)).transpose()
     }
 
-    fn many<T: serde::de::DeserializeOwned>(&self, coll: &str, filter: Document, opts: FindOptions) -> StoreResult<Vec<T>> {
+    fn many<T: serde::de::DeserializeOwned>(
+        &self,
+        coll: &str,
+        filter: Document,
+        opts: FindOptions,
+    ) -> StoreResult<Vec<T>> {
         let c = self.coll(coll);
         let docs: Vec<Document> = self.run(async { c.find(filter).with_options(opts).await?.try_collect().await })?;
         docs.iter().map(from_doc).collect()

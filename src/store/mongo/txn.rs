@@ -68,7 +68,9 @@ impl<'a> MongoTxn<'a> {
         let c = self.coll(coll);
         let mut s = self.session.borrow_mut();
         let opts = FindOneOptions::builder().projection(doc! {"_id": 1}).build();
-        Ok(self.run(c.find_one(filter).with_options(opts).session(&mut **s))?.is_some())
+        Ok(self
+            .run(c.find_one(filter).with_options(opts).session(&mut **s))?
+            .is_some())
     }
 
     fn decoded<T: serde::de::DeserializeOwned>(&self, coll: &str, filter: Document) -> StoreResult<Option<T>> {

@@ -1,0 +1,446 @@
+//! The MongoDB backend's side of `chatd import rocketchat`: bulk upserts into chatd's collections
+//! (servers may keep running: nothing goes to the change log, so they see imported data on their
+//! next read; a starting server loads its routing from the collections). Ids are kept and every
+//! write is an upsert, so a second run duplicates nothing. Runs on the importer's thread, which
+//! blocks on the store's tokio runtime; up to [`CONCURRENCY`] writes are in flight at once.
+
+use std::collections::{HashMap, HashSet};
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, Document};
+use mongodb::error::ErrorKind;
+use mongodb::options::FindOptions;
+use mongodb::{Collection, Database};
+
+use super::convert::from_doc;
+use super::schema::{self, MESSAGES, ROOMS, SUBSCRIPTIONS, TOKENS, USERS};
+use super::{describe, MongoStore};
+use crate::import::convert::{ImportedUser, Skip};
+use crate::import::ImportSink;
+use crate::store::{Message, Room, StoreError, StoreResult, Subscription};
+
+/// Writes in flight at once.
+const CONCURRENCY: usize = 32;
+/// Messages inserted per `insertMany`.
+const MESSAGE_CHUNK: usize = 10_000;
+
+#[derive(Default)]
+struct Tally {
+    last_seq: u64,
+    msgs: u64,
+}
+
+pub struct MongoImport {
+    store: Arc<MongoStore>,
+    tallies: HashMap<String, Tally>,
+    touched: HashSet<String>,
+}
+
+impl MongoImport {
+    pub fn new(store: Arc<MongoStore>) -> Self {
+        Self {
+            store,
+            tallies: HashMap::new(),
+            touched: HashSet::new(),
+        }
+    }
+
+    fn db(&self) -> Database {
+        self.store.reads.db.clone()
+    }
+
+    fn run<T>(&self, f: impl Future<Output = mongodb::error::Result<T>>) -> StoreResult<T> {
+        self.store.rt.block_on(f).map_err(|e| StoreError::Failed(describe(&e)))
+    }
+
+    /// Runs every future, at most [`CONCURRENCY`] at a time; the first error fails the call.
+    fn run_all<F>(&self, futs: Vec<F>) -> StoreResult<()>
+    where
+        F: Future<Output = mongodb::error::Result<()>>,
+    {
+        self.run(async {
+            futures::stream::iter(futs)
+                .buffer_unordered(CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn ids(&self, coll: &str) -> StoreResult<HashSet<String>> {
+        let c: Collection<Document> = self.db().collection(coll);
+        let docs: Vec<Document> =
+            self.run(async { c.find(doc! {}).projection(doc! {"_id": 1}).await?.try_collect().await })?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+}
+
+/// `$set` of a record's fields (without `_id`) and `$setOnInsert` of the given keys.
+fn upsert_update(mut fields: Document, on_insert: &[&str]) -> Document {
+    fields.remove("_id");
+    let mut insert = Document::new();
+    for k in on_insert {
+        if let Some(v) = fields.remove(*k) {
+            insert.insert(*k, v);
+        }
+    }
+    let mut update = doc! {"$set": fields};
+    if !insert.is_empty() {
+        update.insert("$setOnInsert", insert);
+    }
+    update
+}
+
+impl ImportSink for MongoImport {
+    fn existing_ids(&mut self) -> StoreResult<(HashSet<String>, HashSet<String>)> {
+        Ok((self.ids(USERS)?, self.ids(ROOMS)?))
+    }
+
+    fn put_users(&mut self, batch: &[ImportedUser]) -> StoreResult<Vec<Option<Skip>>> {
+        let db = self.db();
+        let users: Collection<Document> = db.collection(USERS);
+        // Who holds each username and email now (another user's keep theirs).
+        let names: Vec<String> = batch.iter().map(|u| u.user.username.to_lowercase()).collect();
+        let emails: Vec<String> = batch
+            .iter()
+            .flat_map(|u| u.emails.iter().map(|e| e.to_lowercase()))
+            .collect();
+        let holders: Vec<Document> = self.run(async {
+            users
+                .find(doc! {"$or": [{"username_lower": {"$in": &names}}, {"emails_lower": {"$in": &emails}}]})
+                .projection(doc! {"_id": 1, "username_lower": 1, "emails_lower": 1})
+                .await?
+                .try_collect()
+                .await
+        })?;
+        let mut name_holder: HashMap<String, String> = HashMap::new();
+        let mut email_holder: HashMap<String, String> = HashMap::new();
+        for h in &holders {
+            let id = h.get_str("_id").unwrap_or_default().to_owned();
+            if let Ok(n) = h.get_str("username_lower") {
+                name_holder.insert(n.to_owned(), id.clone());
+            }
+            for e in h.get_array("emails_lower").into_iter().flatten() {
+                if let Some(e) = e.as_str() {
+                    email_holder.insert(e.to_owned(), id.clone());
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        let mut writes = Vec::new();
+        for iu in batch {
+            let u = &iu.user;
+            let lower = u.username.to_lowercase();
+            match name_holder.get(&lower) {
+                Some(holder) if *holder != u.id.as_str() => {
+                    out.push(Some(Skip::new(
+                        "username taken by another user (case-insensitive)",
+                        format!("{} ({}; held by {})", u.username, u.id, holder),
+                    )));
+                    continue;
+                }
+                _ => {}
+            }
+            name_holder.insert(lower, u.id.0.clone());
+            // Emails another user holds stay theirs (as in the embedded store).
+            let mine: Vec<String> = iu
+                .emails
+                .iter()
+                .map(|e| e.to_lowercase())
+                .filter(|e| email_holder.get(e).is_none_or(|h| h == u.id.as_str()))
+                .collect();
+            for e in &mine {
+                email_holder.insert(e.clone(), u.id.0.clone());
+            }
+            let mut user = u.clone();
+            if user.email.as_ref().is_some_and(|e| !mine.contains(&e.to_lowercase())) {
+                user.email = None;
+            }
+            let d = schema::user_doc(&user, &mine)?;
+            let users = users.clone();
+            let id = u.id.0.clone();
+            writes.push(async move {
+                users
+                    .replace_one(doc! {"_id": &id}, d)
+                    .upsert(true)
+                    .into_future()
+                    .await
+                    .map(|_| ())
+            });
+            out.push(None);
+        }
+        self.run_all(writes)?;
+        let tokens: Collection<Document> = db.collection(TOKENS);
+        let mut writes = Vec::new();
+        for (iu, skip) in batch.iter().zip(&out) {
+            if skip.is_some() {
+                continue;
+            }
+            for (hash, token) in &iu.tokens {
+                let d = schema::token_doc(hash, token)?;
+                let tokens = tokens.clone();
+                let hash = hash.clone();
+                writes.push(async move {
+                    tokens
+                        .replace_one(doc! {"_id": hash}, d)
+                        .upsert(true)
+                        .into_future()
+                        .await
+                        .map(|_| ())
+                });
+            }
+        }
+        self.run_all(writes)?;
+        Ok(out)
+    }
+
+    fn put_rooms(&mut self, batch: &[Room]) -> StoreResult<Vec<Option<String>>> {
+        let db = self.db();
+        let rooms: Collection<Document> = db.collection(ROOMS);
+        let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
+        let names: Vec<String> = batch
+            .iter()
+            .filter_map(|r| r.name.as_ref().map(|n| n.to_lowercase()))
+            .collect();
+        let found: Vec<Document> = self.run(async {
+            rooms
+                .find(doc! {"$or": [{"_id": {"$in": &ids}}, {"name_lower": {"$in": &names}}]})
+                .await?
+                .try_collect()
+                .await
+        })?;
+        let mut existing: HashMap<String, Room> = HashMap::new();
+        let mut name_holder: HashMap<String, String> = HashMap::new();
+        for d in &found {
+            let id = d.get_str("_id").unwrap_or_default().to_owned();
+            if let Ok(n) = d.get_str("name_lower") {
+                name_holder.insert(n.to_owned(), id.clone());
+            }
+            if ids.contains(&id.as_str()) {
+                existing.insert(id, from_doc(d)?);
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        let mut writes = Vec::new();
+        for room in batch {
+            let mut room = room.clone();
+            if let Some(e) = existing.get(room.id.as_str()) {
+                // A re-run: the counters describe messages already imported.
+                room.last_seq = e.last_seq;
+                room.msgs = e.msgs;
+                room.lm = e.lm;
+                room.last_message = e.last_message.clone();
+                room.users_count = e.users_count;
+            }
+            let (indexed, warning) = match &room.name {
+                Some(name) => {
+                    let lower = name.to_lowercase();
+                    match name_holder.get(&lower) {
+                        Some(holder) if *holder != room.id.as_str() => {
+                            (false, Some(format!("room name {name:?} is taken by another room")))
+                        }
+                        _ => {
+                            name_holder.insert(lower, room.id.0.clone());
+                            (true, None)
+                        }
+                    }
+                }
+                None => (true, None),
+            };
+            out.push(warning);
+            let d = schema::room_doc(&room, indexed)?;
+            let rooms = rooms.clone();
+            let id = room.id.0.clone();
+            writes.push(async move {
+                rooms
+                    .replace_one(doc! {"_id": &id}, d)
+                    .upsert(true)
+                    .into_future()
+                    .await
+                    .map(|_| ())
+            });
+            self.touched.insert(room.id.0);
+        }
+        self.run_all(writes)?;
+        Ok(out)
+    }
+
+    fn put_subscriptions(&mut self, batch: &[Subscription]) -> StoreResult<()> {
+        let subs: Collection<Document> = self.db().collection(SUBSCRIPTIONS);
+        let mut writes = Vec::new();
+        for sub in batch {
+            // An existing subscription of the user to the room keeps its id.
+            let mut update = upsert_update(schema::subscription_doc(sub)?, &[]);
+            update.insert("$setOnInsert", doc! {"_id": sub.id.as_str()});
+            let subs = subs.clone();
+            let key = schema::sub_key(sub.u.id.as_str(), sub.rid.as_str());
+            writes.push(async move {
+                subs.update_one(key, update)
+                    .upsert(true)
+                    .into_future()
+                    .await
+                    .map(|_| ())
+            });
+            self.touched.insert(sub.rid.0.clone());
+        }
+        self.run_all(writes)
+    }
+
+    fn put_messages(&mut self, mut batch: Vec<Message>) -> StoreResult<u64> {
+        batch.sort_unstable_by(|a, b| (a.rid.as_str(), a.ts).cmp(&(b.rid.as_str(), b.ts)));
+        let db = self.db();
+        let messages: Collection<Document> = db.collection(MESSAGES);
+        let rooms: Collection<Document> = db.collection(ROOMS);
+        let mut duplicates = 0;
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(MESSAGE_CHUNK));
+            let chunk = std::mem::replace(&mut rest, tail);
+            // Ids already stored (a re-run) get no sequence number.
+            let ids: Vec<&str> = chunk.iter().map(|m| m.id.as_str()).collect();
+            let there: Vec<Document> = self.run(async {
+                messages
+                    .find(doc! {"_id": {"$in": &ids}})
+                    .projection(doc! {"_id": 1})
+                    .await?
+                    .try_collect()
+                    .await
+            })?;
+            let there: HashSet<&str> = there.iter().filter_map(|d| d.get_str("_id").ok()).collect();
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut docs = Vec::with_capacity(chunk.len());
+            for mut m in chunk {
+                if there.contains(m.id.as_str()) || !seen.insert(m.id.0.clone()) {
+                    duplicates += 1;
+                    continue;
+                }
+                if !self.tallies.contains_key(m.rid.as_str()) {
+                    let existing: Option<Room> = self
+                        .run(rooms.find_one(doc! {"_id": m.rid.as_str()}).into_future())?
+                        .map(|d| from_doc(&d))
+                        .transpose()?;
+                    let tally = Tally {
+                        last_seq: existing.as_ref().map_or(0, |r| r.last_seq),
+                        msgs: existing.as_ref().map_or(0, |r| r.msgs),
+                    };
+                    self.touched.insert(m.rid.0.clone());
+                    self.tallies.insert(m.rid.0.clone(), tally);
+                }
+                if let Some(tally) = self.tallies.get_mut(m.rid.as_str()) {
+                    m.seq = tally.last_seq + 1;
+                    tally.last_seq = m.seq;
+                    tally.msgs += 1;
+                }
+                docs.push(schema::message_doc(&m)?);
+            }
+            if docs.is_empty() {
+                continue;
+            }
+            let result = self
+                .store
+                .rt
+                .block_on(messages.insert_many(docs).ordered(false).into_future());
+            match result {
+                Ok(_) => {}
+                // Inserted by someone else meanwhile: counted as already there.
+                Err(e) => match e.kind.as_ref() {
+                    ErrorKind::InsertMany(m)
+                        if m.write_concern_error.is_none()
+                            && m.write_errors
+                                .as_ref()
+                                .is_some_and(|w| w.iter().all(|w| w.code == schema::DUPLICATE_KEY)) =>
+                    {
+                        duplicates += m.write_errors.as_ref().map_or(0, |w| w.len() as u64);
+                    }
+                    _ => return Err(StoreError::Failed(describe(&e))),
+                },
+            }
+        }
+        Ok(duplicates)
+    }
+
+    fn finish(&mut self) -> StoreResult<()> {
+        let db = self.db();
+        let rooms: Collection<Document> = db.collection(ROOMS);
+        let messages: Collection<Document> = db.collection(MESSAGES);
+        let subs: Collection<Document> = db.collection(SUBSCRIPTIONS);
+        let touched: Vec<String> = self.touched.drain().collect();
+        for rid in touched {
+            let Some(found) = self.run(rooms.find_one(doc! {"_id": &rid}).into_future())? else {
+                continue;
+            };
+            let indexed = found.get_str("name_lower").is_ok();
+            let mut room: Room = from_doc(&found)?;
+            if let Some(tally) = self.tallies.get(&rid) {
+                room.last_seq = room.last_seq.max(tally.last_seq);
+                room.msgs = room.msgs.max(tally.msgs);
+            }
+            let opts = FindOptions::builder()
+                .projection(doc! {"ts": 1, "_id": 0})
+                .sort(doc! {"ts": 1, "seq": 1})
+                .build();
+            let times: Vec<i64> = self
+                .run(async {
+                    messages
+                        .find(doc! {"rid": &rid})
+                        .with_options(opts)
+                        .await?
+                        .try_collect::<Vec<Document>>()
+                        .await
+                })?
+                .iter()
+                .filter_map(|d| d.get_i64("ts").ok())
+                .collect();
+            let last: Option<Message> = self
+                .run(
+                    messages
+                        .find_one(doc! {"rid": &rid})
+                        .sort(doc! {"ts": -1, "seq": -1})
+                        .into_future(),
+                )?
+                .map(|d| from_doc(&d))
+                .transpose()?;
+            if let Some(last) = last {
+                room.lm = Some(last.ts);
+                room.last_message = Some(last);
+            }
+            let members: Vec<Subscription> = self
+                .run(async {
+                    subs.find(doc! {"rid": &rid})
+                        .await?
+                        .try_collect::<Vec<Document>>()
+                        .await
+                })?
+                .iter()
+                .map(from_doc)
+                .collect::<StoreResult<_>>()?;
+            room.users_count = members.len() as u64;
+            let mut writes = Vec::new();
+            for mut sub in members {
+                // Unread = messages after the last-seen mark.
+                let seen = times.partition_point(|ts| *ts <= sub.ls.max(0));
+                let unread = (times.len() - seen) as u64;
+                sub.read_seq = room.last_seq.saturating_sub(unread);
+                let subs = subs.clone();
+                writes.push(async move {
+                    subs.update_one(
+                        doc! {"_id": sub.id.as_str()},
+                        doc! {"$set": {"read_seq": sub.read_seq as i64}},
+                    )
+                    .into_future()
+                    .await
+                    .map(|_| ())
+                });
+            }
+            self.run_all(writes)?;
+            let d = schema::room_doc(&room, indexed)?;
+            self.run(rooms.replace_one(doc! {"_id": &rid}, d).into_future())?;
+        }
+        Ok(())
+    }
+}
