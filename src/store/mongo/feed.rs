@@ -508,3 +508,325 @@ impl ChangeFeed for MongoFeed {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use mongodb::bson::oid::ObjectId;
+    use mongodb::bson::DateTime;
+
+    use super::*;
+    use crate::ids::UserId;
+    use crate::store::mongo::convert::to_doc;
+    use crate::store::{Change, UserRef};
+
+    fn record(status: &str) -> Document {
+        to_doc(&ChangeRecord {
+            seq: 0,
+            change: Change::UserStatusChanged {
+                user: UserRef {
+                    id: UserId::from("u1"),
+                    username: "ann".into(),
+                    name: "Ann".into(),
+                },
+                status: status.into(),
+                status_text: String::new(),
+            },
+        })
+        .unwrap()
+    }
+
+    fn token(name: &str) -> Bson {
+        Bson::Document(doc! {"_data": name})
+    }
+
+    /// An insert into the change log, shaped as the manual documents insert events.
+    fn insert(tok: &str, secs: u32, record: Document) -> Document {
+        let id = ObjectId::new();
+        doc! {
+            "_id": token(tok),
+            "operationType": "insert",
+            "clusterTime": Timestamp { time: secs, increment: 1 },
+            "wallTime": DateTime::from_millis(i64::from(secs) * 1000),
+            "ns": {"db": "chatd", "coll": CHANGES},
+            "documentKey": {"_id": id},
+            "fullDocument": {"_id": id, "at": DateTime::from_millis(0), "host": "h1", "record": record},
+        }
+    }
+
+    #[test]
+    fn every_event_kind_decodes_from_its_documented_shape() {
+        let ev = decode_event(&insert("a1", 100, record("away")));
+        assert_eq!(ev.token, Some(token("a1")));
+        assert_eq!(ev.wall_ms, Some(100_000));
+        match ev.decoded {
+            Decoded::Change(rec) => {
+                assert_eq!(rec.seq, mark_of(Timestamp { time: 100, increment: 1 }), "seq is the cluster time");
+                assert!(matches!(&rec.change, Change::UserStatusChanged { status, .. } if status == "away"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A change document that is not one of chatd's records.
+        let ev = decode_event(&insert("a2", 100, doc! {"change": {"Nope": 1}}));
+        assert!(matches!(ev.decoded, Decoded::Bad(_)), "{:?}", ev.decoded);
+        let mut no_full = insert("a3", 100, record("online"));
+        no_full.remove("fullDocument");
+        assert!(matches!(decode_event(&no_full).decoded, Decoded::Bad(_)));
+        let mut no_token = insert("a4", 100, record("online"));
+        no_token.remove("_id");
+        assert!(matches!(decode_event(&no_token).decoded, Decoded::Bad(_)));
+        // The stream-ending and collection-level events.
+        let invalidate = doc! {"_id": token("i"), "operationType": "invalidate", "clusterTime": Timestamp { time: 5, increment: 0 }};
+        assert!(matches!(decode_event(&invalidate).decoded, Decoded::Invalidate));
+        for op in [
+            doc! {"_id": token("d"), "operationType": "drop", "ns": {"db": "chatd", "coll": CHANGES}},
+            doc! {"_id": token("r"), "operationType": "rename", "ns": {"db": "chatd", "coll": CHANGES}, "to": {"db": "chatd", "coll": "x"}},
+            doc! {"_id": token("dd"), "operationType": "dropDatabase", "ns": {"db": "chatd"}},
+            doc! {"_id": token("u"), "operationType": "update", "ns": {"db": "chatd", "coll": CHANGES}, "documentKey": {"_id": 1}, "updateDescription": {"updatedFields": {"x": 1}, "removedFields": []}},
+            doc! {"_id": token("n"), "operationType": "createIndexes", "ns": {"db": "chatd", "coll": CHANGES}},
+        ] {
+            assert!(matches!(decode_event(&op).decoded, Decoded::Ignored(_)), "{op}");
+        }
+    }
+
+    enum Step {
+        Open(Result<(), Fault>),
+        Next(Result<Option<Document>, Fault>),
+    }
+
+    #[derive(Default)]
+    struct Log {
+        opens: Vec<Start>,
+        pauses: Vec<Duration>,
+    }
+
+    /// A change stream that follows a script, recording how it was opened and paused.
+    struct Script {
+        steps: VecDeque<Step>,
+        log: Arc<Mutex<Log>>,
+    }
+
+    impl StreamIo for Script {
+        type Stream = ();
+
+        async fn open(&mut self, start: &Start) -> Result<(), Fault> {
+            self.log.lock().unwrap().opens.push(start.clone());
+            match self.steps.pop_front() {
+                Some(Step::Open(r)) => r,
+                Some(Step::Next(_)) => panic!("the script expected a poll, not an open"),
+                // Out of script: the stream stays open and quiet.
+                None => Ok(()),
+            }
+        }
+
+        async fn next(&mut self, _: &mut ()) -> Result<Option<Document>, Fault> {
+            match self.steps.pop_front() {
+                Some(Step::Next(r)) => r,
+                Some(Step::Open(_)) => panic!("the script expected an open, not a poll"),
+                None => {
+                    tokio::task::yield_now().await;
+                    Ok(None)
+                }
+            }
+        }
+
+        async fn pause(&mut self, d: Duration) {
+            self.log.lock().unwrap().pauses.push(d);
+        }
+    }
+
+    fn fault(code: Option<i32>) -> Fault {
+        Fault {
+            code,
+            message: format!("scripted failure {code:?}"),
+        }
+    }
+
+    /// Runs the state machine over `steps` from `start` until it has handed over `items`
+    /// entries; returns them, the log and the stats.
+    fn drive(start: Start, steps: Vec<Step>, items: usize) -> (Vec<FeedItem>, Log, Arc<FeedStats>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stats = Arc::new(FeedStats::default());
+        let io = Script {
+            steps: steps.into(),
+            log: log.clone(),
+        };
+        let got = rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(QUEUE_EVENTS);
+            let task = tokio::spawn(follow(io, start, tx, stats.clone()));
+            let mut got = Vec::new();
+            while got.len() < items {
+                match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                    Ok(Some(item)) => got.push(item),
+                    other => panic!("the feed stopped early: {other:?}"),
+                }
+            }
+            drop(rx);
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("follow ends once its receiver is gone")
+                .unwrap();
+            got
+        });
+        let log = std::mem::take(&mut *log.lock().unwrap());
+        (got, log, stats)
+    }
+
+    fn status_of(item: &FeedItem) -> &str {
+        match &item.entry {
+            FeedEntry::Change(rec) => match &rec.change {
+                Change::UserStatusChanged { status, .. } => status,
+                _ => "other change",
+            },
+            FeedEntry::Undecodable(_) => "undecodable",
+            FeedEntry::HistoryLost => "history lost",
+        }
+    }
+
+    #[test]
+    fn resumable_errors_resume_after_the_last_event_with_growing_jittered_pauses() {
+        let t0 = Timestamp { time: 1, increment: 0 };
+        let (items, log, stats) = drive(
+            Start::At(t0),
+            vec![
+                Step::Open(Ok(())),
+                Step::Next(Ok(Some(insert("t1", 10, record("away"))))),
+                Step::Next(Ok(None)),
+                // A network error on getMore, then the server is still being elected.
+                Step::Next(Err(fault(None))),
+                Step::Open(Err(fault(Some(10107)))),
+                Step::Open(Err(fault(Some(216)))),
+                Step::Open(Ok(())),
+                Step::Next(Ok(Some(insert("t2", 11, record("busy"))))),
+            ],
+            2,
+        );
+        assert_eq!(items.iter().map(status_of).collect::<Vec<_>>(), ["away", "busy"]);
+        assert_eq!(
+            log.opens,
+            [
+                Start::At(t0),
+                Start::After(token("t1")),
+                Start::After(token("t1")),
+                Start::After(token("t1"))
+            ]
+        );
+        assert_eq!(stats.resumes.load(Ordering::Relaxed), 3);
+        assert_eq!(log.pauses.len(), 3);
+        // 100 ms, 200 ms, 400 ms steps, each less up to half at random.
+        for (pause, step_ms) in log.pauses.iter().zip([100u64, 200, 400]) {
+            let step = Duration::from_millis(step_ms);
+            assert!(*pause <= step && *pause >= step / 2, "{pause:?} for a {step:?} step");
+        }
+        // The positions handed on are the events' tokens; marks follow cluster times.
+        assert_eq!(token_of_position(&items[1].position), Some(token("t2")));
+        assert!(items[0].mark < items[1].mark);
+        assert_eq!(stats.events.load(Ordering::Relaxed), 2);
+        assert!(stats.open.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn lost_history_restarts_from_now_once_and_tells_the_shards() {
+        // At start, the saved token has left the oplog.
+        let (items, log, stats) = drive(
+            Start::After(token("old")),
+            vec![
+                Step::Open(Err(fault(Some(286)))),
+                Step::Open(Ok(())),
+                Step::Next(Ok(Some(insert("n1", 50, record("online"))))),
+                // While running: the stream fell behind the oplog.
+                Step::Next(Err(fault(Some(286)))),
+                Step::Open(Ok(())),
+                Step::Next(Ok(Some(insert("n2", 60, record("away"))))),
+            ],
+            4,
+        );
+        assert_eq!(
+            items.iter().map(status_of).collect::<Vec<_>>(),
+            ["history lost", "online", "history lost", "away"]
+        );
+        assert_eq!(log.opens, [Start::After(token("old")), Start::Now, Start::Now]);
+        assert_eq!(stats.history_lost.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.resumes.load(Ordering::Relaxed), 0);
+        // Nothing to resume from after a loss: the saved position is cleared.
+        assert!(items[0].position.0.is_empty());
+    }
+
+    #[test]
+    fn a_bad_event_is_counted_handed_on_and_passed() {
+        let (items, log, stats) = drive(
+            Start::Now,
+            vec![
+                Step::Open(Ok(())),
+                Step::Next(Ok(Some(insert("b1", 7, doc! {"change": 5})))),
+                Step::Next(Ok(Some(insert("b2", 8, record("away"))))),
+                Step::Next(Err(fault(Some(91)))),
+                Step::Open(Ok(())),
+                Step::Next(Ok(Some(insert("b3", 9, record("busy"))))),
+            ],
+            3,
+        );
+        assert_eq!(
+            items.iter().map(status_of).collect::<Vec<_>>(),
+            ["undecodable", "away", "busy"]
+        );
+        assert_eq!(stats.bad_events.load(Ordering::Relaxed), 1);
+        assert_eq!(log.opens, [Start::Now, Start::After(token("b2"))]);
+    }
+
+    #[test]
+    fn an_invalidate_reopens_with_start_after_its_token() {
+        let (items, log, _) = drive(
+            Start::Now,
+            vec![
+                Step::Open(Ok(())),
+                Step::Next(Ok(Some(doc! {"_id": token("inv"), "operationType": "invalidate"}))),
+                Step::Open(Ok(())),
+                Step::Next(Ok(Some(insert("c1", 3, record("online"))))),
+            ],
+            1,
+        );
+        assert_eq!(status_of(&items[0]), "online");
+        assert_eq!(log.opens, [Start::Now, Start::AfterInvalidate(token("inv"))]);
+        assert!(log.pauses.is_empty(), "an invalidate is not a failure");
+    }
+
+    #[test]
+    fn saved_tokens_become_the_drivers_resume_tokens() {
+        let t = resume_token(&token("8263A1B2C3000000012B0229296E04")).unwrap();
+        assert_eq!(bson::to_bson(&t).unwrap(), token("8263A1B2C3000000012B0229296E04"));
+    }
+
+    #[test]
+    fn backoff_is_capped_and_reset() {
+        let mut b = Backoff::default();
+        let pauses: Vec<Duration> = (0..20).map(|_| b.step()).collect();
+        assert!(pauses.iter().all(|p| *p <= BACKOFF_MAX));
+        assert!(pauses[19] >= BACKOFF_MAX / 2);
+        b.reset();
+        assert!(b.step() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn the_token_file_round_trips_and_ignores_what_is_not_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = TokenFile::new(dir.path(), "chatd");
+        assert_eq!(file.load(), None);
+        file.save(&position_of_token(&token("p1")).unwrap()).unwrap();
+        assert_eq!(file.load(), Some(token("p1")));
+        file.save(&position_of_token(&token("p2")).unwrap()).unwrap();
+        assert_eq!(file.load(), Some(token("p2")));
+        // Another database's token is not resumed from.
+        assert_eq!(TokenFile::new(dir.path(), "other").load(), None);
+        // An empty position (after lost history) clears it.
+        file.save(&FeedPosition(Vec::new())).unwrap();
+        assert_eq!(file.load(), None);
+        // A damaged file reads as nothing.
+        std::fs::write(dir.path().join("mongodb-feed-position"), b"garbage").unwrap();
+        assert_eq!(file.load(), None);
+    }
+}
