@@ -66,13 +66,35 @@ async fn route(req: Request<Incoming>, ctx: &ShardCtx) -> Response<Full<Bytes>> 
     }
 }
 
+/// Seconds of writes the shards may be behind the store's head before `/health` says lagging.
+const HEALTH_MAX_BEHIND_SECS: u64 = 10;
+
 fn health(ctx: &ShardCtx) -> Response<Full<Bytes>> {
-    let head = ctx.hub.store.head();
+    let store = &ctx.hub.store;
+    let head = store.head();
     let applied = ctx.hub.applied();
-    let lag = head.saturating_sub(applied);
-    let body = json!({"status": if lag < 10_000 { "ok" } else { "lagging" }, "feed_head": head, "feed_applied": applied, "shard": ctx.hub.shard});
+    let behind = store.marks_apart_seconds(head, applied);
+    let st = store.status();
+    let status = if !st.reachable {
+        "store unreachable"
+    } else if !st.feed_open {
+        "change feed reconnecting"
+    } else if behind >= HEALTH_MAX_BEHIND_SECS {
+        "lagging"
+    } else {
+        "ok"
+    };
+    let body = json!({
+        "status": status,
+        "store": st.backend,
+        "store_error": st.error,
+        "feed_head": head,
+        "feed_applied": applied,
+        "feed_lag_ms": st.feed_lag_ms,
+        "shard": ctx.hub.shard,
+    });
     json_response(
-        if lag < 10_000 {
+        if status == "ok" {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -133,6 +155,27 @@ fn metrics(ctx: &ShardCtx) -> Response<Full<Bytes>> {
         "# TYPE chatd_change_feed_head gauge\nchatd_change_feed_head {}",
         ctx.hub.store.head()
     );
+    let st = ctx.hub.store.status();
+    let store_series: [(&str, &str, f64); 7] = [
+        ("chatd_store_reachable", "gauge", f64::from(u8::from(st.reachable))),
+        ("chatd_change_feed_open", "gauge", f64::from(u8::from(st.feed_open))),
+        ("chatd_change_feed_lag_seconds", "gauge", st.feed_lag_ms as f64 / 1000.0),
+        ("chatd_change_feed_events_total", "counter", st.feed_events as f64),
+        (
+            "chatd_change_feed_bad_events_total",
+            "counter",
+            st.feed_bad_events as f64,
+        ),
+        (
+            "chatd_change_feed_history_lost_total",
+            "counter",
+            st.feed_history_lost as f64,
+        ),
+        ("chatd_change_feed_resumes_total", "counter", st.feed_resumes as f64),
+    ];
+    for (name, kind, value) in store_series {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name}{{store=\"{}\"}} {value}", st.backend);
+    }
     let p = &ctx.peer_stats;
     let peer_series: [(&str, &str, &std::sync::atomic::AtomicU64); 7] = [
         ("chatd_peer_links_up", "gauge", &p.links_up),

@@ -564,7 +564,14 @@ mod tests {
         assert_eq!(ev.wall_ms, Some(100_000));
         match ev.decoded {
             Decoded::Change(rec) => {
-                assert_eq!(rec.seq, mark_of(Timestamp { time: 100, increment: 1 }), "seq is the cluster time");
+                assert_eq!(
+                    rec.seq,
+                    mark_of(Timestamp {
+                        time: 100,
+                        increment: 1
+                    }),
+                    "seq is the cluster time"
+                );
                 assert!(matches!(&rec.change, Change::UserStatusChanged { status, .. } if status == "away"));
             }
             other => panic!("{other:?}"),
@@ -579,7 +586,8 @@ mod tests {
         no_token.remove("_id");
         assert!(matches!(decode_event(&no_token).decoded, Decoded::Bad(_)));
         // The stream-ending and collection-level events.
-        let invalidate = doc! {"_id": token("i"), "operationType": "invalidate", "clusterTime": Timestamp { time: 5, increment: 0 }};
+        let invalidate =
+            doc! {"_id": token("i"), "operationType": "invalidate", "clusterTime": Timestamp { time: 5, increment: 0 }};
         assert!(matches!(decode_event(&invalidate).decoded, Decoded::Invalidate));
         for op in [
             doc! {"_id": token("d"), "operationType": "drop", "ns": {"db": "chatd", "coll": CHANGES}},
@@ -648,7 +656,10 @@ mod tests {
     /// Runs the state machine over `steps` from `start` until it has handed over `items`
     /// entries; returns them, the log and the stats.
     fn drive(start: Start, steps: Vec<Step>, items: usize) -> (Vec<FeedItem>, Log, Arc<FeedStats>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
         let stats = Arc::new(FeedStats::default());
         let io = Script {
