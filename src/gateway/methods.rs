@@ -502,6 +502,11 @@ impl Session {
     }
 }
 
+/// The error code and text both doors give when the store failed (e.g. MongoDB unreachable):
+/// the client may retry; nothing about the failure itself is shown.
+pub const STORE_UNAVAILABLE: &str = "error-store-unavailable";
+pub const STORE_UNAVAILABLE_REASON: &str = "The database is unavailable; try again shortly";
+
 /// The DDP door's rendering of the one application error: client errors as Meteor errors with
 /// their code; server-side failures logged once and shown as a generic 500.
 impl From<AppError> for MeteorError {
@@ -519,6 +524,10 @@ impl From<AppError> for MeteorError {
                 }
             }
             AppError::Invalid(what) => MeteorError::match_failed(&what),
+            e @ AppError::Store(_) => {
+                e.log("ddp");
+                MeteorError::new(STORE_UNAVAILABLE, STORE_UNAVAILABLE_REASON)
+            }
             other => {
                 other.log("ddp");
                 MeteorError::internal()

@@ -84,6 +84,14 @@ impl From<AppError> for RestError {
         let (code, reason) = match e {
             AppError::Client { code, reason, .. } => (code.to_string(), reason),
             AppError::Invalid(what) => return Self::invalid(what),
+            e @ AppError::Store(_) => {
+                e.log("rest");
+                return Self::typed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    super::methods::STORE_UNAVAILABLE_REASON,
+                    super::methods::STORE_UNAVAILABLE,
+                );
+            }
             other => {
                 other.log("rest");
                 return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
@@ -819,7 +827,8 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.body["errorType"], "invalid-params");
         let e: RestError = AppError::Store("disk on fire".into()).into();
-        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.body["errorType"], "error-store-unavailable");
         assert!(
             !e.body.to_string().contains("disk"),
             "store details never reach the client"
