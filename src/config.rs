@@ -151,6 +151,9 @@ pub struct Cluster {
     pub max_frame_bytes: usize,
     /// Typing notices per second handed on from one peer link; more are dropped and counted.
     pub max_typing_per_sec: u32,
+    /// With MongoDB: milliseconds between this host's heartbeats in the instances registry
+    /// (hosts find each other there; an entry three heartbeats old is ignored).
+    pub registry_heartbeat_ms: u64,
 }
 
 /// The cluster secret; `Debug` never shows it.
@@ -190,6 +193,7 @@ impl Default for Cluster {
             send_queue_frames: 4096,
             max_frame_bytes: 1 << 20,
             max_typing_per_sec: 20_000,
+            registry_heartbeat_ms: 2000,
         }
     }
 }
@@ -449,6 +453,9 @@ impl Config {
         }
         if c.send_queue_frames == 0 {
             return bad("cluster.send_queue_frames", "must be at least 1");
+        }
+        if c.registry_heartbeat_ms < 100 || c.registry_heartbeat_ms > 60_000 {
+            return bad("cluster.registry_heartbeat_ms", "must be between 100 and 60000");
         }
         if c.max_typing_per_sec == 0 {
             return bad("cluster.max_typing_per_sec", "must be at least 1");

@@ -49,6 +49,8 @@ pub struct Server {
 struct ClusterStart {
     host: u64,
     name: String,
+    /// The address other hosts can dial, when known (`INSTANCE_IP`, or a specific listen IP).
+    advertised: Option<String>,
     listener: Option<std::net::TcpListener>,
 }
 
@@ -168,6 +170,11 @@ impl Server {
                 .and_then(|l| l.local_addr().ok())
                 .map_or_else(|| "(dial-only)".to_owned(), |a| a.to_string()),
         };
+        let advertised = match (&c.instance_ip, listener.as_ref().and_then(|l| l.local_addr().ok())) {
+            (Some(ip), Some(a)) => Some(format!("{ip}:{}", a.port())),
+            (None, Some(a)) if !a.ip().is_unspecified() => Some(a.to_string()),
+            _ => None,
+        };
         let host = rand::random::<u64>().max(1);
         tracing::info!(
             host = format_args!("{host:016x}"),
@@ -180,7 +187,12 @@ impl Server {
                 "host peering with the embedded store shares typing and presence only: messages are not shared between hosts without MongoDB"
             );
         }
-        Ok(Some(ClusterStart { host, name, listener }))
+        Ok(Some(ClusterStart {
+            host,
+            name,
+            advertised,
+            listener,
+        }))
     }
 
     /// The cluster port's address, when host peering listens.
@@ -381,6 +393,14 @@ async fn shard_main(
             let starting = peers.clone();
             let listener = c.listener;
             spawn_in(lane_queue, async move { crate::peer::link::start(&starting, listener) });
+            let me = c.advertised.map(|addr| crate::store::Instance { addr, host: c.host });
+            if me.is_none() && config.mongo_options().is_some() {
+                tracing::warn!("no address to advertise in the instances registry (set --instance-ip / INSTANCE_IP): other hosts will not find this one there");
+            }
+            let every = Duration::from_millis(config.cluster.registry_heartbeat_ms);
+            if let Some(lists) = store.backend().register_instance(me, every) {
+                spawn_in(lane_queue, crate::peer::link::follow_registry(peers.clone(), lists));
+            }
             Some(peers)
         }
         _ => None,

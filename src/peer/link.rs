@@ -12,6 +12,7 @@
 //! - Dialling retries with jittered exponential back-off, and waits while a link to the host
 //!   it last reached at that address is up (the other side may have dialled first).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
@@ -48,8 +49,53 @@ pub fn start(peers: &Rc<Peers>, listener: Option<std::net::TcpListener>) {
         glommio::spawn_local(accept_loop(peers.clone(), listener)).detach();
     }
     for addr in peers.cfg.peers.clone() {
-        glommio::spawn_local(dial_loop(peers.clone(), addr)).detach();
+        dial_peer(peers, &addr);
     }
+}
+
+/// Dials `addr` and keeps it linked, unless it is already being dialled.
+pub fn dial_peer(peers: &Rc<Peers>, addr: &str) {
+    if let Some(wanted) = peers.want(addr) {
+        glommio::spawn_local(dial_loop(peers.clone(), addr.to_owned(), wanted)).detach();
+    }
+}
+
+/// Follows the instances registry (MongoDB backend): every fresh list of live hosts' cluster
+/// addresses starts dialling the new ones and stops dialling those that left (static peers
+/// stay). Runs until the registry ends.
+pub async fn follow_registry(peers: Rc<Peers>, mut lists: futures::channel::mpsc::Receiver<Vec<String>>) {
+    use futures::StreamExt;
+    while let Some(list) = or(lists.next(), async {
+        peers.shutdown.wait().await;
+        None
+    })
+    .await
+    {
+        let (dial, drop) = registry_changes(&list, &peers.dialled(), &peers.cfg.peers, peers.name());
+        for addr in dial {
+            dial_peer(&peers, &addr);
+        }
+        for addr in drop {
+            tracing::info!(addr = %addr, "host left the instances registry; no longer dialled");
+            peers.unwant(&addr);
+        }
+    }
+}
+
+/// What a fresh registry list changes: addresses to start dialling (live, not this host, not
+/// dialled yet) and to stop dialling (dialled, gone from the list, not a static peer).
+fn registry_changes(live: &[String], dialled: &[String], fixed: &[String], me: &str) -> (Vec<String>, Vec<String>) {
+    let dial = live
+        .iter()
+        .filter(|a| a.as_str() != me && !dialled.contains(a))
+        .cloned()
+        .collect();
+    let drop = dialled
+        .iter()
+        .filter(|a| !live.contains(a) && !fixed.contains(a))
+        .cloned()
+        .collect();
+    (dial, drop)
 }
 
 async fn accept_loop(peers: Rc<Peers>, listener: TcpListener) {
@@ -84,12 +130,12 @@ async fn accept_loop(peers: Rc<Peers>, listener: TcpListener) {
     }
 }
 
-async fn dial_loop(peers: Rc<Peers>, addr: String) {
+async fn dial_loop(peers: Rc<Peers>, addr: String, wanted: Rc<Cell<bool>>) {
     let max_backoff = BACKOFF_MAX.min(peers.cfg.peer_timeout());
     let mut backoff = BACKOFF_MIN;
     let mut last_host: Option<u64> = None;
     let mut logged_failure = false;
-    while !peers.shutdown.is_triggered() {
+    while !peers.shutdown.is_triggered() && wanted.get() {
         if last_host.is_some_and(|h| peers.linked_to(h)) {
             // The other side dialled us and that link stayed; look again in a while.
             pause(&peers, peers.cfg.heartbeat()).await;
@@ -394,5 +440,19 @@ mod tests {
         // A long pause refills one second's worth, not more.
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..20).filter(|_| b.take(later)).count(), 10);
+    }
+
+    #[test]
+    fn registry_lists_start_and_stop_dialling_but_never_self_or_static_peers() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let me = "10.0.0.1:3010";
+        let (dial, drop) = registry_changes(
+            &v(&[me, "10.0.0.2:3010", "10.0.0.3:3010"]),
+            &v(&["10.0.0.2:3010", "10.0.0.9:3010", "static:3010"]),
+            &v(&["static:3010"]),
+            me,
+        );
+        assert_eq!(dial, v(&["10.0.0.3:3010"]));
+        assert_eq!(drop, v(&["10.0.0.9:3010"]));
     }
 }

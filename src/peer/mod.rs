@@ -147,6 +147,9 @@ pub struct Peers {
     secret: Vec<u8>,
     pub(crate) cfg: Cluster,
     links: RefCell<HashMap<u64, Rc<LinkHandle>>>,
+    /// Addresses being dialled, each with whether it is still wanted (static peers always are;
+    /// discovered ones until they leave the instances registry).
+    dialling: RefCell<HashMap<String, Rc<Cell<bool>>>>,
     next_link: Cell<u64>,
     /// Per peer host: bumped whenever a link comes up, so a pending expiry knows it is stale.
     generations: RefCell<HashMap<u64, u64>>,
@@ -221,6 +224,7 @@ impl Peers {
             secret,
             cfg,
             links: RefCell::new(HashMap::new()),
+            dialling: RefCell::new(HashMap::new()),
             next_link: Cell::new(1),
             generations: RefCell::new(HashMap::new()),
             owner: owner.clone(),
@@ -248,6 +252,36 @@ impl Peers {
 
     pub(crate) fn secret(&self) -> &[u8] {
         &self.secret
+    }
+
+    /// This host's name as peers see it (its advertised `ip:port` when it has one).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts dialling `addr` (and keeps it linked) unless that is already so; returns the flag
+    /// that keeps its dial loop going.
+    pub(crate) fn want(&self, addr: &str) -> Option<Rc<Cell<bool>>> {
+        let mut dialling = self.dialling.borrow_mut();
+        if let Some(flag) = dialling.get(addr) {
+            flag.set(true);
+            return None;
+        }
+        let flag = Rc::new(Cell::new(true));
+        dialling.insert(addr.to_owned(), flag.clone());
+        Some(flag)
+    }
+
+    /// Stops dialling `addr` (a live link stays until it ends by itself).
+    pub(crate) fn unwant(&self, addr: &str) {
+        if let Some(flag) = self.dialling.borrow_mut().remove(addr) {
+            flag.set(false);
+        }
+    }
+
+    /// Addresses being dialled.
+    pub(crate) fn dialled(&self) -> Vec<String> {
+        self.dialling.borrow().keys().cloned().collect()
     }
 
     /// Whether a live link to `host` exists.

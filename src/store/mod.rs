@@ -212,8 +212,23 @@ pub trait Backend: Send + Sync + 'static {
             ..BackendStatus::default()
         }
     }
+    /// Registers this host in the shared instances registry (MongoDB backend) with a heartbeat
+    /// every `every`, and reports the cluster addresses of every live host (heartbeat younger
+    /// than three intervals) after each beat. `None` where hosts share no registry.
+    fn register_instance(&self, _me: Option<Instance>, _every: Duration) -> Option<mpsc::Receiver<Vec<String>>> {
+        None
+    }
     /// Stops the writer after every queued request, and waits for it.
     fn close(&self);
+}
+
+/// One host's entry in the instances registry.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Where other hosts reach its cluster port (`INSTANCE_IP:port`): the entry's key.
+    pub addr: String,
+    /// Its host id in peer handshakes (this run's).
+    pub host: u64,
 }
 
 /// A history read (DDP `loadHistory`/`loadMissedMessages`, REST `*.history`).

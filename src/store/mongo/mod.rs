@@ -189,6 +189,8 @@ pub struct MongoStore {
     feed_stats: Arc<FeedStats>,
     reach: Arc<Reachability>,
     stopping: Arc<AtomicBool>,
+    /// This host's key in the instances registry, removed at close.
+    registered: Mutex<Option<String>>,
 }
 
 /// What start-up learned about the server.
@@ -331,7 +333,69 @@ impl MongoStore {
             feed_stats: Arc::new(FeedStats::default()),
             reach,
             stopping,
+            registered: Mutex::new(None),
         }))
+    }
+}
+
+/// Heartbeats of hosts older than this many intervals are stale (the host is gone).
+const STALE_BEATS: u32 = 3;
+
+/// Keeps this host's instances entry fresh and reports the live hosts' addresses after every
+/// beat (a full list is dropped when the previous one was not taken yet: the next one follows).
+async fn registry(
+    db: Database,
+    me: Option<super::Instance>,
+    every: Duration,
+    mut out: futures::channel::mpsc::Sender<Vec<String>>,
+    stopping: Arc<AtomicBool>,
+) {
+    let coll = db.collection::<Document>(schema::INSTANCES);
+    let stale_ms = i64::try_from((every * STALE_BEATS).as_millis()).unwrap_or(i64::MAX);
+    let mut failing = false;
+    while !stopping.load(Ordering::Acquire) && !out.is_closed() {
+        let beat = async {
+            if let Some(me) = &me {
+                coll.update_one(
+                    doc! {"_id": &me.addr},
+                    doc! {
+                        "$set": {"host": format!("{:016x}", me.host), "pid": std::process::id()},
+                        "$currentDate": {"heartbeat": true},
+                        "$setOnInsert": {"started": mongodb::bson::DateTime::now()},
+                    },
+                )
+                .upsert(true)
+                .await?;
+            }
+            // Liveness by the server's clock, so hosts' clocks need not agree.
+            let live: Vec<Document> = futures::TryStreamExt::try_collect(
+                coll.find(doc! {"$expr": {"$gt": ["$heartbeat", {"$subtract": ["$$NOW", stale_ms]}]}})
+                    .projection(doc! {"_id": 1})
+                    .await?,
+            )
+            .await?;
+            mongodb::error::Result::Ok(
+                live.iter()
+                    .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+                    .collect::<Vec<String>>(),
+            )
+        };
+        match beat.await {
+            Ok(list) => {
+                if failing {
+                    tracing::info!("instances registry reachable again");
+                    failing = false;
+                }
+                let _ = out.try_send(list);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %describe(&e), "instances registry heartbeat failed; will retry");
+                    failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -639,6 +703,20 @@ impl Backend for MongoStore {
         }
     }
 
+    fn register_instance(
+        &self,
+        me: Option<super::Instance>,
+        every: Duration,
+    ) -> Option<futures::channel::mpsc::Receiver<Vec<String>>> {
+        let (tx, rx) = futures::channel::mpsc::channel(1);
+        if let (Some(me), Ok(mut slot)) = (&me, self.registered.lock()) {
+            *slot = Some(me.addr.clone());
+        }
+        self.rt
+            .spawn(registry(self.reads.db.clone(), me, every, tx, self.stopping.clone()));
+        Some(rx)
+    }
+
     fn close(&self) {
         let _ = self.tx.send(Request::Stop);
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
@@ -649,6 +727,13 @@ impl Backend for MongoStore {
         let client = self.client.clone();
         let runtime = self.runtime.lock().ok().and_then(|mut r| r.take());
         if let Some(runtime) = runtime {
+            // Leaves the registry at once, so other hosts stop dialling this one.
+            let registered = self.registered.lock().ok().and_then(|mut r| r.take());
+            if let Some(addr) = registered {
+                let coll = self.reads.db.collection::<Document>(schema::INSTANCES);
+                let task = runtime.spawn(async move { coll.delete_one(doc! {"_id": addr}).await });
+                let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+            }
             // Lets the driver end its sessions and cursors, within a bound.
             let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await });
             runtime.shutdown_timeout(Duration::from_secs(2));

@@ -20,8 +20,14 @@ pub const MESSAGES: &str = "chatd_messages";
 /// The change log: one document per change, inserted in the transaction that made it; the
 /// tailers follow its inserts through the change stream.
 pub const CHANGES: &str = "chatd_changes";
+/// The instances registry: one document per host (keyed by its cluster address) with a
+/// heartbeat the host refreshes; readers ignore stale ones by heartbeat age.
+pub const INSTANCES: &str = "chatd_instances";
 /// Every collection chatd creates.
-pub const ALL: [&str; 6] = [USERS, TOKENS, ROOMS, SUBSCRIPTIONS, MESSAGES, CHANGES];
+pub const ALL: [&str; 7] = [USERS, TOKENS, ROOMS, SUBSCRIPTIONS, MESSAGES, CHANGES, INSTANCES];
+/// Instances whose heartbeat is older than this are deleted by MongoDB (garbage collection only:
+/// liveness is judged by heartbeat age when reading).
+pub const INSTANCES_TTL: Duration = Duration::from_secs(300);
 
 /// Change documents are only needed until every tailer has read them from the stream (which
 /// reads the oplog, not this collection); the TTL index removes them after a day.
@@ -79,6 +85,18 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
             ],
         ),
         (MESSAGES, vec![plain(doc! {"rid": 1, "ts": 1, "seq": 1}, "rid_ts_seq")]),
+        (
+            INSTANCES,
+            vec![IndexModel::builder()
+                .keys(doc! {"heartbeat": 1})
+                .options(
+                    IndexOptions::builder()
+                        .name("heartbeat_ttl".to_owned())
+                        .expire_after(INSTANCES_TTL)
+                        .build(),
+                )
+                .build()],
+        ),
         (
             CHANGES,
             vec![IndexModel::builder()
