@@ -18,5 +18,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+if [ -z "${CHATD_TEST_MONGO_URL:-}" ]; then
+  echo "== NOTE: CHATD_TEST_MONGO_URL is not set: the MongoDB backend's conformance and cluster tests will be SKIPPED"
+  echo "         (set it to a replica set, e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0, to run them)"
+fi
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${CHATD_TEST_THREADS:-4}"
