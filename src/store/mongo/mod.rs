@@ -53,8 +53,11 @@ pub const MAX_GROUP: usize = 64;
 /// (the write may still land; clients re-send with the same id, which is idempotent).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of a transaction that failed with a transient error (write conflicts between
-/// hosts, elections) before its requests fail.
+/// hosts, elections) before its requests fail...
 const TRANSIENT_ATTEMPTS: u32 = 8;
+/// ... and no new attempt starts after this long, so a client hears back within about the
+/// connect timeout plus this even while MongoDB is unreachable.
+const TRANSIENT_BUDGET: Duration = Duration::from_secs(5);
 /// Commit retries when the outcome of a commit is unknown.
 const COMMIT_ATTEMPTS: u32 = 3;
 /// Between reachability probes.
@@ -487,6 +490,7 @@ impl Writer {
         &mut self,
         batch: &[WriteRequest],
     ) -> Result<Vec<StoreResult<WriteOutcome>>, mongodb::error::Error> {
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -496,9 +500,10 @@ impl Writer {
             };
             // A duplicate key on a lone request: another host just wrote the same unique name;
             // once more, the rules see it and refuse cleanly.
-            let again = error.contains_label(TRANSIENT_TRANSACTION_ERROR)
+            let unreachable = matches!(error.kind.as_ref(), ErrorKind::ServerSelection { .. });
+            let again = (error.contains_label(TRANSIENT_TRANSACTION_ERROR) && !unreachable)
                 || (batch.len() == 1 && error_code(&error) == Some(schema::DUPLICATE_KEY) && attempt < 3);
-            if !again || attempt >= TRANSIENT_ATTEMPTS {
+            if !again || attempt >= TRANSIENT_ATTEMPTS || started.elapsed() >= TRANSIENT_BUDGET {
                 return Err(error);
             }
             let pause = Duration::from_millis(rand::thread_rng().gen_range(1..=(5u64 << attempt.min(6))));
@@ -562,7 +567,7 @@ impl Writer {
             failure
         };
         if let Some(e) = failure {
-            let _ = rt.block_on(session.abort_transaction().into_future());
+            abort(&rt, session, &e);
             return Attempt::Failed(e);
         }
         let mut tries = 0;
@@ -572,7 +577,7 @@ impl Writer {
                 Ok(()) => break,
                 Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < COMMIT_ATTEMPTS => continue,
                 Err(e) => {
-                    let _ = rt.block_on(session.abort_transaction().into_future());
+                    abort(&rt, session, &e);
                     return Attempt::Failed(e);
                 }
             }
@@ -591,6 +596,14 @@ impl Writer {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Aborts the session's transaction after `cause`, unless no server is reachable (the abort
+/// would wait out another server selection; the server drops the transaction by itself).
+fn abort(rt: &Handle, session: &mut ClientSession, cause: &mongodb::error::Error) {
+    if !matches!(cause.kind.as_ref(), ErrorKind::ServerSelection { .. }) {
+        let _ = rt.block_on(session.abort_transaction().into_future());
     }
 }
 
