@@ -96,28 +96,6 @@ fn cluster_addr(p: &ChatdProcess) -> SocketAddr {
         .unwrap()
 }
 
-/// A metric's value from `/metrics`.
-fn metric(p: &ChatdProcess, name: &str) -> u64 {
-    let text = ureq::get(&format!("http://{}/metrics", p.addr))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-/// Waits (bounded) until `cond` holds.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn login(p: &ChatdProcess, name: &str) -> Ddp {
     let mut c = Ddp::open(p.addr);
     c.login(name, &format!("{name}-pw"));

@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatd::store::mongo::{MongoOptions, MongoStore};
 use common::*;
@@ -33,27 +33,6 @@ fn with_database(url: &str, db: &str) -> String {
         out.push_str(q);
     }
     out
-}
-
-fn metric(p: &ChatdProcess, name: &str) -> u64 {
-    let text = ureq::get(&format!("http://{}/metrics", p.addr))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -153,6 +153,44 @@ pub struct WriteRequest {
     pub reply: oneshot::Sender<StoreResult<WriteOutcome>>,
 }
 
+/// What a backend's writer thread receives over its bounded queue.
+pub(crate) enum WriterMsg {
+    Write(WriteRequest),
+    /// Stop after every request queued before this one.
+    Stop,
+}
+
+/// Offers a request to a writer's queue without blocking.
+pub(crate) fn offer(tx: &crossbeam_channel::Sender<WriterMsg>, req: WriteRequest) -> Result<(), SubmitError> {
+    match tx.try_send(WriterMsg::Write(req)) {
+        Ok(()) => Ok(()),
+        Err(crossbeam_channel::TrySendError::Full(WriterMsg::Write(req))) => Err(SubmitError::Full(req)),
+        Err(_) => Err(SubmitError::Closed),
+    }
+}
+
+/// A writer's next group: blocks for one message, then takes whatever else is queued, up to
+/// `max` writes, into `batch`. `None` once the queue is closed; otherwise whether a stop was
+/// among them (the writer stops after this group).
+pub(crate) fn take_group(
+    rx: &crossbeam_channel::Receiver<WriterMsg>,
+    max: usize,
+    batch: &mut Vec<WriteRequest>,
+) -> Option<bool> {
+    let mut next = Some(rx.recv().ok()?);
+    let mut stop = false;
+    while let Some(msg) = next.take() {
+        match msg {
+            WriterMsg::Write(w) => batch.push(w),
+            WriterMsg::Stop => stop = true,
+        }
+        if batch.len() < max && !stop {
+            next = rx.try_recv().ok();
+        }
+    }
+    Some(stop)
+}
+
 /// Why a backend did not take a request.
 pub enum SubmitError {
     /// Its queue is full: try again later (the request is handed back).

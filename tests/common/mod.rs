@@ -531,3 +531,26 @@ impl Drop for ChatdProcess {
         self.kill();
     }
 }
+
+/// A metric's value from a process's `/metrics`, summed over its labels (whole units).
+pub fn metric(p: &ChatdProcess, name: &str) -> u64 {
+    let text = ureq::get(&format!("http://{}/metrics", p.addr))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Waits (bounded by [`WAIT`]) until `cond` holds.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::{Backend, ChangeFeed, StoreError, StoreResult, SubmitError, WriteOutcome, WriteRequest};
+use super::{Backend, ChangeFeed, StoreError, StoreResult, SubmitError, WriteOutcome, WriteRequest, WriterMsg};
 use super::{MAX_GROUP_COMMIT, WRITE_QUEUE_CAPACITY};
 use crate::app::rules::Txn;
 use crate::app::rules::{self, GENERAL_ROOM_ID};
@@ -40,14 +40,9 @@ pub enum OpenError {
     Failed { path: String, reason: String },
 }
 
-enum Request {
-    Write(WriteRequest),
-    Stop,
-}
-
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    tx: Sender<Request>,
+    tx: Sender<WriterMsg>,
     head: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
     feed: Mutex<Option<EmbeddedFeed>>,
@@ -157,11 +152,7 @@ impl Backend for EmbeddedStore {
     }
 
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError> {
-        match self.tx.try_send(Request::Write(req)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(Request::Write(req))) => Err(SubmitError::Full(req)),
-            Err(_) => Err(SubmitError::Closed),
-        }
+        super::offer(&self.tx, req)
     }
 
     fn head(&self) -> super::Mark {
@@ -174,7 +165,7 @@ impl Backend for EmbeddedStore {
     }
 
     fn close(&self) {
-        let _ = self.tx.send(Request::Stop);
+        let _ = self.tx.send(WriterMsg::Stop);
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {
             let _ = h.join();
@@ -209,22 +200,15 @@ pub(crate) fn bootstrap(db: &Database) -> StoreResult<u64> {
     Ok(head)
 }
 
-fn writer_loop(db: Arc<Database>, rx: Receiver<Request>, head: Arc<AtomicU64>, wake: Sender<()>) {
+fn writer_loop(db: Arc<Database>, rx: Receiver<WriterMsg>, head: Arc<AtomicU64>, wake: Sender<()>) {
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP_COMMIT);
     let mut commits = 0u64;
     let mut stop = false;
     while !stop {
-        let Ok(first) = rx.recv() else { break };
-        let mut next = Some(first);
-        while let Some(req) = next.take() {
-            match req {
-                Request::Write(w) => batch.push(w),
-                Request::Stop => stop = true,
-            }
-            if batch.len() < MAX_GROUP_COMMIT && !stop {
-                next = rx.try_recv().ok();
-            }
-        }
+        let Some(last) = super::take_group(&rx, MAX_GROUP_COMMIT, &mut batch) else {
+            break;
+        };
+        stop = last;
         if batch.is_empty() {
             continue;
         }

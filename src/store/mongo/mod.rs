@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use mongodb::bson::{doc, Document, Timestamp};
 use mongodb::error::{ErrorKind, WriteFailure, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 use mongodb::options::{
@@ -39,7 +39,7 @@ use tokio::runtime::Handle;
 
 use super::{
     Backend, BackendStatus, ChangeFeed, Mark, StoreError, StoreResult, SubmitError, WriteOutcome, WriteRequest,
-    WRITE_QUEUE_CAPACITY,
+    WriterMsg, WRITE_QUEUE_CAPACITY,
 };
 use crate::app::rules::{self, GENERAL_ROOM_ID};
 use crate::ids::{now_ms, MessageId, RoomId, UserId};
@@ -167,11 +167,6 @@ fn majority_journaled() -> WriteConcern {
         .build()
 }
 
-enum Request {
-    Write(WriteRequest),
-    Stop,
-}
-
 /// Whether MongoDB answered lately (the probe) — `/health` turns unhealthy when not.
 #[derive(Default)]
 struct Reachability {
@@ -184,7 +179,7 @@ pub struct MongoStore {
     rt: Handle,
     client: Client,
     reads: Reads,
-    tx: Sender<Request>,
+    tx: Sender<WriterMsg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Mark of the newest commit this host made.
     head: Arc<AtomicU64>,
@@ -443,21 +438,14 @@ enum Attempt {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Request>) {
+    fn run(mut self, rx: Receiver<WriterMsg>) {
         let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP);
         let mut stop = false;
         while !stop {
-            let Ok(first) = rx.recv() else { break };
-            let mut next = Some(first);
-            while let Some(req) = next.take() {
-                match req {
-                    Request::Write(w) => batch.push(w),
-                    Request::Stop => stop = true,
-                }
-                if batch.len() < MAX_GROUP && !stop {
-                    next = rx.try_recv().ok();
-                }
-            }
+            let Some(last) = super::take_group(&rx, MAX_GROUP, &mut batch) else {
+                break;
+            };
+            stop = last;
             if batch.is_empty() {
                 continue;
             }
@@ -665,11 +653,7 @@ impl Backend for MongoStore {
     }
 
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError> {
-        match self.tx.try_send(Request::Write(req)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(Request::Write(req))) => Err(SubmitError::Full(req)),
-            Err(_) => Err(SubmitError::Closed),
-        }
+        super::offer(&self.tx, req)
     }
 
     fn head(&self) -> Mark {
@@ -731,7 +715,7 @@ impl Backend for MongoStore {
     }
 
     fn close(&self) {
-        let _ = self.tx.send(Request::Stop);
+        let _ = self.tx.send(WriterMsg::Stop);
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {
             let _ = h.join();
