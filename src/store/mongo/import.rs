@@ -69,15 +69,30 @@ impl MongoImport {
         })
     }
 
+    /// Every document matching `filter` (only the `projection` fields, when given).
+    fn find_all(
+        &self,
+        c: &Collection<Document>,
+        filter: Document,
+        projection: Option<Document>,
+    ) -> StoreResult<Vec<Document>> {
+        let opts = FindOptions::builder().projection(projection).build();
+        self.run(async { c.find(filter).with_options(opts).await?.try_collect().await })
+    }
+
     fn ids(&self, coll: &str) -> StoreResult<HashSet<String>> {
         let c: Collection<Document> = self.db().collection(coll);
-        let docs: Vec<Document> =
-            self.run(async { c.find(doc! {}).projection(doc! {"_id": 1}).await?.try_collect().await })?;
+        let docs = self.find_all(&c, doc! {}, Some(doc! {"_id": 1}))?;
         Ok(docs
             .iter()
             .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
             .collect())
     }
+}
+
+/// Replaces (or inserts) the document `_id` = `id`.
+async fn upsert(c: Collection<Document>, id: String, d: Document) -> mongodb::error::Result<()> {
+    c.replace_one(doc! {"_id": id}, d).upsert(true).await.map(|_| ())
 }
 
 /// `$set` of a record's fields (without `_id`) and `$setOnInsert` of the given keys.
@@ -110,14 +125,11 @@ impl ImportSink for MongoImport {
             .iter()
             .flat_map(|u| u.emails.iter().map(|e| e.to_lowercase()))
             .collect();
-        let holders: Vec<Document> = self.run(async {
-            users
-                .find(doc! {"$or": [{"username_lower": {"$in": &names}}, {"emails_lower": {"$in": &emails}}]})
-                .projection(doc! {"_id": 1, "username_lower": 1, "emails_lower": 1})
-                .await?
-                .try_collect()
-                .await
-        })?;
+        let holders = self.find_all(
+            &users,
+            doc! {"$or": [{"username_lower": {"$in": &names}}, {"emails_lower": {"$in": &emails}}]},
+            Some(doc! {"_id": 1, "username_lower": 1, "emails_lower": 1}),
+        )?;
         let mut name_holder: HashMap<String, String> = HashMap::new();
         let mut email_holder: HashMap<String, String> = HashMap::new();
         for h in &holders {
@@ -162,16 +174,7 @@ impl ImportSink for MongoImport {
                 user.email = None;
             }
             let d = schema::user_doc(&user, &mine)?;
-            let users = users.clone();
-            let id = u.id.0.clone();
-            writes.push(async move {
-                users
-                    .replace_one(doc! {"_id": &id}, d)
-                    .upsert(true)
-                    .into_future()
-                    .await
-                    .map(|_| ())
-            });
+            writes.push(upsert(users.clone(), u.id.0.clone(), d));
             out.push(None);
         }
         self.run_all(writes)?;
@@ -182,17 +185,7 @@ impl ImportSink for MongoImport {
                 continue;
             }
             for (hash, token) in &iu.tokens {
-                let d = schema::token_doc(hash, token)?;
-                let tokens = tokens.clone();
-                let hash = hash.clone();
-                writes.push(async move {
-                    tokens
-                        .replace_one(doc! {"_id": hash}, d)
-                        .upsert(true)
-                        .into_future()
-                        .await
-                        .map(|_| ())
-                });
+                writes.push(upsert(tokens.clone(), hash.clone(), schema::token_doc(hash, token)?));
             }
         }
         self.run_all(writes)?;
@@ -207,13 +200,11 @@ impl ImportSink for MongoImport {
             .iter()
             .filter_map(|r| r.name.as_ref().map(|n| n.to_lowercase()))
             .collect();
-        let found: Vec<Document> = self.run(async {
-            rooms
-                .find(doc! {"$or": [{"_id": {"$in": &ids}}, {"name_lower": {"$in": &names}}]})
-                .await?
-                .try_collect()
-                .await
-        })?;
+        let found = self.find_all(
+            &rooms,
+            doc! {"$or": [{"_id": {"$in": &ids}}, {"name_lower": {"$in": &names}}]},
+            None,
+        )?;
         let mut existing: HashMap<String, Room> = HashMap::new();
         let mut name_holder: HashMap<String, String> = HashMap::new();
         for d in &found {
@@ -253,17 +244,11 @@ impl ImportSink for MongoImport {
                 None => (true, None),
             };
             out.push(warning);
-            let d = schema::room_doc(&room, indexed)?;
-            let rooms = rooms.clone();
-            let id = room.id.0.clone();
-            writes.push(async move {
-                rooms
-                    .replace_one(doc! {"_id": &id}, d)
-                    .upsert(true)
-                    .into_future()
-                    .await
-                    .map(|_| ())
-            });
+            writes.push(upsert(
+                rooms.clone(),
+                room.id.0.clone(),
+                schema::room_doc(&room, indexed)?,
+            ));
             self.touched.insert(room.id.0);
         }
         self.run_all(writes)?;
@@ -303,14 +288,7 @@ impl ImportSink for MongoImport {
             let chunk = std::mem::replace(&mut rest, tail);
             // Ids already stored (a re-run) get no sequence number.
             let ids: Vec<&str> = chunk.iter().map(|m| m.id.as_str()).collect();
-            let there: Vec<Document> = self.run(async {
-                messages
-                    .find(doc! {"_id": {"$in": &ids}})
-                    .projection(doc! {"_id": 1})
-                    .await?
-                    .try_collect()
-                    .await
-            })?;
+            let there = self.find_all(&messages, doc! {"_id": {"$in": &ids}}, Some(doc! {"_id": 1}))?;
             let there: HashSet<&str> = there.iter().filter_map(|d| d.get_str("_id").ok()).collect();
             let mut seen: HashSet<String> = HashSet::new();
             let mut docs = Vec::with_capacity(chunk.len());
