@@ -486,6 +486,10 @@ impl Writer {
                 Attempt::Done(results) => return Ok(results),
                 Attempt::Failed(e) => e,
             };
+            if matches!(error.kind.as_ref(), ErrorKind::ServerSelection { .. }) {
+                // Its transaction was not aborted (no server to tell): start afresh next time.
+                self.session = None;
+            }
             // A duplicate key on a lone request: another host just wrote the same unique name;
             // once more, the rules see it and refuse cleanly.
             let unreachable = matches!(error.kind.as_ref(), ErrorKind::ServerSelection { .. });
