@@ -52,7 +52,7 @@ impl MongoImport {
     }
 
     fn run<T>(&self, f: impl Future<Output = mongodb::error::Result<T>>) -> StoreResult<T> {
-        self.store.rt.block_on(f).map_err(|e| StoreError::Failed(describe(&e)))
+        self.store.reads.run(f)
     }
 
     /// Runs every future, at most [`CONCURRENCY`] at a time; the first error fails the call.
@@ -69,20 +69,14 @@ impl MongoImport {
         })
     }
 
-    /// Every document matching `filter` (only the `projection` fields, when given).
-    fn find_all(
-        &self,
-        c: &Collection<Document>,
-        filter: Document,
-        projection: Option<Document>,
-    ) -> StoreResult<Vec<Document>> {
+    /// Every document of `coll` matching `filter` (only the `projection` fields, when given).
+    fn find_all(&self, coll: &str, filter: Document, projection: Option<Document>) -> StoreResult<Vec<Document>> {
         let opts = FindOptions::builder().projection(projection).build();
-        self.run(async { c.find(filter).with_options(opts).await?.try_collect().await })
+        self.store.reads.docs(coll, filter, opts)
     }
 
     fn ids(&self, coll: &str) -> StoreResult<HashSet<String>> {
-        let c: Collection<Document> = self.db().collection(coll);
-        let docs = self.find_all(&c, doc! {}, Some(doc! {"_id": 1}))?;
+        let docs = self.find_all(coll, doc! {}, Some(doc! {"_id": 1}))?;
         Ok(docs
             .iter()
             .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
@@ -126,7 +120,7 @@ impl ImportSink for MongoImport {
             .flat_map(|u| u.emails.iter().map(|e| e.to_lowercase()))
             .collect();
         let holders = self.find_all(
-            &users,
+            USERS,
             doc! {"$or": [{"username_lower": {"$in": &names}}, {"emails_lower": {"$in": &emails}}]},
             Some(doc! {"_id": 1, "username_lower": 1, "emails_lower": 1}),
         )?;
@@ -201,7 +195,7 @@ impl ImportSink for MongoImport {
             .filter_map(|r| r.name.as_ref().map(|n| n.to_lowercase()))
             .collect();
         let found = self.find_all(
-            &rooms,
+            ROOMS,
             doc! {"$or": [{"_id": {"$in": &ids}}, {"name_lower": {"$in": &names}}]},
             None,
         )?;
@@ -288,7 +282,7 @@ impl ImportSink for MongoImport {
             let chunk = std::mem::replace(&mut rest, tail);
             // Ids already stored (a re-run) get no sequence number.
             let ids: Vec<&str> = chunk.iter().map(|m| m.id.as_str()).collect();
-            let there = self.find_all(&messages, doc! {"_id": {"$in": &ids}}, Some(doc! {"_id": 1}))?;
+            let there = self.find_all(MESSAGES, doc! {"_id": {"$in": &ids}}, Some(doc! {"_id": 1}))?;
             let there: HashSet<&str> = there.iter().filter_map(|d| d.get_str("_id").ok()).collect();
             let mut seen: HashSet<String> = HashSet::new();
             let mut docs = Vec::with_capacity(chunk.len());
@@ -363,14 +357,9 @@ impl ImportSink for MongoImport {
                 .sort(doc! {"ts": 1, "seq": 1})
                 .build();
             let times: Vec<i64> = self
-                .run(async {
-                    messages
-                        .find(doc! {"rid": &rid})
-                        .with_options(opts)
-                        .await?
-                        .try_collect::<Vec<Document>>()
-                        .await
-                })?
+                .store
+                .reads
+                .docs(MESSAGES, doc! {"rid": &rid}, opts)?
                 .iter()
                 .filter_map(|d| d.get_i64("ts").ok())
                 .collect();
@@ -387,16 +376,10 @@ impl ImportSink for MongoImport {
                 room.lm = Some(last.ts);
                 room.last_message = Some(last);
             }
-            let members: Vec<Subscription> = self
-                .run(async {
-                    subs.find(doc! {"rid": &rid})
-                        .await?
-                        .try_collect::<Vec<Document>>()
-                        .await
-                })?
-                .iter()
-                .map(from_doc)
-                .collect::<StoreResult<_>>()?;
+            let members: Vec<Subscription> =
+                self.store
+                    .reads
+                    .many(SUBSCRIPTIONS, doc! {"rid": &rid}, FindOptions::default())?;
             room.users_count = members.len() as u64;
             let mut writes = Vec::new();
             for mut sub in members {

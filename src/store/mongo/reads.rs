@@ -25,7 +25,8 @@ pub struct Reads {
 }
 
 impl Reads {
-    fn run<T>(&self, f: impl IntoFuture<Output = mongodb::error::Result<T>>) -> StoreResult<T> {
+    /// Runs one driver call to completion on the store's runtime (never cancelled).
+    pub(super) fn run<T>(&self, f: impl IntoFuture<Output = mongodb::error::Result<T>>) -> StoreResult<T> {
         self.rt
             .block_on(f.into_future())
             .map_err(|e| StoreError::Failed(super::describe(&e)))
@@ -40,15 +41,19 @@ impl Reads {
         self.run(c.find_one(filter))?.map(|d| from_doc(&d)).transpose()
     }
 
-    fn many<T: serde::de::DeserializeOwned>(
+    /// Every document of `coll` matching `filter`, as raw documents.
+    pub(super) fn docs(&self, coll: &str, filter: Document, opts: FindOptions) -> StoreResult<Vec<Document>> {
+        let c = self.coll(coll);
+        self.run(async { c.find(filter).with_options(opts).await?.try_collect().await })
+    }
+
+    pub(super) fn many<T: serde::de::DeserializeOwned>(
         &self,
         coll: &str,
         filter: Document,
         opts: FindOptions,
     ) -> StoreResult<Vec<T>> {
-        let c = self.coll(coll);
-        let docs: Vec<Document> = self.run(async { c.find(filter).with_options(opts).await?.try_collect().await })?;
-        docs.iter().map(from_doc).collect()
+        self.docs(coll, filter, opts)?.iter().map(from_doc).collect()
     }
 
     pub fn user(&self, uid: &UserId) -> StoreResult<Option<User>> {
@@ -115,9 +120,8 @@ impl Reads {
         let opts = FindOptions::builder()
             .projection(doc! {"rid": 1, "u.id": 1, "_id": 0})
             .build();
-        let c = self.coll(SUBSCRIPTIONS);
-        let docs: Vec<Document> = self.run(async { c.find(filter).with_options(opts).await?.try_collect().await })?;
-        Ok(docs
+        Ok(self
+            .docs(SUBSCRIPTIONS, filter, opts)?
             .iter()
             .filter_map(|d| {
                 let rid = d.get_str("rid").ok()?;
