@@ -23,6 +23,11 @@ pub struct Config {
     pub limits: Limits,
     pub accounts: Accounts,
     pub cluster: Cluster,
+    pub health: Health,
+    pub tls: Tls,
+    /// The public URL clients reach chatd at (`ROOT_URL`), shown in `/api/info` and used in
+    /// links; `None` shows nothing.
+    pub root_url: Option<String>,
     /// Capacity of each shard-to-shard mesh channel.
     pub mesh_capacity: usize,
     /// Capacity of each shard-to-shard channel of the ephemeral lane (typing); a full lane
@@ -38,6 +43,47 @@ pub struct Config {
     pub store_reader_priority: crate::store::ReaderPriority,
     /// Log filter (tracing EnvFilter syntax), overridden by `RUST_LOG`.
     pub log: String,
+}
+
+/// `/health` and draining.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// Milliseconds every shard has to answer a `/health` round trip before it counts as stuck.
+    pub shard_timeout_ms: u64,
+    /// Seconds the change feed may have changes pending without moving before `/health` says
+    /// it is stalled.
+    pub feed_stall_secs: u64,
+    /// Seconds between SIGTERM and closing connections during which `/health/ready` answers 503
+    /// and everything else is served as usual, so a load balancer stops sending new clients
+    /// first. Set it above the balancer's health-check interval × unhealthy threshold.
+    pub drain_notice_secs: u64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            shard_timeout_ms: 1000,
+            feed_stall_secs: 10,
+            drain_notice_secs: 0,
+        }
+    }
+}
+
+impl Health {
+    pub fn shard_timeout(&self) -> Duration {
+        Duration::from_millis(self.shard_timeout_ms)
+    }
+}
+
+/// TLS on the client port: both files or neither (plain HTTP/WebSocket).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first. `--tls-cert`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). `--tls-key`.
+    pub key: Option<PathBuf>,
 }
 
 /// Which store backend holds the data.
@@ -244,6 +290,9 @@ impl Default for Config {
             limits: Limits::default(),
             accounts: Accounts::default(),
             cluster: Cluster::default(),
+            health: Health::default(),
+            tls: Tls::default(),
+            root_url: None,
             mesh_capacity: 1024,
             ephemeral_capacity: 1024,
             io_memory_bytes: 512 * 1024,
@@ -360,6 +409,20 @@ impl Config {
         }
         if self.accounts.token_ttl_days == 0 {
             return bad("accounts.token_ttl_days", "must be at least 1");
+        }
+        if self.health.shard_timeout_ms < 10 || self.health.shard_timeout_ms > 60_000 {
+            return bad("health.shard_timeout_ms", "must be between 10 and 60000");
+        }
+        if self.health.feed_stall_secs == 0 {
+            return bad("health.feed_stall_secs", "must be at least 1");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert", "and tls.key must be given together");
+        }
+        if let Some(url) = &self.root_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("root_url", "must start with http:// or https://");
+            }
         }
         self.validate_store()?;
         self.validate_cluster()

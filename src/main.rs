@@ -5,9 +5,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chatd::config::BackendKind;
+use chatd::config::{BackendKind, ConfigError};
 use chatd::store::mongo::{MongoOpenError, MongoOptions, MongoStore};
 use chatd::store::{Backend, EmbeddedStore, OpenError, Store, WriteOp};
 use chatd::{Config, Server, ServerError};
@@ -106,6 +107,12 @@ struct ServeArgs {
     /// The address other hosts reach this one at.
     #[arg(long, env = "INSTANCE_IP")]
     instance_ip: Option<String>,
+    /// PEM certificate chain for HTTPS/WSS on the client port (with --tls-key); reloaded on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +135,16 @@ enum UserCommand {
     },
 }
 
+/// Variables of a Rocket.Chat unit that mean nothing to chatd, and why.
+const IGNORED_ROCKETCHAT_ENV: &[(&str, &str)] = &[
+    ("DEPLOY_METHOD", "deployment bookkeeping of Rocket.Chat"),
+    ("DEPLOY_PLATFORM", "deployment bookkeeping of Rocket.Chat"),
+    (
+        "TCP_PORT",
+        "Rocket.Chat's instance-to-instance port; chatd hosts peer over --cluster-listen",
+    ),
+];
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
@@ -144,12 +161,7 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    if let Ok(port) = std::env::var("PORT") {
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("PORT={port} is not a port number"))?;
-        config.listen.set_port(port);
-    }
+    apply_rocketchat_env(&mut config, |name| std::env::var(name).ok().filter(|v| !v.is_empty()))?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -185,6 +197,10 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(ip) = &args.instance_ip {
         config.cluster.instance_ip = Some(ip.clone());
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls.cert = Some(cert.clone());
+        config.tls.key = Some(key.clone());
+    }
     config
         .cluster
         .load_secret(std::env::var("CHATD_CLUSTER_SECRET").ok().filter(|s| !s.is_empty()))?;
@@ -192,11 +208,45 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The environment of a Rocket.Chat systemd unit: `PORT` and `BIND_IP` set the listen address,
+/// `ROOT_URL` the public URL, `MONGO_URL` selects the shared database (handled by the caller
+/// with the other store settings), `INSTANCE_IP` is read by clap. A malformed value is a
+/// configuration error naming the variable (exit 2).
+fn apply_rocketchat_env(config: &mut Config, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    let invalid = |key: &'static str, value: &str, what: &str| ConfigError::Invalid {
+        key,
+        problem: format!("is {value:?}, not {what}"),
+    };
+    if let Some(port) = var("PORT") {
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid("PORT (environment)", &port, "a port number (1-65535)"))?;
+        config.listen.set_port(port);
+    }
+    if let Some(ip) = var("BIND_IP") {
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| invalid("BIND_IP (environment)", &ip, "an IP address"))?;
+        config.listen.set_ip(ip);
+    }
+    if let Some(url) = var("ROOT_URL") {
+        config.root_url = Some(url.trim_end_matches('/').to_owned());
+    }
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = build_config(&args)?;
     init_logging(&config.log);
     if std::env::var_os("MONGO_OPLOG_URL").is_some() {
         tracing::info!("MONGO_OPLOG_URL is not needed and ignored: chatd follows MongoDB change streams");
+    }
+    for (var, why) in IGNORED_ROCKETCHAT_ENV {
+        if std::env::var_os(var).is_some() {
+            tracing::info!("{var} is ignored: {why}");
+        }
     }
     if args.check_config {
         let store = match &config.store.mongo_url {
@@ -215,12 +265,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     chatd::raise_fd_limit();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .context("installing signal handlers")?;
+    let notice = Duration::from_secs(config.health.drain_notice_secs);
     let server = Server::start(config)?;
     if let Some(signal) = signals.forever().next() {
         if signal == signal_hook::consts::SIGINT {
             // Fast exit: every acknowledged write is already durable.
             tracing::info!("SIGINT: exiting now");
             std::process::exit(130);
+        }
+        server.begin_drain();
+        if !notice.is_zero() {
+            tracing::info!(
+                seconds = notice.as_secs(),
+                "SIGTERM: /health/ready answers 503; serving on until the load balancer has noticed"
+            );
+            // A second SIGTERM (or SIGINT) ends the notice early.
+            let deadline = Instant::now() + notice;
+            while Instant::now() < deadline && signals.pending().next().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         tracing::info!("SIGTERM: draining");
     }

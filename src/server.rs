@@ -3,6 +3,7 @@
 //! shard. Stop runs in reverse start order: shards drain and end, then the store closes.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ pub struct Server {
     store: Store,
     cluster_addr: Option<std::net::SocketAddr>,
     peer_stats: Arc<PeerStats>,
+    /// Set at the start of a drain: `/health/ready` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 /// What the tailer shard needs to start host peering.
@@ -52,6 +55,12 @@ struct ClusterStart {
     /// The address other hosts can dial, when known (`INSTANCE_IP`, or a specific listen IP).
     advertised: Option<String>,
     listener: Option<std::net::TcpListener>,
+}
+
+/// Host-wide handles every shard gets.
+struct HostShared {
+    peer_stats: Arc<PeerStats>,
+    draining: Arc<AtomicBool>,
 }
 
 /// Reader threads at least, with MongoDB (each read waits on a network round trip).
@@ -110,6 +119,8 @@ impl Server {
             .and_then(|l| l.local_addr().ok());
         let peer_stats = Arc::new(PeerStats::default());
         let shard_peer_stats = peer_stats.clone();
+        let draining = Arc::new(AtomicBool::new(false));
+        let shard_draining = draining.clone();
         let cluster = Arc::new(Mutex::new(cluster));
         let config = Arc::new(config);
         let feed = Arc::new(Mutex::new(Some(feed)));
@@ -118,6 +129,7 @@ impl Server {
             let store = shard_store.clone();
             let config = config.clone();
             let peer_stats = shard_peer_stats.clone();
+            let draining = shard_draining.clone();
             let (feed, cluster) = if ctx.id == TAILER_SHARD {
                 (
                     feed.lock().ok().and_then(|mut f| f.take()),
@@ -126,7 +138,8 @@ impl Server {
             } else {
                 (None, None)
             };
-            async move { shard_main(ctx, store, config, feed, start_head, cluster, peer_stats).await }
+            let host = HostShared { peer_stats, draining };
+            async move { shard_main(ctx, store, config, feed, start_head, cluster, host).await }
         });
         match started {
             Ok(shards) => {
@@ -139,6 +152,7 @@ impl Server {
                     store,
                     cluster_addr,
                     peer_stats,
+                    draining,
                 })
             }
             Err(e) => {
@@ -220,6 +234,12 @@ impl Server {
         self.shards.as_ref().map(|s| s.shutdown_handle())
     }
 
+    /// Starts a drain: `/health/ready` answers 503 from now on while everything else is served
+    /// as usual, so load balancers stop sending new clients before [`Server::stop`].
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
     /// Drains and stops the shards, then closes the store.
     pub fn stop(mut self) {
         self.stop_inner();
@@ -285,6 +305,14 @@ async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Ta
                 }
             }
             ShardMsg::Ack { token } => hub.ack(token),
+            ShardMsg::Ping { shard, token } => {
+                if hub.mesh().try_send_to(shard, ShardMsg::Ack { token }).is_err() {
+                    tracing::debug!(
+                        shard,
+                        "health round trip not answered: the asking shard's queue is full"
+                    );
+                }
+            }
             ShardMsg::UserShard {
                 uid,
                 shard,
@@ -334,8 +362,9 @@ async fn shard_main(
     feed: Option<FeedReceiver>,
     start_head: u64,
     cluster: Option<ClusterStart>,
-    peer_stats: Arc<PeerStats>,
+    host: HostShared,
 ) {
+    let HostShared { peer_stats, draining } = host;
     let ShardContext {
         id,
         listener,
@@ -413,6 +442,9 @@ async fn shard_main(
     }
     let tailer_task = tailer.map(|(t, feed)| {
         let shutdown = shutdown.clone();
+        let watched = t.clone();
+        let watch_shutdown = shutdown.clone();
+        glommio::spawn_local(async move { watched.watch_progress(watch_shutdown).await }).detach();
         glommio::spawn_local(async move { t.run(feed, shutdown).await })
     });
     let gctx = Rc::new(ShardCtx {
@@ -422,6 +454,7 @@ async fn shard_main(
         all_stats,
         peer_stats,
         started_at: Instant::now(),
+        draining,
     });
     gateway::serve(Acceptor::new(listener, stats.clone(), shutdown.clone()), gctx).await;
 

@@ -187,3 +187,59 @@ fn an_unreachable_mongodb_fails_start_clearly_with_exit_3_within_the_timeout() {
         assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
     }
 }
+
+#[test]
+fn the_environment_of_a_rocketchat_unit_is_honoured_or_refused_by_name() {
+    // PORT and BIND_IP set the listen address, ROOT_URL shows in /api/info.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let p = ChatdProcess::serve_env(
+        dir.path(),
+        &[],
+        &[
+            ("PORT", &port),
+            ("BIND_IP", "127.0.0.1"),
+            ("ROOT_URL", "https://chat.example.com/"),
+            ("MONGO_OPLOG_URL", "mongodb://db1/local"),
+            ("DEPLOY_METHOD", "tar"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(p.addr, format!("127.0.0.1:{port}").parse().unwrap());
+    let info = ureq::get(&format!("http://{}/api/info", p.addr))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["rootUrl"], "https://chat.example.com");
+    let log = p.log.lock().unwrap().clone();
+    assert!(log.contains("MONGO_OPLOG_URL is not needed"), "{log}");
+    assert!(log.contains("DEPLOY_METHOD is ignored"), "{log}");
+    drop(p);
+
+    // Malformed values are bad configuration: exit 2, naming the variable.
+    for (var, value) in [
+        ("PORT", "abc"),
+        ("PORT", "0"),
+        ("BIND_IP", "not-an-ip"),
+        ("ROOT_URL", "chat.example.com"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(["serve", "--check-config"])
+            .env_remove("PORT")
+            .env_remove("MONGO_URL")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        let key = if var == "ROOT_URL" { "root_url" } else { var };
+        assert!(stderr.contains(key), "{var}={value}: {stderr}");
+    }
+}

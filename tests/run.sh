@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${CHATD_TEST_VENV:-$PWD/target/test-venv}"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rocketchat_async, rocketchat_API' 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rocketchat_async, rocketchat_API, prometheus_client, yaml' 2>/dev/null; then
   echo "== creating test virtualenv at $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/compat/requirements.txt

@@ -339,7 +339,8 @@ async fn chatd_sessions(url: &str) -> Vec<u64> {
     for line in body.lines() {
         if let Some(rest) = line.strip_prefix("chatd_sessions_authenticated{shard=\"") {
             if let Some((_, v)) = rest.split_once("\"} ") {
-                out.push(v.trim().parse().unwrap_or(0));
+                // Gauges are exposed as floats ("3.0").
+                out.push(v.trim().parse::<f64>().map_or(0, |v| v as u64));
             }
         }
     }

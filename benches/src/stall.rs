@@ -118,8 +118,9 @@ fn stall_metric(addr: &str) -> u64 {
     };
     let text = resp.into_string().unwrap_or_default();
     text.lines()
-        .filter(|l| l.starts_with("chatd_event_loop_stall_recent_us{"))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .filter(|l| l.starts_with("chatd_event_loop_stall_recent_seconds{"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|secs| (secs * 1e6) as u64)
         .max()
         .unwrap_or(0)
 }

@@ -19,4 +19,4 @@ pub use listener::{bind_reuseport_group, Acceptor, ListenError};
 pub use mesh::{Mesh, MeshFull, MeshReceiver};
 pub use runtime::{ShardContext, ShardSet, ShardSetConfig, StartError};
 pub use shutdown::{ShutdownHandle, ShutdownSignal};
-pub use stats::{ShardStats, StatsSnapshot};
+pub use stats::{Histogram, ShardStats, StatsSnapshot, LATENCY_BOUNDS};

@@ -127,6 +127,7 @@ async fn stall_probe(stats: Arc<ShardStats>, shutdown: crate::ShutdownSignal) {
         }
         let late = started.elapsed().saturating_sub(STALL_PROBE_INTERVAL);
         let late_us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        stats.loop_lateness.observe_duration(late);
         stats
             .loop_stall_max_us
             .fetch_max(late_us, std::sync::atomic::Ordering::Relaxed);

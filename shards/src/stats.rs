@@ -30,6 +30,92 @@ pub struct ShardStats {
     pub loop_stall_max_us: AtomicU64,
     /// The same over a recent window only (the last 10 to 20 seconds), in µs.
     pub loop_stall_recent_us: AtomicU64,
+    /// How late each probe timer fired, in seconds: the distribution of event-loop polls.
+    pub loop_lateness: Histogram,
+    /// Application-defined gauges: stream subscriptions open on this shard.
+    pub subscriptions: AtomicU64,
+    /// Application-defined gauges: the change-log position this shard has applied.
+    pub applied: AtomicU64,
+    /// Application-defined (tailer shard only): the change-log position handed to the shards.
+    pub feed_delivered: AtomicU64,
+    /// Application-defined (tailer shard only): how long changes have been pending without the
+    /// tailer moving, in ms (0 when it moves or has nothing pending).
+    pub feed_stalled_ms: AtomicU64,
+    /// Application-defined: DDP method latency, seconds.
+    pub method_seconds: Histogram,
+    /// Application-defined: REST request latency, seconds.
+    pub rest_seconds: Histogram,
+    /// Application-defined: from a change's commit to its frames queued on this shard's
+    /// sessions, seconds.
+    pub delivery_seconds: Histogram,
+}
+
+/// Upper bounds (seconds) for latency histograms: 50 µs to 10 s.
+pub const LATENCY_BOUNDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Most buckets a [`Histogram`] holds (bounds beyond this are ignored).
+const MAX_BUCKETS: usize = 24;
+
+/// A fixed-bucket histogram of relaxed atomics: one writer (its shard or thread) records without
+/// a lock; any thread reads it for exposition. Counts are per bucket (not cumulative); the sum is
+/// kept in millionths of the unit.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// `buckets[i]` counts values ≤ `bounds[i]` and above the previous bound; the slot after
+    /// the last bound counts the rest (+Inf).
+    buckets: [AtomicU64; MAX_BUCKETS + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(LATENCY_BOUNDS)
+    }
+}
+
+impl Histogram {
+    pub const fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; MAX_BUCKETS + 1],
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn bounds(&self) -> &[f64] {
+        self.bounds.get(..MAX_BUCKETS).unwrap_or(self.bounds)
+    }
+
+    pub fn observe(&self, value: f64) {
+        let bounds = self.bounds();
+        let slot = bounds.iter().position(|b| value <= *b).unwrap_or(bounds.len());
+        if let Some(b) = self.buckets.get(slot) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        // Saturating float-to-int conversion; negative values count as 0.
+        self.sum_micros
+            .fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_duration(&self, d: std::time::Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    /// (sum, count, buckets as (upper bound, count in this bucket alone)), +Inf last; the
+    /// count is the buckets' total, so a reading is consistent even while values arrive.
+    pub fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut out = Vec::with_capacity(self.bounds().len() + 1);
+        let mut total = 0u64;
+        for (i, b) in self.buckets.iter().enumerate().take(self.bounds().len() + 1) {
+            let n = b.load(Ordering::Relaxed);
+            total += n;
+            out.push((self.bounds().get(i).copied().unwrap_or(f64::INFINITY), n));
+        }
+        (self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, total, out)
+    }
 }
 
 /// A plain copy of [`ShardStats`] at one instant.
@@ -74,5 +160,23 @@ impl ShardStats {
             loop_stall_max_us: r(&self.loop_stall_max_us),
             loop_stall_recent_us: r(&self.loop_stall_recent_us),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_counts_each_bucket_and_ends_with_inf() {
+        static BOUNDS: &[f64] = &[1.0, 2.0, 4.0];
+        let h = Histogram::new(BOUNDS);
+        for v in [0.5, 1.0, 1.5, 3.0, 9.0, 9.0] {
+            h.observe(v);
+        }
+        let (sum, count, buckets) = h.read();
+        assert_eq!(count, 6);
+        assert!((sum - 24.0).abs() < 1e-6, "{sum}");
+        assert_eq!(buckets, vec![(1.0, 2), (2.0, 1), (4.0, 1), (f64::INFINITY, 2)]);
     }
 }

@@ -48,6 +48,14 @@ pub struct SessionHandle {
     idle: Cell<bool>,
     /// The one live `stream-user-presence` subscription: its id and the watched users.
     presence_sub: RefCell<Option<(String, HashSet<UserId>)>>,
+    /// The shard's figures (its `subscriptions` gauge counts this session's subscriptions).
+    stats: Arc<ShardStats>,
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        ShardStats::sub(&self.stats.subscriptions, self.subs.borrow().by_id.len() as u64);
+    }
 }
 
 #[derive(Default)]
@@ -57,10 +65,11 @@ struct Subs {
 }
 
 impl SessionHandle {
-    pub fn new(id: SessionId, out: Outbound) -> Self {
+    pub fn new(id: SessionId, out: Outbound, stats: Arc<ShardStats>) -> Self {
         Self {
             id,
             out,
+            stats,
             user: RefCell::new(None),
             subs: RefCell::new(Subs::default()),
             idle: Cell::new(false),
@@ -79,6 +88,7 @@ impl SessionHandle {
             return false;
         }
         subs.by_id.insert(id.to_owned(), (stream, event.to_owned()));
+        ShardStats::add(&self.stats.subscriptions, 1);
         *subs.active.entry((stream, event.to_owned())).or_insert(0) += 1;
         true
     }
@@ -86,6 +96,7 @@ impl SessionHandle {
     pub fn remove_sub(&self, id: &str) -> bool {
         let mut subs = self.subs.borrow_mut();
         let Some(key) = subs.by_id.remove(id) else { return false };
+        ShardStats::sub(&self.stats.subscriptions, 1);
         if let Some(n) = subs.active.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
@@ -112,7 +123,8 @@ impl SessionHandle {
     }
 
     pub fn clear_subs(&self) {
-        *self.subs.borrow_mut() = Subs::default();
+        let old = std::mem::take(&mut *self.subs.borrow_mut());
+        ShardStats::sub(&self.stats.subscriptions, old.by_id.len() as u64);
     }
 
     pub fn wants(&self, stream: &'static str, event: &str) -> bool {
@@ -203,7 +215,7 @@ impl Hub {
     }
 
     pub fn new_session(&self, out: Outbound) -> Rc<SessionHandle> {
-        let handle = Rc::new(SessionHandle::new(self.next_id(), out));
+        let handle = Rc::new(SessionHandle::new(self.next_id(), out, self.stats.clone()));
         self.sessions.borrow_mut().insert(handle.id, handle.clone());
         ShardStats::add(&self.stats.open_connections, 1);
         handle
@@ -664,6 +676,26 @@ impl Hub {
         let _ = rx.await;
     }
 
+    /// Whether shard `to` answers a mesh round trip within `timeout` (a full queue counts as no
+    /// answer: the shard is not keeping up).
+    pub async fn ping_shard(&self, to: usize, timeout: Duration) -> bool {
+        let token = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.acks.borrow_mut().insert(token, tx);
+        let msg = ShardMsg::Ping {
+            shard: self.shard,
+            token,
+        };
+        let answered = self.mesh.try_send_to(to, msg).is_ok()
+            && futures_lite::future::or(async { rx.await.is_ok() }, async {
+                glommio::timer::sleep(timeout).await;
+                false
+            })
+            .await;
+        self.acks.borrow_mut().remove(&token);
+        answered
+    }
+
     pub fn ack(&self, token: u64) {
         if let Some(tx) = self.acks.borrow_mut().remove(&token) {
             let _ = tx.send(());
@@ -699,6 +731,7 @@ impl Hub {
         }
         if head > self.applied.get() {
             self.applied.set(head);
+            self.stats.applied.store(head, std::sync::atomic::Ordering::Relaxed);
             let ready: Vec<u64> = self.waiters.borrow().range(..=head).map(|(k, _)| *k).collect();
             for k in ready {
                 if let Some(ws) = self.waiters.borrow_mut().remove(&k) {
@@ -816,6 +849,11 @@ impl Hub {
                 let members = self.member_sessions(&room.id);
                 if members.is_empty() {
                     return;
+                }
+                if let Change::MessageCreated { .. } = rec.change {
+                    // The message's `ts` is set by the writer just before its commit.
+                    let ms = crate::ids::now_ms().saturating_sub(message.ts).max(0);
+                    self.stats.delivery_seconds.observe(ms as f64 / 1000.0);
                 }
                 let msg_json = wire::message(message, Dates::Ejson).to_string();
                 let room_json = wire::room(room, Dates::Ejson).to_string();

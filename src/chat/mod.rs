@@ -29,8 +29,10 @@ pub enum ShardMsg {
         online: bool,
         ack: Option<u64>,
     },
-    /// Tailer → shard: answer to `UserShard` with an ack token.
+    /// Tailer → shard, or any shard → any shard: answer to `UserShard` or `Ping` with its token.
     Ack { token: u64 },
+    /// Any shard → any shard: answer `Ack { token }` to `shard` (health round trips).
+    Ping { shard: usize, token: u64 },
     /// Tailer → every shard: the changes this shard must apply (in log order, possibly none) and
     /// the log position the whole batch reached.
     Changes { records: Vec<Arc<ChangeRecord>>, head: u64 },

@@ -8,7 +8,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chatd_shards::{Mesh, ShardStats, ShutdownSignal};
 use futures::StreamExt;
@@ -17,6 +19,13 @@ use super::presence::PresenceOwner;
 use super::ShardMsg;
 use crate::ids::{RoomId, UserId};
 use crate::store::{Change, ChangeRecord, FeedEntry, FeedItem, FeedReceiver, Mark, Store, StoreError};
+
+/// How often [`Tailer::watch_progress`] looks at the feed.
+const PROGRESS_PROBE: Duration = Duration::from_millis(250);
+
+/// Test hook: while the file this environment variable names exists, the tailer holds the
+/// batches it reads (so tests can stop the feed with changes pending).
+pub const PAUSE_HOOK_ENV: &str = "CHATD_TEST_PAUSE_TAILER_FILE";
 
 #[derive(Default)]
 struct Routing {
@@ -248,6 +257,7 @@ impl Tailer {
             }
         }
         let head = self.position.get();
+        self.stats.feed_delivered.store(head, Ordering::Relaxed);
         for (shard, records) in per_shard.into_iter().enumerate() {
             if self
                 .mesh
@@ -266,14 +276,49 @@ impl Tailer {
         }
     }
 
+    /// Runs until shutdown, keeping the shard's `feed_stalled_ms` figure: how long the store
+    /// has had changes the tailer has not handed on while the tailer did not move.
+    pub async fn watch_progress(&self, shutdown: ShutdownSignal) {
+        let mut since = (self.position.get(), Instant::now());
+        loop {
+            let go_on = futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(PROGRESS_PROBE).await;
+                    true
+                },
+                async {
+                    shutdown.wait().await;
+                    false
+                },
+            )
+            .await;
+            if !go_on {
+                return;
+            }
+            let delivered = self.position.get();
+            if delivered >= self.store.head() || delivered != since.0 {
+                since = (delivered, Instant::now());
+            }
+            let stalled = u64::try_from(since.1.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.stats.feed_stalled_ms.store(stalled, Ordering::Relaxed);
+        }
+    }
+
     /// Runs until shutdown (or the feed ends), distributing every batch the feed thread reads.
     pub async fn run(&self, mut feed: FeedReceiver, shutdown: ShutdownSignal) {
+        let pause_file = std::env::var_os(PAUSE_HOOK_ENV).map(std::path::PathBuf::from);
         loop {
             let next = futures_lite::future::or(async { feed.next().await }, async {
                 shutdown.wait().await;
                 None
             })
             .await;
+            if let Some(file) = &pause_file {
+                // Test hook: hold every batch while the file exists.
+                while file.exists() && !shutdown.is_triggered() {
+                    glommio::timer::sleep(PROGRESS_PROBE).await;
+                }
+            }
             match next {
                 Some(batch) => self.distribute(batch).await,
                 None => return,

@@ -2,9 +2,11 @@
 //! first request head to route it, and hands it to the WebSocket DDP session (`session`) or to
 //! hyper for HTTP (`http`). Everything here runs on the connection's shard.
 
+mod health;
 pub mod http;
 mod io;
 mod methods;
+mod metrics;
 mod rest;
 pub mod session;
 
@@ -32,6 +34,8 @@ pub struct ShardCtx {
     /// Host peering figures (written by the tailer shard).
     pub peer_stats: Arc<crate::peer::PeerStats>,
     pub started_at: std::time::Instant,
+    /// Set when SIGTERM starts a drain (host-wide).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Accepts until shutdown, one task per connection.

@@ -334,10 +334,12 @@ impl Session {
             ClientFrame::Pong => true,
             ClientFrame::Method { id, method, params } => {
                 // Possibly large results come as JSON rendered on a reader thread, framed as is.
+                let started = std::time::Instant::now();
                 let res = match self.call_raw(&method, &params).await {
                     Some(raw) => raw.map(|raw| ddp::result_raw(&id, &raw)),
                     None => self.call(&method, params).await.map(|v| ddp::result(&id, v)),
                 };
+                self.ctx.hub.stats.method_seconds.observe_duration(started.elapsed());
                 match res {
                     Ok(frame) => self.push(frame),
                     Err(e) => {

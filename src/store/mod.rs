@@ -191,6 +191,31 @@ pub(crate) fn take_group(
     Some(stop)
 }
 
+/// Upper bounds for the writer's group sizes (requests per commit).
+const GROUP_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Figures of the store's writer, process-wide (a process runs one store and one writer; only
+/// that writer thread records, anything may read).
+pub struct WriterStats {
+    /// Seconds from a group's first request taken to its commit answered (durable or failed).
+    pub commit_seconds: chatd_shards::Histogram,
+    /// Requests per commit.
+    pub group_size: chatd_shards::Histogram,
+}
+
+pub static WRITER_STATS: WriterStats = WriterStats {
+    commit_seconds: chatd_shards::Histogram::new(chatd_shards::LATENCY_BOUNDS),
+    group_size: chatd_shards::Histogram::new(GROUP_BOUNDS),
+};
+
+impl WriterStats {
+    /// Records one commit of `requests` requests that started at `started`.
+    pub(crate) fn commit(&self, started: std::time::Instant, requests: usize) {
+        self.commit_seconds.observe_duration(started.elapsed());
+        self.group_size.observe(requests as f64);
+    }
+}
+
 /// Why a backend did not take a request.
 pub enum SubmitError {
     /// Its queue is full: try again later (the request is handed back).
@@ -231,6 +256,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Hands a write to the backend's writer without blocking.
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError>;
+    /// Requests waiting in the writer's queue.
+    fn writer_queue_len(&self) -> usize;
     /// Mark of the newest durable write.
     fn head(&self) -> Mark;
     /// The change feed, positioned at the head when the store opened (or where this host's
@@ -548,6 +575,11 @@ impl Store {
     /// How the backend is doing.
     pub fn status(&self) -> BackendStatus {
         self.backend.status()
+    }
+
+    /// Requests waiting for the writer and for the readers.
+    pub fn queue_depths(&self) -> (usize, usize) {
+        (self.backend.writer_queue_len(), self.readers.queue_len())
     }
 
     /// See [`Backend::marks_apart_seconds`].

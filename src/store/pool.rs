@@ -82,6 +82,11 @@ pub(super) struct ReadPool {
 }
 
 impl ReadPool {
+    /// Reads waiting for a reader thread.
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+
     pub(super) fn start(
         backend: Arc<dyn Backend>,
         threads: usize,

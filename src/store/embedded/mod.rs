@@ -155,6 +155,10 @@ impl Backend for EmbeddedStore {
         super::offer(&self.tx, req)
     }
 
+    fn writer_queue_len(&self) -> usize {
+        self.tx.len()
+    }
+
     fn head(&self) -> super::Mark {
         self.head.load(Ordering::Acquire)
     }
@@ -213,9 +217,12 @@ fn writer_loop(db: Arc<Database>, rx: Receiver<WriterMsg>, head: Arc<AtomicU64>,
             continue;
         }
         commits += 1;
+        let started = std::time::Instant::now();
         let prune = commits % PRUNE_EVERY_COMMITS == 0;
         let seq_before = head.load(Ordering::Acquire);
-        match commit_batch(&db, &batch, prune) {
+        let committed = commit_batch(&db, &batch, prune);
+        super::WRITER_STATS.commit(started, batch.len());
+        match committed {
             Ok((results, new_head)) => {
                 head.store(new_head, Ordering::Release);
                 if new_head != seq_before {

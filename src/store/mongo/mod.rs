@@ -449,7 +449,9 @@ impl Writer {
             if batch.is_empty() {
                 continue;
             }
+            let started = std::time::Instant::now();
             let results = self.commit_group(&batch);
+            super::WRITER_STATS.commit(started, batch.len());
             for (req, result) in batch.drain(..).zip(results) {
                 let _ = req.reply.send(result);
             }
@@ -658,6 +660,10 @@ impl Backend for MongoStore {
 
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError> {
         super::offer(&self.tx, req)
+    }
+
+    fn writer_queue_len(&self) -> usize {
+        self.tx.len()
     }
 
     fn head(&self) -> Mark {
