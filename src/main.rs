@@ -263,16 +263,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     chatd::raise_fd_limit();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let notice = Duration::from_secs(config.health.drain_notice_secs);
     let server = Server::start(config)?;
-    if let Some(signal) = signals.forever().next() {
-        if signal == signal_hook::consts::SIGINT {
-            // Fast exit: every acknowledged write is already durable.
-            tracing::info!("SIGINT: exiting now");
-            std::process::exit(130);
+    let mut terminate = false;
+    while !terminate {
+        let Some(signal) = signals.forever().next() else { break };
+        match signal {
+            SIGINT => {
+                // Fast exit: every acknowledged write is already durable.
+                tracing::info!("SIGINT: exiting now");
+                std::process::exit(130);
+            }
+            SIGHUP => match server.reload_tls() {
+                Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificate stays in use")
+                }
+                None => tracing::info!("SIGHUP: nothing to reload (no TLS configured)"),
+            },
+            _ => terminate = true,
         }
+    }
+    if terminate {
         server.begin_drain();
         if !notice.is_zero() {
             tracing::info!(
@@ -281,7 +296,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
             // A second SIGTERM (or SIGINT) ends the notice early.
             let deadline = Instant::now() + notice;
-            while Instant::now() < deadline && signals.pending().next().is_none() {
+            while Instant::now() < deadline && !signals.pending().any(|s| s != SIGHUP) {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -401,7 +416,10 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         });
     let unavailable = mongo.is_some_and(|m| !matches!(m, MongoOpenError::Url(_)));
     let usage = e.downcast_ref::<chatd::config::ConfigError>().is_some()
-        || matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Config(_)))
+        || matches!(
+            e.downcast_ref::<ServerError>(),
+            Some(ServerError::Config(_) | ServerError::Tls(_))
+        )
         || matches!(mongo, Some(MongoOpenError::Url(_)));
     if in_use || unavailable {
         3

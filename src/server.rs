@@ -14,6 +14,7 @@ use crate::chat::outbound::CloseReason;
 use crate::chat::tailer::Tailer;
 use crate::chat::{ShardMsg, TAILER_SHARD};
 use crate::config::{Config, ConfigError};
+use crate::gateway::tls::TlsCerts;
 use crate::gateway::{self, ShardCtx};
 use crate::peer::{PeerStats, Peers};
 use crate::store::mongo::{MongoOpenError, MongoStore};
@@ -27,6 +28,8 @@ pub enum ServerError {
     Store(#[from] OpenError),
     #[error(transparent)]
     Mongo(#[from] MongoOpenError),
+    #[error(transparent)]
+    Tls(#[from] crate::gateway::tls::TlsError),
     #[error("cannot start the store: {0}")]
     StoreStart(#[from] StoreError),
     #[error(transparent)]
@@ -46,6 +49,7 @@ pub struct Server {
     peer_stats: Arc<PeerStats>,
     /// Set at the start of a drain: `/health/ready` answers 503 from then on.
     draining: Arc<AtomicBool>,
+    tls: Option<Arc<TlsCerts>>,
 }
 
 /// What the tailer shard needs to start host peering.
@@ -61,6 +65,7 @@ struct ClusterStart {
 struct HostShared {
     peer_stats: Arc<PeerStats>,
     draining: Arc<AtomicBool>,
+    tls: Option<Arc<TlsCerts>>,
 }
 
 /// Reader threads at least, with MongoDB (each read waits on a network round trip).
@@ -77,6 +82,11 @@ pub fn raise_fd_limit() {
 impl Server {
     pub fn start(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
+        // Certificates before anything is opened: a bad file fails the start with nothing to undo.
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => Some(TlsCerts::load(cert, key)?),
+            _ => None,
+        };
         let (backend, readers): (Arc<dyn Backend>, usize) = match config.mongo_options() {
             // Reads wait on the network: more of them in flight.
             Some(opts) => (MongoStore::open(&opts)?, config.store_readers.max(MONGO_MIN_READERS)),
@@ -121,6 +131,7 @@ impl Server {
         let shard_peer_stats = peer_stats.clone();
         let draining = Arc::new(AtomicBool::new(false));
         let shard_draining = draining.clone();
+        let shard_tls = tls.clone();
         let cluster = Arc::new(Mutex::new(cluster));
         let config = Arc::new(config);
         let feed = Arc::new(Mutex::new(Some(feed)));
@@ -130,6 +141,7 @@ impl Server {
             let config = config.clone();
             let peer_stats = shard_peer_stats.clone();
             let draining = shard_draining.clone();
+            let tls = shard_tls.clone();
             let (feed, cluster) = if ctx.id == TAILER_SHARD {
                 (
                     feed.lock().ok().and_then(|mut f| f.take()),
@@ -138,7 +150,11 @@ impl Server {
             } else {
                 (None, None)
             };
-            let host = HostShared { peer_stats, draining };
+            let host = HostShared {
+                peer_stats,
+                draining,
+                tls,
+            };
             async move { shard_main(ctx, store, config, feed, start_head, cluster, host).await }
         });
         match started {
@@ -153,6 +169,7 @@ impl Server {
                     cluster_addr,
                     peer_stats,
                     draining,
+                    tls,
                 })
             }
             Err(e) => {
@@ -238,6 +255,12 @@ impl Server {
     /// as usual, so load balancers stop sending new clients before [`Server::stop`].
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// Reads the TLS certificate and key again (SIGHUP); `None` without TLS. On failure the
+    /// previous certificate stays in use.
+    pub fn reload_tls(&self) -> Option<Result<(), crate::gateway::tls::TlsError>> {
+        self.tls.as_ref().map(|t| t.reload())
     }
 
     /// Drains and stops the shards, then closes the store.
@@ -364,7 +387,11 @@ async fn shard_main(
     cluster: Option<ClusterStart>,
     host: HostShared,
 ) {
-    let HostShared { peer_stats, draining } = host;
+    let HostShared {
+        peer_stats,
+        draining,
+        tls,
+    } = host;
     let ShardContext {
         id,
         listener,
@@ -455,6 +482,7 @@ async fn shard_main(
         peer_stats,
         started_at: Instant::now(),
         draining,
+        tls,
     });
     gateway::serve(Acceptor::new(listener, stats.clone(), shutdown.clone()), gctx).await;
 

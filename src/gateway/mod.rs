@@ -9,13 +9,14 @@ mod methods;
 mod metrics;
 mod rest;
 pub mod session;
+pub mod tls;
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatd_shards::{Acceptor, ShardStats, ShutdownSignal};
-use futures::AsyncReadExt;
+use futures::{AsyncRead, AsyncReadExt};
 use glommio::net::TcpStream;
 
 use crate::chat::hub::Hub;
@@ -36,6 +37,8 @@ pub struct ShardCtx {
     pub started_at: std::time::Instant,
     /// Set when SIGTERM starts a drain (host-wide).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// TLS on the client port, when configured.
+    pub tls: Option<Arc<tls::TlsCerts>>,
 }
 
 /// Accepts until shutdown, one task per connection.
@@ -62,7 +65,7 @@ enum Route {
 }
 
 /// Reads the request head (bounded in size and time) and decides where it goes.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Route> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Route> {
     let mut chunk = [0u8; 2048];
     loop {
         let n = stream.read(&mut chunk).await.ok()?;
@@ -95,10 +98,41 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Route> {
     }
 }
 
-async fn connection(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
+async fn connection(stream: TcpStream, ctx: Rc<ShardCtx>) {
     let _ = stream.set_nodelay(true);
     let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
+    // Bounds the TLS handshake and the request head; the session keeps its own clock after.
     let _ = stream.set_read_timeout(Some(handshake));
+    match ctx.tls.as_ref().map(|t| t.acceptor()) {
+        None => route(stream, ctx).await,
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => route(tls, ctx).await,
+            Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+        },
+    }
+}
+
+/// Lifts the handshake's read timeout (plain or TLS stream alike).
+trait ClearTimeout {
+    fn clear_read_timeout(&self);
+}
+
+impl ClearTimeout for TcpStream {
+    fn clear_read_timeout(&self) {
+        let _ = self.set_read_timeout(None);
+    }
+}
+
+impl ClearTimeout for futures_rustls::server::TlsStream<TcpStream> {
+    fn clear_read_timeout(&self) {
+        let _ = self.get_ref().0.set_read_timeout(None);
+    }
+}
+
+async fn route<S>(mut stream: S, ctx: Rc<ShardCtx>)
+where
+    S: AsyncRead + futures::AsyncWrite + ClearTimeout + Unpin + 'static,
+{
     let mut head = Vec::with_capacity(1024);
     let Some(route) = read_head(&mut stream, &mut head).await else {
         return;
@@ -106,7 +140,7 @@ async fn connection(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
     match route {
         Route::WebSocket => {
             // The session keeps its own clock (pings, auth timeout) from here on.
-            let _ = stream.set_read_timeout(None);
+            stream.clear_read_timeout();
             session::run(Prefixed::new(head, stream), ctx).await;
         }
         Route::Http => http::serve(Prefixed::new(head, stream), ctx).await,

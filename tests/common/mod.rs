@@ -107,9 +107,9 @@ fn ws_over(stream: TcpStream, addr: SocketAddr) -> WebSocket<TcpStream> {
     ws
 }
 
-/// A blocking DDP client.
-pub struct Ddp {
-    pub ws: WebSocket<TcpStream>,
+/// A blocking DDP client (over a plain TCP stream unless told otherwise, e.g. TLS).
+pub struct Ddp<S = TcpStream> {
+    pub ws: WebSocket<S>,
     next_id: u64,
     /// Frames that arrived while waiting for something else (stream events, nosub, errors).
     pub events: VecDeque<Value>,
@@ -124,9 +124,11 @@ impl Ddp {
     pub fn open(addr: SocketAddr) -> Self {
         Self::open_on(ws_connect(addr))
     }
+}
 
+impl<S: std::io::Read + std::io::Write> Ddp<S> {
     /// Completes the DDP handshake on an open WebSocket.
-    pub fn open_on(ws: WebSocket<TcpStream>) -> Self {
+    pub fn open_on(ws: WebSocket<S>) -> Self {
         let mut c = Self {
             ws,
             next_id: 0,
