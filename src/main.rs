@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+#[path = "cli/admin.rs"]
+mod admin;
+
 use anyhow::Context;
 use chatd::config::{BackendKind, ConfigError};
-use chatd::store::mongo::{MongoOpenError, MongoOptions, MongoStore};
-use chatd::store::{Backend, EmbeddedStore, OpenError, Store, WriteOp};
+use chatd::store::mongo::MongoOpenError;
+use chatd::store::OpenError;
 use chatd::{Config, Server, ServerError};
 use clap::{Args, Parser, Subcommand};
 
@@ -29,9 +32,11 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
-    /// Manage users while the server is stopped.
+    /// Manage users (the embedded store: while the server is stopped).
     #[command(subcommand)]
-    User(UserCommand),
+    User(admin::UserCommand),
+    /// Write a consistent copy of the embedded store, while the server runs or not.
+    Backup(admin::BackupArgs),
     /// Copy data from another chat server into chatd's store (the server must be stopped).
     #[command(subcommand)]
     Import(ImportCommand),
@@ -113,26 +118,6 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum UserCommand {
-    /// Create a user in the store (the embedded store: while the server is stopped).
-    Add {
-        #[arg(long, required_unless_present = "mongo_url")]
-        data_dir: Option<PathBuf>,
-        /// Create the user in chatd's MongoDB backend instead (servers may run).
-        #[arg(long, env = "MONGO_URL")]
-        mongo_url: Option<String>,
-        #[arg(long)]
-        username: String,
-        #[arg(long)]
-        password: String,
-        #[arg(long)]
-        email: Option<String>,
-        #[arg(long)]
-        name: Option<String>,
-    },
 }
 
 /// Variables of a Rocket.Chat unit that mean nothing to chatd, and why.
@@ -307,54 +292,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens chatd's MongoDB backend for a command (no server needed).
-fn open_mongo(url: &str, data_dir: PathBuf, timeout_secs: u64) -> Result<std::sync::Arc<MongoStore>, MongoOpenError> {
-    MongoStore::open(&MongoOptions {
-        url: url.to_owned(),
-        database: None,
-        connect_timeout: std::time::Duration::from_secs(timeout_secs),
-        data_dir,
-        host: "chatd-cli".into(),
-    })
-}
-
-fn user_add(
-    data_dir: Option<PathBuf>,
-    mongo_url: Option<String>,
-    username: String,
-    password: String,
-    email: Option<String>,
-    name: Option<String>,
-) -> anyhow::Result<()> {
-    let backend: std::sync::Arc<dyn Backend> = match (&mongo_url, data_dir) {
-        (Some(url), dir) => open_mongo(url, dir.unwrap_or_else(std::env::temp_dir), 10)?,
-        (None, Some(dir)) => EmbeddedStore::open(&dir)?,
-        (None, None) => anyhow::bail!("name a store: --data-dir DIR or --mongo-url URL"),
-    };
-    let store = Store::new(backend, 1)?;
-    let hash = chatd::auth::hash_password_digest(&chatd::auth::sha256_hex(&password)).map_err(anyhow::Error::msg)?;
-    let op = WriteOp::CreateUser {
-        name: name.unwrap_or_else(|| username.clone()),
-        username: username.clone(),
-        email,
-        password_hash: hash,
-    };
-    let result = store.write_blocking(op);
-    store.close();
-    let outcome = result?;
-    match outcome.output {
-        chatd::store::WriteOutput::User(u) => println!("created user {} with id {}", u.username, u.id),
-        _ => println!("created user {username}"),
-    }
-    Ok(())
-}
-
 fn import_rocketchat(args: ImportArgs) -> anyhow::Result<()> {
     use chatd::import::{self, Source};
     // The store first: a running server means exit code 3 before any source is touched.
     let mut sink: Box<dyn import::ImportSink> = match &args.into_mongo_url {
         Some(url) => {
-            let store = open_mongo(url, args.data_dir.clone(), args.mongo_connect_timeout)?;
+            let store = admin::open_mongo(url, args.data_dir.clone(), args.mongo_connect_timeout)?;
             Box::new(chatd::store::mongo::import::MongoImport::new(store))
         }
         None => Box::new(chatd::store::embedded::import::EmbeddedImport::open(&args.data_dir)?),
@@ -375,16 +318,13 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::User(UserCommand::Add {
-            data_dir,
-            mongo_url,
-            username,
-            password,
-            email,
-            name,
-        }) => {
+        Command::User(cmd) => {
             init_logging("warn");
-            user_add(data_dir, mongo_url, username, password, email, name)
+            admin::user(cmd)
+        }
+        Command::Backup(args) => {
+            init_logging("warn");
+            admin::backup(args)
         }
         Command::Import(ImportCommand::Rocketchat(args)) => {
             init_logging("warn");

@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::gateway::tls::TlsCerts;
 use crate::gateway::{self, ShardCtx};
 use crate::peer::{PeerStats, Peers};
+use crate::store::embedded::backup::ControlSocket;
 use crate::store::mongo::{MongoOpenError, MongoStore};
 use crate::store::{Backend, EmbeddedStore, FeedReceiver, OpenError, Store, StoreError};
 
@@ -50,6 +51,8 @@ pub struct Server {
     /// Set at the start of a drain: `/health/ready` answers 503 from then on.
     draining: Arc<AtomicBool>,
     tls: Option<Arc<TlsCerts>>,
+    /// The embedded store's `chatd backup` socket.
+    control: Option<ControlSocket>,
 }
 
 /// What the tailer shard needs to start host peering.
@@ -87,10 +90,18 @@ impl Server {
             (Some(cert), Some(key)) => Some(TlsCerts::load(cert, key)?),
             _ => None,
         };
+        let mut control = None;
         let (backend, readers): (Arc<dyn Backend>, usize) = match config.mongo_options() {
             // Reads wait on the network: more of them in flight.
             Some(opts) => (MongoStore::open(&opts)?, config.store_readers.max(MONGO_MIN_READERS)),
-            None => (EmbeddedStore::open(&config.data_dir)?, config.store_readers),
+            None => {
+                let store = EmbeddedStore::open(&config.data_dir)?;
+                match store.control_socket(&config.data_dir) {
+                    Ok(c) => control = Some(c),
+                    Err(e) => tracing::warn!(error = %e, "no control socket: `chatd backup` cannot reach this server"),
+                }
+                (store, config.store_readers)
+            }
         };
         let store = match Store::with_priority(backend.clone(), readers, config.store_reader_priority) {
             Ok(s) => s,
@@ -170,6 +181,7 @@ impl Server {
                     peer_stats,
                     draining,
                     tls,
+                    control,
                 })
             }
             Err(e) => {
@@ -273,6 +285,9 @@ impl Server {
             if let Err(e) = shards.stop() {
                 tracing::error!(error = %e, "a shard ended with an error");
             }
+        }
+        if let Some(mut c) = self.control.take() {
+            c.stop();
         }
         self.store.close();
     }

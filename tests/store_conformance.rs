@@ -253,6 +253,70 @@ fn passwords_and_tokens() {
 }
 
 #[test]
+fn operator_changes_to_accounts_and_revoking_every_login() {
+    each(|s| {
+        let alice = user(s, "alice");
+        let bob = user(s, "bob");
+        for (hash, u) in [("a1", &alice), ("a2", &alice), ("b1", &bob)] {
+            let token = LoginToken {
+                uid: u.id.clone(),
+                created_at: 0,
+                expires_at: i64::MAX,
+            };
+            w(
+                s,
+                WriteOp::CreateToken {
+                    token_hash: hash.into(),
+                    token,
+                },
+            )
+            .unwrap();
+        }
+        let admin = |password_hash: Option<&str>, active, roles: Option<Vec<String>>, revoke_tokens| {
+            w(
+                s,
+                WriteOp::AdminUpdateUser {
+                    uid: alice.id.clone(),
+                    password_hash: password_hash.map(str::to_owned),
+                    active,
+                    roles,
+                    revoke_tokens,
+                },
+            )
+        };
+        // Roles alone: nothing else changes, logins stay.
+        admin(None, None, Some(vec!["user".into(), "admin".into()]), false).unwrap();
+        let b = s.backend();
+        let stored = b.user(&alice.id).unwrap().unwrap();
+        assert_eq!(stored.roles, ["user", "admin"]);
+        assert_eq!((stored.password_hash.as_str(), stored.active), ("hash", true));
+        assert!(b.user_by_token_hash("a1", 100).unwrap().is_some());
+        // A new password that ends every login of alice, and only hers.
+        admin(Some("new-hash"), None, None, true).unwrap();
+        assert_eq!(b.user(&alice.id).unwrap().unwrap().password_hash, "new-hash");
+        assert!(b.user_by_token_hash("a1", 100).unwrap().is_none());
+        assert!(b.user_by_token_hash("a2", 100).unwrap().is_none());
+        assert!(
+            b.user_by_token_hash("b1", 100).unwrap().is_some(),
+            "bob keeps his login"
+        );
+        admin(None, Some(false), None, true).unwrap();
+        assert!(!b.user(&alice.id).unwrap().unwrap().active);
+        let ghost = w(
+            s,
+            WriteOp::AdminUpdateUser {
+                uid: UserId::from("ghost"),
+                password_hash: None,
+                active: Some(false),
+                roles: None,
+                revoke_tokens: false,
+            },
+        );
+        assert_eq!(code(ghost), "error-invalid-user");
+    });
+}
+
+#[test]
 fn rooms_owners_names_and_direct_ids() {
     each(|s| {
         let alice = user(s, "alice");

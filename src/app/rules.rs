@@ -28,6 +28,8 @@ pub trait Txn {
     fn put_user(&mut self, user: &User) -> StoreResult<()>;
     fn put_token(&mut self, token_hash: &str, token: &LoginToken) -> StoreResult<()>;
     fn delete_token(&mut self, token_hash: &str) -> StoreResult<()>;
+    /// Deletes every login token of `uid` (a scan: operator commands only); how many.
+    fn delete_tokens_of(&mut self, uid: &UserId) -> StoreResult<u64>;
     fn room(&self, rid: &RoomId) -> StoreResult<Option<Room>>;
     fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
     /// Stores a room (with its name index, for named rooms).
@@ -248,6 +250,29 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 t.put_user(&user)?;
             }
             Ok(WriteOutput::Unit)
+        }
+        WriteOp::AdminUpdateUser {
+            uid,
+            password_hash,
+            active,
+            roles,
+            revoke_tokens,
+        } => {
+            let mut user = existing_user(t, &uid)?;
+            if let Some(hash) = password_hash {
+                user.password_hash = hash;
+            }
+            if let Some(active) = active {
+                user.active = active;
+            }
+            if let Some(roles) = roles {
+                user.roles = roles;
+            }
+            t.put_user(&user)?;
+            if revoke_tokens {
+                t.delete_tokens_of(&uid)?;
+            }
+            Ok(WriteOutput::User(Box::new(user)))
         }
         WriteOp::CreateToken { token_hash, token } => {
             existing_user(t, &token.uid)?;

@@ -229,6 +229,8 @@ pub trait Backend: Send + Sync + 'static {
     fn user(&self, uid: &UserId) -> StoreResult<Option<User>>;
     /// Users by id, in the order asked, skipping unknown ids.
     fn users(&self, uids: &[UserId]) -> StoreResult<Vec<User>>;
+    /// Every user, in id order (operator commands; a full scan).
+    fn all_users(&self) -> StoreResult<Vec<User>>;
     /// By username, case-insensitively.
     fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
     /// By any of the user's emails, case-insensitively.
@@ -338,6 +340,15 @@ pub enum WriteOp {
         uid: UserId,
         expected: String,
         password_hash: String,
+    },
+    /// An operator's change to an account (`chatd user passwd|deactivate|activate|role`);
+    /// `None` leaves a field as it is. With `revoke_tokens`, every login of the user ends.
+    AdminUpdateUser {
+        uid: UserId,
+        password_hash: Option<String>,
+        active: Option<bool>,
+        roles: Option<Vec<String>>,
+        revoke_tokens: bool,
     },
     CreateToken {
         token_hash: String,

@@ -6,6 +6,7 @@
 //! Every data change appends a [`ChangeRecord`] to the `changes` table inside the same
 //! transaction, so the change log and the data can never disagree, even after `kill -9`.
 
+pub mod backup;
 mod feed;
 pub mod import;
 mod reads;
@@ -80,6 +81,16 @@ impl EmbeddedStore {
     }
 
     /// Opens the file for exclusive use (`InUse` when another process has it).
+    /// Writes a consistent copy of the store to `out` (see [`backup`]).
+    pub fn backup_to(&self, out: &Path) -> super::StoreResult<backup::BackupReport> {
+        backup::backup(&self.db, out)
+    }
+
+    /// Serves `chatd backup` requests on `dir/control.sock` while this store is open.
+    pub fn control_socket(&self, dir: &Path) -> std::io::Result<backup::ControlSocket> {
+        backup::ControlSocket::start(dir, self.db.clone())
+    }
+
     pub fn open_db(dir: &Path) -> Result<Database, OpenError> {
         Self::open_db_with_cache(dir, None)
     }
@@ -110,6 +121,9 @@ impl Backend for EmbeddedStore {
     }
     fn users(&self, uids: &[crate::ids::UserId]) -> StoreResult<Vec<super::User>> {
         reads::users(&self.db, uids)
+    }
+    fn all_users(&self) -> StoreResult<Vec<super::User>> {
+        reads::all_users(&self.db)
     }
     fn user_by_username(&self, username: &str) -> StoreResult<Option<super::User>> {
         reads::user_by_username(&self.db, username)

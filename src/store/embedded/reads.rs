@@ -55,6 +55,18 @@ pub fn users(db: &Database, uids: &[UserId]) -> StoreResult<Vec<User>> {
     })
 }
 
+pub fn all_users(db: &Database) -> StoreResult<Vec<User>> {
+    read(db, |t| {
+        let table = t.open_table(USERS).map_err(sf)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(sf)? {
+            let (_, v) = row.map_err(sf)?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    })
+}
+
 pub fn user_by_username(db: &Database, username: &str) -> StoreResult<Option<User>> {
     read(db, |t| by_index(t, USERNAMES, username, USERS))
 }

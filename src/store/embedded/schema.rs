@@ -222,6 +222,18 @@ impl Txn for Tables<'_> {
         Ok(())
     }
 
+    fn delete_tokens_of(&mut self, uid: &UserId) -> StoreResult<u64> {
+        let mut gone = 0u64;
+        self.tokens
+            .retain(|_, v| {
+                let mine = dec::<LoginToken>(v).is_ok_and(|t| &t.uid == uid);
+                gone += u64::from(mine);
+                !mine
+            })
+            .map_err(sf)?;
+        Ok(gone)
+    }
+
     fn room(&self, rid: &RoomId) -> StoreResult<Option<Room>> {
         self.rooms
             .get(rid.as_str())

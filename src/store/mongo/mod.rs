@@ -618,6 +618,9 @@ impl Backend for MongoStore {
     fn users(&self, uids: &[UserId]) -> StoreResult<Vec<super::User>> {
         self.reads.users(uids)
     }
+    fn all_users(&self) -> StoreResult<Vec<super::User>> {
+        self.reads.all_users()
+    }
     fn user_by_username(&self, username: &str) -> StoreResult<Option<super::User>> {
         self.reads.user_by_username(username)
     }

@@ -71,6 +71,11 @@ impl Reads {
         Ok(uids.iter().filter_map(|u| found.get(u.as_str()).cloned()).collect())
     }
 
+    pub fn all_users(&self) -> StoreResult<Vec<User>> {
+        let opts = FindOptions::builder().sort(doc! {"_id": 1}).build();
+        self.many(USERS, doc! {}, opts)
+    }
+
     pub fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
         self.one(USERS, doc! {"username_lower": username.to_lowercase()})
     }

@@ -143,6 +143,14 @@ impl Txn for MongoTxn<'_> {
         self.delete(TOKENS, doc! {"_id": token_hash})
     }
 
+    fn delete_tokens_of(&mut self, uid: &UserId) -> StoreResult<u64> {
+        let c = self.coll(TOKENS);
+        let mut s = self.session.borrow_mut();
+        Ok(self
+            .run(c.delete_many(doc! {"uid": uid.as_str()}).session(&mut **s))?
+            .deleted_count)
+    }
+
     fn room(&self, rid: &RoomId) -> StoreResult<Option<Room>> {
         self.decoded(ROOMS, doc! {"_id": rid.as_str()})
     }
