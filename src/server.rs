@@ -31,6 +31,12 @@ pub enum ServerError {
     Mongo(#[from] MongoOpenError),
     #[error(transparent)]
     Tls(#[from] crate::gateway::tls::TlsError),
+    #[error(
+        "the locked-memory limit is {limit} bytes; each shard locks io_memory_bytes = {needed} for io_uring. \
+         Raise it: `ulimit -l unlimited` in the shell, LimitMEMLOCK=infinity in the systemd unit, \
+         --ulimit memlock=-1 for docker"
+    )]
+    MemLock { limit: u64, needed: u64 },
     #[error("cannot start the store: {0}")]
     StoreStart(#[from] StoreError),
     #[error(transparent)]
@@ -85,6 +91,13 @@ pub fn raise_fd_limit() {
 impl Server {
     pub fn start(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
+        // glommio refuses to start an executor below this; say so before anything is opened.
+        if let Ok((limit, _)) = rlimit::getrlimit(rlimit::Resource::MEMLOCK) {
+            let needed = config.io_memory_bytes as u64;
+            if limit < needed {
+                return Err(ServerError::MemLock { limit, needed });
+            }
+        }
         // Certificates before anything is opened: a bad file fails the start with nothing to undo.
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => Some(TlsCerts::load(cert, key)?),

@@ -243,3 +243,23 @@ fn the_environment_of_a_rocketchat_unit_is_honoured_or_refused_by_name() {
         assert!(stderr.contains(key), "{var}={value}: {stderr}");
     }
 }
+
+#[test]
+fn a_locked_memory_limit_too_low_for_io_uring_is_explained_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -l 64 && exec {} serve --listen 127.0.0.1:0 --data-dir {}",
+            env!("CARGO_BIN_EXE_chatd"),
+            dir.path().display()
+        ))
+        .env_remove("PORT")
+        .env_remove("MONGO_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("locked-memory limit is 65536 bytes"), "{stderr}");
+    assert!(stderr.contains("LimitMEMLOCK=infinity"), "{stderr}");
+}
