@@ -181,20 +181,18 @@ fn write(store: Store, op: WriteOp) -> anyhow::Result<WriteOutput> {
     Ok(result?.output)
 }
 
-/// Runs `f` with the store open, closing it after.
-fn read<T>(store: &Store, f: impl FnOnce(&dyn Backend) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let result = f(store.backend());
-    if result.is_err() {
-        store.close();
-    }
-    result
-}
-
+/// The user named `username`; closes the store when there is none.
 fn existing(store: &Store, username: &str) -> anyhow::Result<chatd::store::User> {
-    read(store, |b| {
-        b.user_by_username(username)?
-            .with_context(|| format!("no user named {username}"))
-    })
+    let found = store.backend().user_by_username(username);
+    match found {
+        Ok(Some(u)) => Ok(u),
+        other => {
+            store.close();
+            Err(other
+                .err()
+                .map_or_else(|| anyhow::anyhow!("no user named {username}"), anyhow::Error::from))
+        }
+    }
 }
 
 pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
@@ -220,8 +218,9 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::List { store, json } => {
             let s = open_store(&store)?;
-            let users = read(&s, |b| Ok(b.all_users()?))?;
+            let users = s.backend().all_users();
             s.close();
+            let users = users?;
             for u in users {
                 if json {
                     let line = serde_json::json!({

@@ -26,7 +26,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 /// Response header naming the shard that answered.
 const SHARD_HEADER: &str = "x-chatd-shard";
 
-/// A histogram's reading: (sum, count, cumulative buckets).
+/// A histogram's reading: (sum, count, per-bucket counts with their upper bounds).
 type HistogramRead = (f64, u64, Vec<(f64, u64)>);
 
 /// One shard's figures.
@@ -122,40 +122,36 @@ const SHARD_GAUGES: &[GaugeReader] = &[
     ),
 ];
 
-/// Per-shard histograms: name, help, and the label value of `api` when the family has one.
-/// Name, help, the `api` label's value (if the family has that label), and the reader.
-type HistogramReader = (
-    &'static str,
-    &'static str,
-    Option<&'static str>,
-    fn(&ShardStats) -> &Histogram,
-);
+/// A per-shard histogram family: name, help, and its members (the `api` label's value when
+/// the family is split by it, and the reader).
+struct HistogramFamily {
+    name: &'static str,
+    help: &'static str,
+    members: &'static [HistogramMember],
+}
 
-const SHARD_HISTOGRAMS: &[HistogramReader] = &[
-    (
-        "chatd_method_duration_seconds",
-        "Time to answer a DDP method call or a REST request.",
-        Some("ddp"),
-        |s| &s.method_seconds,
-    ),
-    (
-        "chatd_method_duration_seconds",
-        "Time to answer a DDP method call or a REST request.",
-        Some("rest"),
-        |s| &s.rest_seconds,
-    ),
-    (
-        "chatd_delivery_latency_seconds",
-        "From a new message's commit (its server timestamp) to its frames queued on this shard's sessions.",
-        None,
-        |s| &s.delivery_seconds,
-    ),
-    (
-        "chatd_event_loop_lateness_seconds",
-        "How late the shard's 10 ms probe timer fired: the length of event-loop polls.",
-        None,
-        |s| &s.loop_lateness,
-    ),
+/// The `api` label's value (when the family is split by it) and the reader of one histogram.
+type HistogramMember = (Option<&'static str>, fn(&ShardStats) -> &Histogram);
+
+const SHARD_HISTOGRAMS: &[HistogramFamily] = &[
+    HistogramFamily {
+        name: "chatd_method_duration_seconds",
+        help: "Time to answer a DDP method call or a REST request.",
+        members: &[
+            (Some("ddp"), |s| &s.method_seconds),
+            (Some("rest"), |s| &s.rest_seconds),
+        ],
+    },
+    HistogramFamily {
+        name: "chatd_delivery_latency_seconds",
+        help: "From a new message's commit (its server timestamp) to its frames queued on this shard's sessions.",
+        members: &[(None, |s| &s.delivery_seconds)],
+    },
+    HistogramFamily {
+        name: "chatd_event_loop_lateness_seconds",
+        help: "How late the shard's 10 ms probe timer fired: the length of event-loop polls.",
+        members: &[(None, |s| &s.loop_lateness)],
+    },
 ];
 
 type PeerReader = (&'static str, &'static str, MetricType, fn(&PeerStats) -> &AtomicU64);
@@ -231,7 +227,10 @@ fn snapshot(ctx: &ShardCtx) -> Snapshot {
                 .map(|(_, _, get)| get(s).load(Ordering::Relaxed))
                 .collect(),
             gauges: SHARD_GAUGES.iter().map(|(_, _, get)| get(s)).collect(),
-            histograms: SHARD_HISTOGRAMS.iter().map(|(_, _, _, get)| get(s).read()).collect(),
+            histograms: SHARD_HISTOGRAMS
+                .iter()
+                .flat_map(|f| f.members.iter().map(|(_, get)| get(s).read()))
+                .collect(),
         })
         .collect();
     let tailer = ctx.all_stats.get(crate::chat::TAILER_SHARD);
@@ -332,25 +331,21 @@ impl Collector for Snapshot {
                 m.encode_family(&l)?.encode_gauge(&v)?;
             }
         }
-        // Histogram families, each named once (the `api` label splits the method family).
-        let mut i = 0;
-        while let Some((name, help, _, _)) = SHARD_HISTOGRAMS.get(i) {
-            let same: Vec<usize> = (i..SHARD_HISTOGRAMS.len())
-                .take_while(|j| SHARD_HISTOGRAMS.get(*j).is_some_and(|h| h.0 == *name))
-                .collect();
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            for j in &same {
-                let api = SHARD_HISTOGRAMS.get(*j).and_then(|h| h.2);
+        // Readings are flattened in family and member order.
+        let mut index = 0;
+        for family in SHARD_HISTOGRAMS {
+            let mut m = enc.encode_descriptor(family.name, family.help, None, MetricType::Histogram)?;
+            for (api, _) in family.members {
                 for (shard, f) in self.shards.iter().enumerate() {
-                    let Some(h) = f.histograms.get(*j) else { continue };
+                    let Some(h) = f.histograms.get(index) else { continue };
                     let shard = labels.get(shard).map_or("", String::as_str);
                     match api {
                         Some(api) => histogram(&mut m, &[("shard", shard), ("api", api)], h)?,
                         None => histogram(&mut m, &[("shard", shard)], h)?,
                     }
                 }
+                index += 1;
             }
-            i += same.len().max(1);
         }
         self.encode_host(&mut enc)
     }
