@@ -111,18 +111,7 @@ async fn stall_probe(stats: Arc<ShardStats>, shutdown: crate::ShutdownSignal) {
     let (mut window_start, mut current, mut previous) = (std::time::Instant::now(), 0u64, 0u64);
     loop {
         let started = std::time::Instant::now();
-        let go_on = future::or(
-            async {
-                glommio::timer::sleep(STALL_PROBE_INTERVAL).await;
-                true
-            },
-            async {
-                shutdown.wait().await;
-                false
-            },
-        )
-        .await;
-        if !go_on {
+        if !shutdown.sleep(STALL_PROBE_INTERVAL).await {
             return;
         }
         let late = started.elapsed().saturating_sub(STALL_PROBE_INTERVAL);

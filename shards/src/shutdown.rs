@@ -55,6 +55,21 @@ impl ShutdownSignal {
         self.inner.triggered.load(Ordering::SeqCst)
     }
 
+    /// Sleeps for `d` on the current shard's timer; `false` if shutdown began first (or had).
+    pub async fn sleep(&self, d: std::time::Duration) -> bool {
+        futures_lite::future::or(
+            async {
+                glommio::timer::sleep(d).await;
+                !self.is_triggered()
+            },
+            async {
+                self.wait().await;
+                false
+            },
+        )
+        .await
+    }
+
     /// Resolves once shutdown has been triggered (at once if it already was).
     pub async fn wait(&self) {
         loop {

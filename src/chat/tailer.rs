@@ -281,18 +281,7 @@ impl Tailer {
     pub async fn watch_progress(&self, shutdown: ShutdownSignal) {
         let mut since = (self.position.get(), Instant::now());
         loop {
-            let go_on = futures_lite::future::or(
-                async {
-                    glommio::timer::sleep(PROGRESS_PROBE).await;
-                    true
-                },
-                async {
-                    shutdown.wait().await;
-                    false
-                },
-            )
-            .await;
-            if !go_on {
+            if !shutdown.sleep(PROGRESS_PROBE).await {
                 return;
             }
             let delivered = self.position.get();
@@ -315,9 +304,7 @@ impl Tailer {
             .await;
             if let Some(file) = &pause_file {
                 // Test hook: hold every batch while the file exists.
-                while file.exists() && !shutdown.is_triggered() {
-                    glommio::timer::sleep(PROGRESS_PROBE).await;
-                }
+                while file.exists() && shutdown.sleep(PROGRESS_PROBE).await {}
             }
             match next {
                 Some(batch) => self.distribute(batch).await,
