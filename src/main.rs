@@ -252,6 +252,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let notice = Duration::from_secs(config.health.drain_notice_secs);
+    let stop_limit = Duration::from_secs(config.limits.drain_timeout_secs) + STOP_GRACE;
     let server = Server::start(config)?;
     let mut terminate = false;
     while !terminate {
@@ -287,10 +288,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!("SIGTERM: draining");
     }
+    // Every acknowledged write is already durable: a stop that outlives the drain by far is
+    // stuck, and exiting beats waiting for the supervisor's SIGKILL.
+    std::thread::spawn(move || {
+        std::thread::sleep(stop_limit);
+        tracing::error!(seconds = stop_limit.as_secs(), "stop did not finish in time; exiting");
+        std::process::exit(1);
+    });
     server.stop();
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stop may take beyond the drain before the process exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 fn import_rocketchat(args: ImportArgs) -> anyhow::Result<()> {
     use chatd::import::{self, Source};

@@ -23,4 +23,6 @@ if [ -z "${CHATD_TEST_MONGO_URL:-}" ]; then
   echo "         (set it to a replica set, e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0, to run them)"
 fi
 echo "== cargo test"
-cargo test --workspace --locked -- --test-threads="${CHATD_TEST_THREADS:-4}"
+# Bounded: a hang fails the run within half an hour, with its output, instead of running out CI's clock.
+timeout --kill-after=30 "${CHATD_TEST_TIMEOUT_SECS:-1800}" \
+  cargo test --workspace --locked -- --test-threads="${CHATD_TEST_THREADS:-4}"

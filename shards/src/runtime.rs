@@ -24,8 +24,12 @@ use crate::{ShardStats, ShutdownHandle, ShutdownSignal};
 /// from the store's threads would wait that long).
 const PREEMPT_TIMER: Duration = Duration::from_millis(5);
 
-/// Period of the timer that keeps an executor awake while the shards connect.
-const JOIN_TICK: Duration = Duration::from_millis(2);
+/// Period of the timer that wakes every executor for as long as it runs. glommio can lose a
+/// cross-thread wake-up of an executor that sleeps (DataDog/glommio#261): the waker stays queued
+/// until the executor wakes for another reason. The tick bounds that delay; without it a shard
+/// whose only remaining work was such a wake-up (the mesh forming at start, the shutdown signal
+/// at stop) slept forever.
+const WAKE_TICK: Duration = Duration::from_millis(10);
 
 /// How long `start` waits for every shard to come up before giving up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -180,12 +184,10 @@ impl ShardSet {
                 .spawn(move || async move {
                     // SAFETY: `fd` is a listening TCP socket whose ownership was released above.
                     let listener = unsafe { TcpListener::from_raw_fd(fd) };
-                    // While the mesh forms, a timer keeps this executor waking: glommio can lose
-                    // a cross-executor wake-up of an executor that sleeps (DataDog/glommio#261),
-                    // which left a start stuck here under load. Dropping the task cancels it.
-                    let ticker = glommio::spawn_local(async {
+                    // Runs until this future returns (dropping the task cancels it).
+                    let _ticker = glommio::spawn_local(async {
                         loop {
-                            glommio::timer::sleep(JOIN_TICK).await;
+                            glommio::timer::sleep(WAKE_TICK).await;
                         }
                     });
                     let joined = future::or(
@@ -196,7 +198,6 @@ impl ShardSet {
                         },
                     )
                     .await;
-                    drop(ticker);
                     let Some((Ok((senders, receivers)), Ok((lane_senders, lane_receivers)))) = joined else {
                         return;
                     };

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -72,9 +73,76 @@ impl TestServer {
 
     pub fn stop(&mut self) {
         if let Some(s) = self.server.take() {
+            let _watch = Watchdog::arm("server stop", STOP_LIMIT);
             s.stop();
         }
     }
+}
+
+/// A stop drains for at most `drain_timeout_secs` (10 s by default); past this it is stuck.
+const STOP_LIMIT: Duration = Duration::from_secs(90);
+
+/// Aborts the whole test process, after printing what every thread of it is doing, when the
+/// guarded step has not finished within its limit: a hang then fails the run within minutes
+/// and names itself, instead of running into CI's time limit with nothing printed.
+pub struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    pub fn arm(what: &'static str, limit: Duration) -> Self {
+        let (done, rx) = std::sync::mpsc::channel::<()>();
+        let test = std::thread::current().name().unwrap_or("?").to_owned();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                // Straight to fd 2: the test harness would swallow `eprintln!` with the process.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** WATCHDOG: {what} in test {test} took over {limit:?}; threads:\n{}",
+                    thread_report()
+                );
+                std::process::abort();
+            }
+        });
+        Self { done: Some(done) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// One line per thread of this process: name, state, kernel wait channel and current system call.
+pub fn thread_report() -> String {
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default().trim().to_owned();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return "(no /proc)".into();
+    };
+    let mut lines: Vec<String> = tasks
+        .flatten()
+        .map(|t| {
+            let dir = t.path();
+            let stat = read(dir.join("stat"));
+            let state = stat
+                .rsplit(") ")
+                .next()
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or("?")
+                .to_owned();
+            format!(
+                "  {:<24} state={state} wchan={} syscall={}",
+                read(dir.join("comm")),
+                read(dir.join("wchan")),
+                read(dir.join("syscall")).split(' ').next().unwrap_or("?"),
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
 }
 
 impl Drop for TestServer {
