@@ -156,6 +156,25 @@ pub struct Limits {
     pub max_http_body_bytes: usize,
     /// Seconds SIGTERM waits for sessions to drain.
     pub drain_timeout_secs: u64,
+    /// Stream subscriptions one WebSocket session may hold; one more is refused with
+    /// `nosub` error `too-many-subscriptions`.
+    pub max_subscriptions_per_session: usize,
+    /// Longest stream or event name accepted in a subscription, characters; a longer one is
+    /// refused with `nosub` error `invalid-event-name`.
+    pub max_event_name_chars: usize,
+    /// Users one session may watch on `stream-user-presence`; a watch that would pass it is
+    /// refused with `nosub` error `too-many-presence-watches`.
+    pub max_presence_watches: usize,
+    /// Method calls and subscriptions of one session waiting for or under way; one more is
+    /// answered at once with error `too-many-pending-calls`.
+    pub max_pending_calls: usize,
+    /// Milliseconds a round trip to another shard (login routing, presence queries) may take
+    /// before the call fails with `error-server-busy`.
+    pub round_trip_timeout_ms: u64,
+    /// Seconds a store read or write may take before the call fails with
+    /// `error-store-unavailable` (a write's outcome is then unknown; re-sending it with the same
+    /// message id is safe).
+    pub store_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -316,6 +335,12 @@ impl Default for Limits {
             max_connections_per_shard: 19_000,
             max_http_body_bytes: 1 << 20,
             drain_timeout_secs: 10,
+            max_subscriptions_per_session: 1000,
+            max_event_name_chars: 256,
+            max_presence_watches: 2000,
+            max_pending_calls: 100,
+            round_trip_timeout_ms: 5000,
+            store_timeout_secs: 15,
         }
     }
 }
@@ -394,6 +419,24 @@ impl Config {
         }
         if self.limits.auth_timeout_secs == 0 || self.limits.handshake_timeout_secs == 0 {
             return bad("limits.auth_timeout_secs", "timeouts must be at least 1 second");
+        }
+        if self.limits.max_subscriptions_per_session == 0
+            || self.limits.max_presence_watches == 0
+            || self.limits.max_pending_calls == 0
+        {
+            return bad(
+                "limits.max_pending_calls",
+                "per-session caps (max_subscriptions_per_session, max_presence_watches, max_pending_calls) must be at least 1",
+            );
+        }
+        if self.limits.max_event_name_chars < 64 {
+            return bad("limits.max_event_name_chars", "must be at least 64");
+        }
+        if self.limits.round_trip_timeout_ms < 100 || self.limits.round_trip_timeout_ms > 600_000 {
+            return bad("limits.round_trip_timeout_ms", "must be between 100 and 600000");
+        }
+        if self.limits.store_timeout_secs == 0 || self.limits.store_timeout_secs > 3600 {
+            return bad("limits.store_timeout_secs", "must be between 1 and 3600");
         }
         if self.io_memory_bytes < 512 * 1024 {
             return bad("io_memory_bytes", "must be at least 524288 (glommio's minimum)");
@@ -531,6 +574,10 @@ impl Config {
 
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.limits.ping_interval_secs)
+    }
+
+    pub fn round_trip_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.round_trip_timeout_ms)
     }
 }
 

@@ -116,7 +116,9 @@ impl Server {
                 (store, config.store_readers)
             }
         };
-        let store = match Store::with_priority(backend.clone(), readers, config.store_reader_priority) {
+        let store = match Store::with_priority(backend.clone(), readers, config.store_reader_priority)
+            .map(|s| s.with_timeout(Duration::from_secs(config.limits.store_timeout_secs)))
+        {
             Ok(s) => s,
             Err(e) => {
                 backend.close();
@@ -441,6 +443,7 @@ async fn shard_main(
         mesh.clone(),
         ephemeral.clone(),
         start_head,
+        config.round_trip_timeout(),
     ));
     let tailer = match (id == TAILER_SHARD, feed) {
         (true, Some(feed)) => match Tailer::new(store.clone(), mesh.clone(), stats.clone(), start_head).await {
@@ -522,7 +525,7 @@ async fn shard_main(
         s.out.close(CloseReason::new(1012, "server restarting; reconnect"));
     }
     let deadline = Instant::now() + Duration::from_secs(config.limits.drain_timeout_secs);
-    while stats.open_connections.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    while stats.websockets.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     if let Some(t) = tailer_task {

@@ -7,12 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct ShardStats {
     /// Connections accepted by this shard's listener.
     pub accepted: AtomicU64,
-    /// Connections currently open on this shard.
+    /// Connections currently open on this shard, counted from `accept` to close (HTTP,
+    /// handshakes in progress and WebSocket sessions alike).
     pub open_connections: AtomicU64,
+    /// Application-defined gauges: WebSocket sessions open on this shard (logged in or not).
+    pub websockets: AtomicU64,
     /// Accept errors caused by running out of file descriptors (EMFILE/ENFILE); accept backs off.
     pub accept_fd_exhausted: AtomicU64,
     /// Other accept errors.
     pub accept_errors: AtomicU64,
+    /// Application-defined counters: connections closed at accept because the shard was full.
+    pub refused_connections: AtomicU64,
     /// Mesh messages sent by this shard to other shards (and to itself).
     pub mesh_sent: AtomicU64,
     /// `try_send` attempts that found the destination queue full and handed the message back.

@@ -41,6 +41,10 @@ pub enum AppError {
     /// A bug or damaged data in chatd: clients see a generic text.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another part of the server did not answer in time (a shard round trip timed out): not
+    /// the client's fault; it may retry.
+    #[error("server busy: {0}")]
+    Busy(String),
 }
 
 pub type AppResult<T> = Result<T, AppError>;
@@ -83,6 +87,7 @@ impl AppError {
     pub fn log(&self, what: &str) {
         match self {
             AppError::Store(e) => tracing::warn!(what, error = %e, "store failure"),
+            AppError::Busy(e) => tracing::warn!(what, error = %e, "server busy"),
             AppError::Internal(e) => tracing::error!(what, error = %e, "internal error"),
             AppError::Client { .. } | AppError::Invalid(_) => {}
         }

@@ -514,12 +514,13 @@ impl<'a> Ops<'a> {
     }
 
     /// What others see of `user`'s presence now: (status, connection status, status text).
-    pub async fn presence(&self, user: &User) -> PresenceRead {
-        self.ctx
+    pub async fn presence(&self, user: &User) -> AppResult<PresenceRead> {
+        Ok(self
+            .ctx
             .hub
             .query_presence(vec![user.id.clone()])
-            .await
+            .await?
             .pop()
-            .unwrap_or((Status::Offline, Status::Offline, String::new()))
+            .unwrap_or((Status::Offline, Status::Offline, String::new())))
     }
 }

@@ -20,6 +20,7 @@ use tungstenite::Utf8Bytes;
 use super::outbound::Outbound;
 use super::presence::{Activity, PresenceRead, PresenceUpdate, Status};
 use super::{ShardMsg, TAILER_SHARD};
+use crate::app::error::{AppError, AppResult};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::ddp;
 use crate::protocol::wire::{self, Dates};
@@ -91,6 +92,11 @@ impl SessionHandle {
         ShardStats::add(&self.stats.subscriptions, 1);
         *subs.active.entry((stream, event.to_owned())).or_insert(0) += 1;
         true
+    }
+
+    /// How many stream subscriptions the session holds.
+    pub fn sub_count(&self) -> usize {
+        self.subs.borrow().by_id.len()
     }
 
     pub fn remove_sub(&self, id: &str) -> bool {
@@ -170,6 +176,17 @@ pub struct Hub {
     acks: RefCell<HashMap<u64, oneshot::Sender<()>>>,
     presence_answers: RefCell<HashMap<u64, oneshot::Sender<Vec<PresenceRead>>>>,
     next_id: Cell<u64>,
+    /// How long a round trip to another shard may take before it fails.
+    round_trip: Duration,
+}
+
+/// Runs `fut` for at most `limit` (`None` when it timed out). Shards only.
+async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
 }
 
 fn notify_user_event(uid: &UserId, event: &str, args_json: &str) -> Utf8Bytes {
@@ -188,6 +205,7 @@ impl Hub {
         mesh: Rc<Mesh<ShardMsg>>,
         ephemeral: Rc<Mesh<ShardMsg>>,
         applied: u64,
+        round_trip: Duration,
     ) -> Self {
         Self {
             shard,
@@ -205,6 +223,7 @@ impl Hub {
             acks: RefCell::new(HashMap::new()),
             presence_answers: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
+            round_trip,
         }
     }
 
@@ -217,14 +236,14 @@ impl Hub {
     pub fn new_session(&self, out: Outbound) -> Rc<SessionHandle> {
         let handle = Rc::new(SessionHandle::new(self.next_id(), out, self.stats.clone()));
         self.sessions.borrow_mut().insert(handle.id, handle.clone());
-        ShardStats::add(&self.stats.open_connections, 1);
+        ShardStats::add(&self.stats.websockets, 1);
         handle
     }
 
     pub async fn end_session(&self, session: &Rc<SessionHandle>) {
         self.detach_user(session).await;
         if self.sessions.borrow_mut().remove(&session.id).is_some() {
-            ShardStats::sub(&self.stats.open_connections, 1);
+            ShardStats::sub(&self.stats.websockets, 1);
         }
     }
 
@@ -250,7 +269,7 @@ impl Hub {
 
     /// Logs `user` in on `session`: on the user's first session on this shard, tells the tailer
     /// (and waits until routing includes this shard) and loads their memberships.
-    pub async fn attach_user(&self, session: &Rc<SessionHandle>, user: &User) -> Result<(), crate::store::StoreError> {
+    pub async fn attach_user(&self, session: &Rc<SessionHandle>, user: &User) -> AppResult<()> {
         if session.user().is_some_and(|u| u.id == user.id) {
             return Ok(());
         }
@@ -299,14 +318,30 @@ impl Hub {
             }
         };
         if let Some(rx) = wait {
-            let _ = rx.await;
-            return Ok(());
+            // Another session of this user is loading their memberships, within its own bounds.
+            return match within(self.round_trip + self.store_wait(), rx).await {
+                Some(Ok(())) => Ok(()),
+                _ => {
+                    self.detach_user(session).await;
+                    Err(AppError::Busy("another session's login did not finish".into()))
+                }
+            };
         }
-        self.announce(&user.id, true).await;
-        let loaded = self.store.memberships_of(&user.id).await;
+        let loaded = match self.announce(&user.id, true).await {
+            Ok(()) => self.store.memberships_of(&user.id).await.map_err(AppError::from),
+            Err(e) => Err(e),
+        };
         let (rooms, synced) = match loaded {
             Ok(v) => v,
             Err(e) => {
+                // Sessions waiting on this load fail too (they detach; the next login starts over).
+                if let Some(LocalUser {
+                    state: LoadState::Loading { waiters, .. },
+                    ..
+                }) = self.users.borrow_mut().get_mut(&user.id)
+                {
+                    waiters.clear();
+                }
                 self.detach_user(session).await;
                 return Err(e);
             }
@@ -433,8 +468,8 @@ impl Hub {
 
     /// Asks the presence owner for the current presence of `uids` (an up-to-date read: the owner
     /// applies every connection and status change before it is acknowledged to anyone).
-    pub async fn query_presence(&self, uids: Vec<UserId>) -> Vec<PresenceRead> {
-        let fallback: Vec<_> = uids.iter().map(|u| self.presence_of(u)).collect();
+    /// Fails when the owner does not answer within the round-trip timeout.
+    pub async fn query_presence(&self, uids: Vec<UserId>) -> AppResult<Vec<PresenceRead>> {
         let token = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.presence_answers.borrow_mut().insert(token, tx);
@@ -443,11 +478,19 @@ impl Hub {
             shard: self.shard,
             token,
         };
-        if self.mesh.send_to(TAILER_SHARD, msg).await.is_err() {
-            self.presence_answers.borrow_mut().remove(&token);
-            return fallback;
+        let answer = within(self.round_trip, async {
+            if self.mesh.send_to(TAILER_SHARD, msg).await.is_err() {
+                return None;
+            }
+            rx.await.ok()
+        })
+        .await;
+        self.presence_answers.borrow_mut().remove(&token);
+        match answer {
+            Some(Some(a)) => Ok(a),
+            Some(None) => Err(AppError::Busy("the presence owner is gone".into())),
+            None => Err(AppError::Busy("presence query timed out".into())),
         }
-        rx.await.unwrap_or(fallback)
     }
 
     pub fn presence_answer(&self, token: u64, answers: Vec<PresenceRead>) {
@@ -458,16 +501,34 @@ impl Hub {
 
     /// Starts or edits the session's `stream-user-presence` watch. Returns `true` when this
     /// subscription is the live one (answer `ready`), `false` when it only edited the live one
-    /// (answer `nosub`, as Rocket.Chat does).
+    /// (answer `nosub`, as Rocket.Chat does); `None` (nothing changed) when the session would
+    /// watch more than `cap` users.
     pub async fn watch_presence(
         &self,
         session: &Rc<SessionHandle>,
         sub_id: &str,
         added: &[UserId],
         removed: &[UserId],
-    ) -> bool {
+        cap: usize,
+    ) -> Option<bool> {
         let (live, fresh) = {
             let mut sub = session.presence_sub.borrow_mut();
+            let watching = sub.as_ref().map_or(0, |(_, w)| w.len());
+            let removing = sub
+                .as_ref()
+                .map_or(0, |(_, w)| removed.iter().filter(|u| w.contains(*u)).count());
+            // An upper bound (duplicates in `added` count twice): checked before anything changes.
+            if watching - removing + added.len() > cap {
+                let removed: HashSet<&UserId> = removed.iter().collect();
+                let mut after: HashSet<&UserId> = sub
+                    .as_ref()
+                    .map(|(_, w)| w.iter().filter(|u| !removed.contains(u)).collect())
+                    .unwrap_or_default();
+                after.extend(added.iter());
+                if after.len() > cap {
+                    return None;
+                }
+            }
             let live = sub.is_none();
             let (_, watched) = sub.get_or_insert_with(|| (sub_id.to_owned(), HashSet::new()));
             let mut watchers = self.presence_watchers.borrow_mut();
@@ -515,7 +576,7 @@ impl Hub {
             let username = name.or_else(|| looked_up.remove(&uid)).unwrap_or_default();
             session.out.push_str(presence_frame(&uid, &username, status, &text));
         }
-        live
+        Some(live)
     }
 
     /// Ends the session's `stream-user-presence` watch if `sub_id` is it (or any, for `None`).
@@ -560,7 +621,7 @@ impl Hub {
         for u in updates {
             {
                 let mut presence = self.presence.borrow_mut();
-                if u.connection == Status::Offline {
+                if u.connection == Status::Offline && u.status == Status::Offline {
                     presence.remove(&u.uid);
                 } else {
                     presence.insert(u.uid.clone(), u.clone());
@@ -657,8 +718,9 @@ impl Hub {
         }
     }
 
-    /// Tells the tailer `uid` is on this shard and waits until it has updated its routing.
-    async fn announce(&self, uid: &UserId, online: bool) {
+    /// Tells the tailer `uid` is on this shard and waits until it has updated its routing;
+    /// fails when that takes longer than the round-trip timeout.
+    async fn announce(&self, uid: &UserId, online: bool) -> AppResult<()> {
         let token = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.acks.borrow_mut().insert(token, tx);
@@ -668,12 +730,26 @@ impl Hub {
             online,
             ack: Some(token),
         };
-        if self.mesh.send_to(TAILER_SHARD, msg).await.is_err() {
-            self.acks.borrow_mut().remove(&token);
-            tracing::warn!(uid = %uid, "tailer unreachable; user routing not updated");
-            return;
+        let answered = within(self.round_trip, async {
+            self.mesh.send_to(TAILER_SHARD, msg).await.is_ok() && rx.await.is_ok()
+        })
+        .await;
+        self.acks.borrow_mut().remove(&token);
+        match answered {
+            Some(true) => Ok(()),
+            Some(false) => Err(AppError::Busy("the tailer shard is gone".into())),
+            None => {
+                // The notice may still arrive: the tailer counts notices, so the offline one sent
+                // when this session ends keeps its routing right.
+                tracing::warn!(uid = %uid, "user routing round trip timed out");
+                Err(AppError::Busy("user routing round trip timed out".into()))
+            }
         }
-        let _ = rx.await;
+    }
+
+    /// The longest one store call may take (for waits on another session's store call).
+    fn store_wait(&self) -> Duration {
+        self.store.timeout().unwrap_or(Duration::from_secs(60))
     }
 
     /// Whether shard `to` answers a mesh round trip within `timeout` (a full queue counts as no

@@ -148,6 +148,9 @@ struct UserPresence {
     idle: Vec<bool>,
     /// What was last broadcast.
     published: Option<(Status, Status, String)>,
+    /// The status was set while the user had no connection anywhere (REST only): shown as
+    /// chosen, as Rocket.Chat does, until the user connects.
+    detached: bool,
 }
 
 impl UserPresence {
@@ -163,6 +166,7 @@ impl UserPresence {
             present: vec![0; nr_shards],
             idle: vec![false; nr_shards],
             published: None,
+            detached: false,
         }
     }
 
@@ -201,6 +205,7 @@ impl UserPresence {
 
     fn effective(&self) -> Status {
         match (self.connection(), self.chosen) {
+            (Status::Offline, chosen) if self.detached => chosen,
             (Status::Offline, _) => Status::Offline,
             (conn, Status::Online) => conn,
             (_, chosen) => chosen,
@@ -319,18 +324,32 @@ impl PresenceOwner {
         self.mark(uid);
     }
 
-    /// The user's chosen status changed (from the change feed).
-    pub fn on_chosen_status(self: &Rc<Self>, uid: &UserId, status: &str, text: &str) {
+    /// The user's chosen status changed (from the change feed). Set while the user has no
+    /// connection anywhere (over REST), it is shown as chosen until they connect.
+    pub fn on_chosen_status(self: &Rc<Self>, user: &crate::store::UserRef, status: &str, text: &str) {
+        let uid = &user.id;
+        let chosen = Status::parse(status).unwrap_or(Status::Online);
         if let Some(p) = self.users.borrow_mut().get_mut(uid) {
-            p.chosen = Status::parse(status).unwrap_or(Status::Online);
+            p.chosen = chosen;
             p.text = text.to_owned();
             p.chosen_local = true;
-        } else {
-            // Being read on first sight: this change is newer than what the read may return.
-            if let Some(slot) = self.loading.borrow_mut().get_mut(uid) {
-                *slot = Some((status.to_owned(), text.to_owned()));
+            if p.connection() == Status::Offline {
+                p.detached = true;
             }
+        } else if let Some(slot) = self.loading.borrow_mut().get_mut(uid) {
+            // Being read on first sight: this change is newer than what the read may return.
+            *slot = Some((status.to_owned(), text.to_owned()));
             return;
+        } else {
+            let mut p = UserPresence::new(
+                user.username.clone(),
+                user.name.clone(),
+                chosen,
+                text.to_owned(),
+                self.nr_shards,
+            );
+            (p.chosen_local, p.detached) = (true, true);
+            self.users.borrow_mut().insert(uid.clone(), p);
         }
         self.mark(uid);
     }
@@ -451,6 +470,9 @@ impl PresenceOwner {
         {
             let mut users = self.users.borrow_mut();
             let Some(p) = users.get_mut(uid) else { return };
+            if p.connection() != Status::Offline {
+                p.detached = false;
+            }
             let now = (p.effective(), p.connection(), p.text.clone());
             let local = p.local_connection();
             let share = (local != Status::Offline).then(|| (local, p.chosen, p.text.clone()));
@@ -478,7 +500,7 @@ impl PresenceOwner {
                 });
                 p.published = Some(now);
             }
-            if p.connection() == Status::Offline {
+            if p.connection() == Status::Offline && !p.detached {
                 users.remove(uid);
             }
         }

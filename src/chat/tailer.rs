@@ -216,7 +216,7 @@ impl Tailer {
                 status,
                 status_text,
             } => {
-                self.presence.on_chosen_status(&user.id, status, status_text);
+                self.presence.on_chosen_status(user, status, status_text);
                 0
             }
             other => {

@@ -45,6 +45,7 @@ async fn report(ctx: &ShardCtx) -> Report {
                 "shard": shard,
                 "answered": ok,
                 "connections": s.open_connections.load(Ordering::Relaxed),
+                "websockets": s.websockets.load(Ordering::Relaxed),
                 "sessions": s.sessions.load(Ordering::Relaxed),
                 "subscriptions": s.subscriptions.load(Ordering::Relaxed),
                 "applied": s.applied.load(Ordering::Relaxed),

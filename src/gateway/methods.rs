@@ -143,7 +143,7 @@ impl Session {
             .hub
             .attach_user(&self.handle, &logged_in.user)
             .await
-            .map_err(|e| AppError::from(e).with_method("login"))?;
+            .map_err(|e| e.with_method("login"))?;
         let LoggedIn {
             user,
             token,
@@ -432,7 +432,17 @@ impl Session {
             }
         };
         let (added, removed) = (uids("added")?, uids("removed")?);
-        Ok(self.ctx.hub.watch_presence(&self.handle, id, &added, &removed).await)
+        let cap = self.ctx.config.limits.max_presence_watches;
+        self.ctx
+            .hub
+            .watch_presence(&self.handle, id, &added, &removed, cap)
+            .await
+            .ok_or_else(|| {
+                MeteorError::new(
+                    "too-many-presence-watches",
+                    format!("A connection may watch the presence of at most {cap} users"),
+                )
+            })
     }
 
     /// A room the user may see; a hidden room is answered exactly like a missing one.
@@ -457,6 +467,16 @@ impl Session {
 
     /// Authorizes and records a stream subscription. `Ok(false)`: a duplicate id, ignored.
     pub async fn subscribe(&self, id: &str, name: &str, params: &[Value]) -> Result<bool, MeteorError> {
+        let limits = &self.ctx.config.limits;
+        let too_long = |what: &str| {
+            MeteorError::new(
+                "invalid-event-name",
+                format!("The {what} is longer than {} characters", limits.max_event_name_chars),
+            )
+        };
+        if name.chars().count() > limits.max_event_name_chars {
+            return Err(too_long("stream name"));
+        }
         let stream = match name {
             "stream-room-messages" => STREAM_ROOM_MESSAGES,
             "stream-notify-user" => STREAM_NOTIFY_USER,
@@ -470,6 +490,18 @@ impl Session {
             .ok_or_else(|| MeteorError::match_failed("eventName must be a string"))?;
         if event.is_empty() {
             return Err(MeteorError::new("invalid-event-name", "Invalid event name"));
+        }
+        if event.chars().count() > limits.max_event_name_chars {
+            return Err(too_long("event name"));
+        }
+        if self.handle.sub_count() >= limits.max_subscriptions_per_session {
+            return Err(MeteorError::new(
+                "too-many-subscriptions",
+                format!(
+                    "This connection already holds {} subscriptions; unsubscribe from some first",
+                    limits.max_subscriptions_per_session
+                ),
+            ));
         }
         let not_allowed = || MeteorError::new("not-allowed", "Not allowed");
         let user = self.user.as_ref().ok_or_else(not_allowed)?;
@@ -506,6 +538,9 @@ impl Session {
 /// the client may retry; nothing about the failure itself is shown.
 pub const STORE_UNAVAILABLE: &str = "error-store-unavailable";
 pub const STORE_UNAVAILABLE_REASON: &str = "The database is unavailable; try again shortly";
+/// The same when a round trip inside the server timed out.
+pub const SERVER_BUSY: &str = "error-server-busy";
+pub const SERVER_BUSY_REASON: &str = "The server is busy; try again shortly";
 
 /// The DDP door's rendering of the one application error: client errors as Meteor errors with
 /// their code; server-side failures logged once and shown as a generic 500.
@@ -527,6 +562,10 @@ impl From<AppError> for MeteorError {
             e @ AppError::Store(_) => {
                 e.log("ddp");
                 MeteorError::new(STORE_UNAVAILABLE, STORE_UNAVAILABLE_REASON)
+            }
+            e @ AppError::Busy(_) => {
+                e.log("ddp");
+                MeteorError::new(SERVER_BUSY, SERVER_BUSY_REASON)
             }
             other => {
                 other.log("ddp");

@@ -65,6 +65,11 @@ const SHARD_COUNTERS: &[CounterReader] = &[
         "Accepts that failed for lack of file descriptors (EMFILE/ENFILE); accept backs off.",
         |s| &s.accept_fd_exhausted,
     ),
+    (
+        "chatd_connections_refused",
+        "Connections closed at accept because the shard held limits.max_connections_per_shard.",
+        |s| &s.refused_connections,
+    ),
     ("chatd_accept_errors", "Accepts that failed for other reasons.", |s| {
         &s.accept_errors
     }),
@@ -96,8 +101,13 @@ const SHARD_COUNTERS: &[CounterReader] = &[
 const SHARD_GAUGES: &[GaugeReader] = &[
     (
         "chatd_connections_open",
-        "Open WebSocket connections (logged in or not).",
+        "Open client connections, counted from accept: HTTP, handshakes in progress and WebSocket.",
         |s| load(&s.open_connections),
+    ),
+    (
+        "chatd_websocket_sessions",
+        "Open WebSocket sessions (logged in or not).",
+        |s| load(&s.websockets),
     ),
     ("chatd_sessions_authenticated", "Logged-in WebSocket sessions.", |s| {
         load(&s.sessions)

@@ -50,12 +50,32 @@ pub async fn serve(acceptor: Acceptor, ctx: Rc<ShardCtx>) {
             .open_connections
             .load(std::sync::atomic::Ordering::Relaxed);
         if open as usize >= ctx.config.limits.max_connections_per_shard {
-            tracing::warn!(open, "connection limit reached on this shard; refusing a connection");
+            // One line per thousand refusals: a flood must not flood the log too.
+            let refused = ctx.hub.stats.refused_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if refused % 1000 == 0 {
+                tracing::warn!(open, refused = refused + 1, "connection limit reached on this shard; refusing connections");
+            }
             drop(stream);
             continue;
         }
+        ShardStats::add(&ctx.hub.stats.open_connections, 1);
+        let counted = Counted(ctx.hub.stats.clone());
         let ctx = ctx.clone();
-        glommio::spawn_local(async move { connection(stream, ctx).await }).detach();
+        glommio::spawn_local(async move {
+            let _counted = counted;
+            connection(stream, ctx).await
+        })
+        .detach();
+    }
+}
+
+/// One accepted connection, counted in `open_connections` until the task that serves it ends
+/// (however it ends).
+struct Counted(Arc<ShardStats>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        ShardStats::sub(&self.0.open_connections, 1);
     }
 }
 

@@ -92,6 +92,14 @@ impl From<AppError> for RestError {
                     super::methods::STORE_UNAVAILABLE,
                 );
             }
+            e @ AppError::Busy(_) => {
+                e.log("rest");
+                return Self::typed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    super::methods::SERVER_BUSY_REASON,
+                    super::methods::SERVER_BUSY,
+                );
+            }
             other => {
                 other.log("rest");
                 return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
@@ -399,7 +407,7 @@ impl Call<'_> {
             }
             "me" => Ok(ok(wire::user(
                 user,
-                self.ops.presence(user).await.0.as_str(),
+                self.ops.presence(user).await?.0.as_str(),
                 Dates::Iso,
                 true,
             ))),
@@ -470,7 +478,7 @@ impl Call<'_> {
         };
         let me = wire::user(
             &logged_in.user,
-            self.ops.presence(&logged_in.user).await.0.as_str(),
+            self.ops.presence(&logged_in.user).await?.0.as_str(),
             Dates::Iso,
             true,
         );
@@ -517,7 +525,7 @@ impl Call<'_> {
         }
         let user = self.target_user(caller).await?;
         let own = user.id == caller.id;
-        let status = self.ops.presence(&user).await.0;
+        let status = self.ops.presence(&user).await?.0;
         Ok(ok(json!({"user": wire::user(&user, status.as_str(), Dates::Iso, own)})))
     }
 
@@ -540,7 +548,9 @@ impl Call<'_> {
 
     async fn get_status(&self, caller: &User, presence: bool) -> RestResult {
         let user = self.target_user(caller).await?;
-        let (status, connection, text) = self.ops.presence(&user).await;
+        // The text is the stored one: Rocket.Chat keeps it whether or not the user is connected.
+        let (status, connection, _) = self.ops.presence(&user).await?;
+        let text = user.status_text.clone();
         if presence {
             return Ok(ok(
                 json!({"presence": status.as_str(), "connectionStatus": connection.as_str()}),

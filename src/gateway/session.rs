@@ -5,6 +5,7 @@
 //! Timers: a server `ping` after `ping_interval` of silence and a close after as long again;
 //! a close if the client has not logged in within `auth_timeout`.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ pub struct Session {
     pub user: Option<User>,
     /// SHA-256 of the token this session logged in with (for `logout`).
     pub token_hash: Option<String>,
-    bad_frames: u32,
+    bad_frames: Rc<Cell<u32>>,
 }
 
 enum Wake {
@@ -92,7 +93,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<Sha
         connected: false,
         user: None,
         token_hash: None,
-        bad_frames: 0,
+        bad_frames: Rc::new(Cell::new(0)),
     };
     // Meteor's greeting; clients ignore it, some wait for nothing else before `connect`.
     handle.out.push_str(r#"{"server_id":"0"}"#.to_owned());
@@ -169,141 +170,56 @@ impl Session {
         self.handle.out.close(CloseReason::new(code, reason));
     }
 
-    async fn read_loop<S>(&mut self, mut stream: async_tungstenite::WebSocketReceiver<S>)
+    /// Reads the client's frames until the connection ends. A reader answers pings and runs
+    /// the ping and auth timers at all times, also while a call is under way; every other frame
+    /// goes, in order, to the processor, which handles one at a time. At most
+    /// `limits.max_pending_calls` frames wait or run; one more is answered at once with an error.
+    async fn read_loop<S>(&mut self, stream: async_tungstenite::WebSocketReceiver<S>)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let ping_every = self.ctx.config.ping_interval();
-        let auth_deadline = Instant::now() + Duration::from_secs(self.ctx.config.limits.auth_timeout_secs);
-        let mut last_heard = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            let mut deadline = match ping_sent {
-                Some(at) => at + ping_every,
-                None => last_heard + ping_every,
-            };
-            if self.user.is_none() {
-                deadline = deadline.min(auth_deadline);
-            }
-            let sleep_for = deadline.saturating_duration_since(now);
-            let wake = futures_lite::future::or(
-                async { Wake::Frame(stream.next().await) },
-                futures_lite::future::or(
-                    async {
-                        glommio::timer::sleep(sleep_for).await;
-                        Wake::Timer
-                    },
-                    async {
-                        self.closing().await;
-                        Wake::Closing
-                    },
-                ),
-            )
-            .await;
-            match wake {
-                Wake::Closing => return,
-                Wake::Timer => {
-                    let now = Instant::now();
-                    if self.user.is_none() && now >= auth_deadline {
-                        tracing::info!("closing: not logged in within the auth timeout");
-                        self.push(ddp::error("Authentication timeout", None));
-                        self.close(4001, "authentication timeout");
-                        return;
-                    }
-                    match ping_sent {
-                        Some(at) if now >= at + ping_every => {
-                            tracing::debug!("closing: no answer to ping");
-                            self.close(4000, "TIMEOUT");
-                            return;
-                        }
-                        Some(_) => {}
-                        None if now >= last_heard + ping_every => {
-                            self.push(ddp::ping());
-                            ping_sent = Some(now);
-                        }
-                        None => {}
-                    }
-                }
-                Wake::Frame(None) => return,
-                Wake::Frame(Some(Err(e))) => {
-                    self.on_transport_error(e);
+        let (tx, mut rx) = futures::channel::mpsc::unbounded::<ClientFrame>();
+        let pending = Cell::new(0usize);
+        let ended = Cell::new(false);
+        let reader = Reader {
+            ctx: self.ctx.clone(),
+            handle: self.handle.clone(),
+            bad_frames: self.bad_frames.clone(),
+            pending: &pending,
+        };
+        let read = Box::pin(async move {
+            reader.run(stream, tx).await;
+        });
+        let process = Box::pin(async {
+            while let Some(frame) = rx.next().await {
+                if ended.get() {
                     return;
                 }
-                Wake::Frame(Some(Ok(msg))) => {
-                    last_heard = Instant::now();
-                    ping_sent = None;
-                    match msg {
-                        Message::Text(text) => {
-                            if !self.on_text(&text).await {
-                                return;
-                            }
-                        }
-                        Message::Binary(_) => {
-                            if !self.bad_frame("Bad request", None, "binary frame") {
-                                return;
-                            }
-                        }
-                        Message::Close(_) => return,
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                    }
+                let go_on = self.on_frame(frame).await;
+                pending.set(pending.get().saturating_sub(1));
+                if !go_on {
+                    return;
                 }
             }
+        });
+        let first = futures::future::select(read, process).await;
+        match first {
+            // The connection ended: the call under way finishes (every wait in it is bounded);
+            // frames still queued are dropped.
+            futures::future::Either::Left(((), process)) => {
+                ended.set(true);
+                process.await;
+            }
+            futures::future::Either::Right(((), _read)) => {}
         }
     }
 
-    async fn closing(&self) {
-        self.handle.out.closed().await;
-    }
-
-    fn on_transport_error(&self, e: tungstenite::Error) {
-        use tungstenite::error::{CapacityError, Error};
-        match e {
-            Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                tracing::info!(size, max_size, "closing: frame over the size cap");
-                self.close(1009, "message too big");
-            }
-            Error::Capacity(c) => {
-                tracing::info!(error = %c, "closing: frame over a size cap");
-                self.close(1009, "message too big");
-            }
-            Error::Protocol(p) => {
-                tracing::info!(error = %p, "closing: websocket protocol violation");
-                self.close(1002, "protocol error");
-            }
-            Error::Utf8(_) => {
-                tracing::info!("closing: invalid UTF-8 in a text frame");
-                self.close(1007, "invalid utf-8");
-            }
-            Error::ConnectionClosed | Error::AlreadyClosed | Error::Io(_) => {
-                tracing::debug!("connection closed by peer");
-                self.close(1006, "");
-            }
-            other => {
-                tracing::info!(error = %other, "closing after a websocket error");
-                self.close(1011, "error");
-            }
-        }
-    }
-
-    /// Answers a malformed frame; `false` once the client has sent too many.
     fn bad_frame(&mut self, reason: &str, offending: Option<serde_json::Value>, what: &str) -> bool {
-        self.bad_frames += 1;
-        tracing::info!(what, reason, "bad client frame");
-        self.push(ddp::error(reason, offending));
-        if self.bad_frames >= MAX_BAD_FRAMES {
-            self.close(1008, "too many malformed frames");
-            return false;
-        }
-        true
+        bad_frame(&self.handle, &self.bad_frames, reason, offending, what)
     }
 
-    /// Handles one text frame; `false` ends the session.
-    async fn on_text(&mut self, text: &str) -> bool {
-        let frame = match ddp::parse_frame(text) {
-            Ok(f) => f,
-            Err(e) => return self.bad_frame(e.reason, e.offending, "unparseable DDP"),
-        };
+    /// Handles one frame from the reader; `false` ends the session.
+    async fn on_frame(&mut self, frame: ClientFrame) -> bool {
         if !self.connected {
             return match frame {
                 ClientFrame::Connect { version, support } => match ddp::negotiate(&version, &support) {
@@ -378,5 +294,199 @@ impl Session {
     /// Requires a logged-in user.
     pub fn require_user(&self) -> Result<&User, MeteorError> {
         self.user.as_ref().ok_or_else(MeteorError::not_logged_in)
+    }
+}
+
+/// Answers a malformed frame; `false` once the client has sent too many (the session is then
+/// closed). A client's mistakes are logged at debug level, once each.
+fn bad_frame(
+    handle: &SessionHandle,
+    count: &Cell<u32>,
+    reason: &str,
+    offending: Option<serde_json::Value>,
+    what: &str,
+) -> bool {
+    count.set(count.get() + 1);
+    tracing::debug!(what, reason, "bad client frame");
+    handle.out.push_str(ddp::error(reason, offending));
+    if count.get() >= MAX_BAD_FRAMES {
+        handle.out.close(CloseReason::new(1008, "too many malformed frames"));
+        return false;
+    }
+    true
+}
+
+/// The session's reading half: frames in, pings answered, timers kept.
+struct Reader<'a> {
+    ctx: Rc<ShardCtx>,
+    handle: Rc<SessionHandle>,
+    bad_frames: Rc<Cell<u32>>,
+    /// Frames handed to the processor and not finished yet.
+    pending: &'a Cell<usize>,
+}
+
+impl Reader<'_> {
+    fn push(&self, frame: String) {
+        self.handle.out.push_str(frame);
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        self.handle.out.close(CloseReason::new(code, reason));
+    }
+
+    async fn run<S>(
+        &self,
+        mut stream: async_tungstenite::WebSocketReceiver<S>,
+        tx: futures::channel::mpsc::UnboundedSender<ClientFrame>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ping_every = self.ctx.config.ping_interval();
+        let auth_deadline = Instant::now() + Duration::from_secs(self.ctx.config.limits.auth_timeout_secs);
+        let mut last_heard = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let logged_in = self.handle.user().is_some();
+            let mut deadline = match ping_sent {
+                Some(at) => at + ping_every,
+                None => last_heard + ping_every,
+            };
+            if !logged_in {
+                deadline = deadline.min(auth_deadline);
+            }
+            let sleep_for = deadline.saturating_duration_since(now);
+            let wake = futures_lite::future::or(
+                async { Wake::Frame(stream.next().await) },
+                futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(sleep_for).await;
+                        Wake::Timer
+                    },
+                    async {
+                        self.handle.out.closed().await;
+                        Wake::Closing
+                    },
+                ),
+            )
+            .await;
+            match wake {
+                Wake::Closing => return,
+                Wake::Timer => {
+                    let now = Instant::now();
+                    if self.handle.user().is_none() && now >= auth_deadline {
+                        tracing::debug!("closing: not logged in within the auth timeout");
+                        self.push(ddp::error("Authentication timeout", None));
+                        self.close(4001, "authentication timeout");
+                        return;
+                    }
+                    match ping_sent {
+                        Some(at) if now >= at + ping_every => {
+                            tracing::debug!("closing: no answer to ping");
+                            self.close(4000, "TIMEOUT");
+                            return;
+                        }
+                        Some(_) => {}
+                        None if now >= last_heard + ping_every => {
+                            self.push(ddp::ping());
+                            ping_sent = Some(now);
+                        }
+                        None => {}
+                    }
+                }
+                Wake::Frame(None) => return,
+                Wake::Frame(Some(Err(e))) => {
+                    self.on_transport_error(e);
+                    return;
+                }
+                Wake::Frame(Some(Ok(msg))) => {
+                    last_heard = Instant::now();
+                    ping_sent = None;
+                    let go_on = match msg {
+                        Message::Text(text) => self.on_text(&text, &tx),
+                        Message::Binary(_) => self.bad_frame("Bad request", None, "binary frame"),
+                        Message::Close(_) => return,
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => true,
+                    };
+                    if !go_on {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn bad_frame(&self, reason: &str, offending: Option<serde_json::Value>, what: &str) -> bool {
+        bad_frame(&self.handle, &self.bad_frames, reason, offending, what)
+    }
+
+    /// Parses one text frame: pings are answered here, everything else is queued for the
+    /// processor (or refused when too many wait). `false` ends the session.
+    fn on_text(&self, text: &str, tx: &futures::channel::mpsc::UnboundedSender<ClientFrame>) -> bool {
+        let frame = match ddp::parse_frame(text) {
+            Ok(f) => f,
+            Err(e) => return self.bad_frame(e.reason, e.offending, "unparseable DDP"),
+        };
+        match frame {
+            ClientFrame::Ping { id } => {
+                self.push(ddp::pong(id));
+                return true;
+            }
+            ClientFrame::Pong => return true,
+            _ => {}
+        }
+        let cap = self.ctx.config.limits.max_pending_calls;
+        if self.pending.get() >= cap {
+            let err = MeteorError::new(
+                "too-many-pending-calls",
+                format!("More than {cap} calls are waiting for an answer on this connection; wait for their results"),
+            );
+            tracing::debug!(cap, "refusing a frame: too many pending calls");
+            return match frame {
+                ClientFrame::Method { id, .. } => {
+                    self.push(ddp::result_error(&id, &err));
+                    self.push(ddp::updated(&id));
+                    true
+                }
+                ClientFrame::Sub { id, .. } => {
+                    self.push(ddp::nosub(&id, Some(&err)));
+                    true
+                }
+                _ => self.bad_frame("Too many pending requests", None, "frame over the pending cap"),
+            };
+        }
+        self.pending.set(self.pending.get() + 1);
+        // The processor lives as long as this reader; a send can only fail once it has ended.
+        tx.unbounded_send(frame).is_ok()
+    }
+
+    fn on_transport_error(&self, e: tungstenite::Error) {
+        use tungstenite::error::{CapacityError, Error};
+        match e {
+            Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                tracing::debug!(size, max_size, "closing: frame over the size cap");
+                self.close(1009, "message too big");
+            }
+            Error::Capacity(c) => {
+                tracing::debug!(error = %c, "closing: frame over a size cap");
+                self.close(1009, "message too big");
+            }
+            Error::Protocol(p) => {
+                tracing::debug!(error = %p, "closing: websocket protocol violation");
+                self.close(1002, "protocol error");
+            }
+            Error::Utf8(_) => {
+                tracing::debug!("closing: invalid UTF-8 in a text frame");
+                self.close(1007, "invalid utf-8");
+            }
+            Error::ConnectionClosed | Error::AlreadyClosed | Error::Io(_) => {
+                tracing::debug!("connection closed by peer");
+                self.close(1006, "");
+            }
+            other => {
+                tracing::info!(error = %other, "closing after a websocket error");
+                self.close(1011, "error");
+            }
+        }
     }
 }

@@ -433,6 +433,8 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     readers: ReadPool,
     feed_thread: Arc<FeedThread>,
+    /// How long a shard waits for one read or write before giving up (`None`: forever).
+    timeout: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -478,7 +480,35 @@ impl Store {
             backend,
             readers,
             feed_thread: Arc::new(FeedThread::default()),
+            timeout: None,
         })
+    }
+
+    /// Bounds every read and write a shard waits for: past `timeout` the call fails with
+    /// [`StoreError::Failed`] (a write may still commit later; its outcome is unknown).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The bound set by [`Store::with_timeout`].
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Runs `fut` within the store timeout (shards only: uses a glommio timer).
+    async fn bounded<T>(&self, what: &str, fut: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let Some(limit) = self.timeout else {
+            return fut.await;
+        };
+        futures_lite::future::or(fut, async {
+            glommio::timer::sleep(limit).await;
+            Err(StoreError::Failed(format!(
+                "{what} did not finish within {} s",
+                limit.as_secs_f64()
+            )))
+        })
+        .await
     }
 
     /// The backend, for synchronous use on a plain thread (CLI, tests). Never on a shard.
@@ -492,13 +522,17 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&dyn Backend) -> StoreResult<T> + Send + 'static,
     {
-        self.readers.run(f).await
+        self.bounded("a store read", self.readers.run(f)).await
     }
 
     /// Submits a write and waits (asynchronously) until it is durable. Shards only: while the
     /// writer's queue is full it waits on a glommio timer (back-pressure), never blocking.
     pub async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
-        self.submit(op, || glommio::timer::sleep(SUBMIT_RETRY)).await
+        self.bounded(
+            "a store write (its outcome is unknown)",
+            self.submit(op, || glommio::timer::sleep(SUBMIT_RETRY)),
+        )
+        .await
     }
 
     /// Submits a write from a plain thread (CLI, tests), blocking until durable.
