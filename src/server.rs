@@ -337,13 +337,28 @@ fn spawn_in(queue: glommio::TaskQueueHandle, fut: impl std::future::Future<Outpu
 /// never empty (a typing flood) must not starve the others.
 const DISPATCH_BURST: u32 = 64;
 
+/// Test hook: while the file this environment variable names exists, the tailer shard holds
+/// routing notices and presence queries (a shard that does not answer, for timeout tests).
+pub const STALL_ROUTING_HOOK_ENV: &str = "CHATD_TEST_STALL_ROUTING_FILE";
+
 async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Tailer>>, peers: Option<Rc<Peers>>) {
     let mut burst = 0u32;
+    let stall_file = tailer
+        .as_ref()
+        .and_then(|_| std::env::var_os(STALL_ROUTING_HOOK_ENV))
+        .map(std::path::PathBuf::from);
     while let Some(msg) = rx.recv().await {
         burst += 1;
         if burst >= DISPATCH_BURST {
             burst = 0;
             futures_lite::future::yield_now().await;
+        }
+        if let Some(file) = &stall_file {
+            if matches!(msg, ShardMsg::UserShard { .. } | ShardMsg::PresenceQuery { .. }) {
+                while file.exists() {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
         match msg {
             ShardMsg::Changes { records, head } => hub.apply_changes(records, head),

@@ -25,74 +25,6 @@ fn rocketchat_api_client_works_unmodified() {
     assert!(out.contains(": ok"), "{out}");
 }
 
-/// A small REST client over a real HTTP stack (ureq); returns (status, JSON body).
-struct Http {
-    base: String,
-    agent: ureq::Agent,
-    auth: Option<(String, String)>,
-}
-
-impl Http {
-    fn new(server: &TestServer) -> Self {
-        Self {
-            base: format!("http://{}/api/v1/", server.addr),
-            agent: ureq::AgentBuilder::new().timeout(WAIT).build(),
-            auth: None,
-        }
-    }
-
-    fn finish(res: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
-        let resp = match res {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("transport error: {e}"),
-        };
-        let status = resp.status();
-        let text = resp.into_string().unwrap();
-        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
-        (status, body)
-    }
-
-    fn req(&self, method: &str, path: &str) -> ureq::Request {
-        let url = match path.strip_prefix('/') {
-            Some(abs) => format!("{}{abs}", self.base.trim_end_matches("api/v1/")),
-            None => format!("{}{path}", self.base),
-        };
-        let mut r = self.agent.request(method, &url);
-        if let Some((uid, token)) = &self.auth {
-            r = r.set("X-User-Id", uid).set("X-Auth-Token", token);
-        }
-        r
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        Self::finish(self.req("GET", path).call())
-    }
-
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.post_raw(path, body.to_string().as_bytes())
-    }
-
-    fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
-        Self::finish(
-            self.req("POST", path)
-                .set("Content-Type", "application/json")
-                .send_bytes(body),
-        )
-    }
-
-    fn login(&mut self, username: &str, password: &str) -> Value {
-        let (status, v) = self.post("login", &json!({"username": username, "password": password}));
-        assert_eq!(status, 200, "{v}");
-        assert_eq!(v["status"], "success");
-        self.auth = Some((
-            v["data"]["userId"].as_str().unwrap().to_owned(),
-            v["data"]["authToken"].as_str().unwrap().to_owned(),
-        ));
-        v
-    }
-}
-
 fn assert_error(res: (u16, Value), status: u16, what: &str) {
     assert_eq!(res.0, status, "{what}: {}", res.1);
     assert_eq!(res.1["success"], false, "{what}: {}", res.1);
@@ -103,7 +35,7 @@ fn assert_error(res: (u16, Value), status: u16, what: &str) {
 fn rest_writes_are_delivered_live_on_every_shard_and_tokens_are_shared_with_ddp() {
     let server = TestServer::start();
     let _alice_ddp = user(server.addr, "alice");
-    let mut rest = Http::new(&server);
+    let mut rest = Http::new(server.addr);
     let login = rest.login("alice", "alice-pw");
     let token = login["data"]["authToken"].as_str().unwrap().to_owned();
 
@@ -111,7 +43,7 @@ fn rest_writes_are_delivered_live_on_every_shard_and_tokens_are_shared_with_ddp(
     let mut via_rest_token = Ddp::open(server.addr);
     assert_eq!(via_rest_token.resume(&token)["id"], login["data"]["userId"]);
     let bob = user(server.addr, "bob");
-    let mut bob_rest = Http::new(&server);
+    let mut bob_rest = Http::new(server.addr);
     bob_rest.auth = Some((bob.uid(), bob.token.clone().unwrap()));
     assert_eq!(bob_rest.get("me").1["username"], "bob");
 
@@ -158,14 +90,14 @@ fn rest_writes_are_delivered_live_on_every_shard_and_tokens_are_shared_with_ddp(
 fn bad_requests_get_rocket_chat_errors_and_the_server_keeps_serving() {
     let server = TestServer::with(|c| c.limits.max_http_body_bytes = 64 * 1024);
     let _alice = user(server.addr, "alice");
-    let mut http = Http::new(&server);
+    let mut http = Http::new(server.addr);
 
     // No auth, wrong token, wrong password.
-    let anon = Http::new(&server);
+    let anon = Http::new(server.addr);
     let (status, v) = anon.get("me");
     assert_error((status, v.clone()), 401, "no auth");
     assert_eq!(v["status"], "error");
-    let mut forged = Http::new(&server);
+    let mut forged = Http::new(server.addr);
     forged.auth = Some(("nobody".into(), "not-a-token".into()));
     assert_error(forged.get("rooms.get"), 401, "wrong token");
     assert_error(
@@ -209,7 +141,7 @@ fn bad_requests_get_rocket_chat_errors_and_the_server_keeps_serving() {
     assert_error(http.get("no.such.endpoint"), 404, "unknown endpoint");
     assert_error(http.post("me", &json!({})), 404, "wrong method");
     // Not allowed: history of a private group one is not in.
-    let mut bob = Http::new(&server);
+    let mut bob = Http::new(server.addr);
     let _bob = user(server.addr, "bob");
     bob.login("bob", "bob-pw");
     let (_, grp) = bob.post("groups.create", &json!({"name": "secret"}));
@@ -229,7 +161,7 @@ fn bad_requests_get_rocket_chat_errors_and_the_server_keeps_serving() {
     assert_eq!(v["errorType"], "error-message-size-exceeded");
 
     // Still serving, on a fresh connection and on the old one.
-    let (status, v) = Http::new(&server).get("/api/info");
+    let (status, v) = Http::new(server.addr).get("/api/info");
     assert_eq!(status, 200, "{v}");
     let (status, v) = http.post("chat.postMessage", &json!({"roomId": "GENERAL", "text": "still here"}));
     assert_eq!(status, 200, "{v}");

@@ -329,18 +329,30 @@ impl PresenceOwner {
     pub fn on_chosen_status(self: &Rc<Self>, user: &crate::store::UserRef, status: &str, text: &str) {
         let uid = &user.id;
         let chosen = Status::parse(status).unwrap_or(Status::Online);
-        if let Some(p) = self.users.borrow_mut().get_mut(uid) {
-            p.chosen = chosen;
-            p.text = text.to_owned();
-            p.chosen_local = true;
-            if p.connection() == Status::Offline {
-                p.detached = true;
+        let known = match self.users.borrow_mut().get_mut(uid) {
+            Some(p) => {
+                p.chosen = chosen;
+                p.text = text.to_owned();
+                p.chosen_local = true;
+                if p.connection() == Status::Offline {
+                    p.detached = true;
+                }
+                true
             }
-        } else if let Some(slot) = self.loading.borrow_mut().get_mut(uid) {
+            None => false,
+        };
+        if !known {
             // Being read on first sight: this change is newer than what the read may return.
-            *slot = Some((status.to_owned(), text.to_owned()));
-            return;
-        } else {
+            let loading = match self.loading.borrow_mut().get_mut(uid) {
+                Some(slot) => {
+                    *slot = Some((status.to_owned(), text.to_owned()));
+                    true
+                }
+                None => false,
+            };
+            if loading {
+                return;
+            }
             let mut p = UserPresence::new(
                 user.username.clone(),
                 user.name.clone(),

@@ -51,9 +51,17 @@ pub async fn serve(acceptor: Acceptor, ctx: Rc<ShardCtx>) {
             .load(std::sync::atomic::Ordering::Relaxed);
         if open as usize >= ctx.config.limits.max_connections_per_shard {
             // One line per thousand refusals: a flood must not flood the log too.
-            let refused = ctx.hub.stats.refused_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let refused = ctx
+                .hub
+                .stats
+                .refused_connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if refused % 1000 == 0 {
-                tracing::warn!(open, refused = refused + 1, "connection limit reached on this shard; refusing connections");
+                tracing::warn!(
+                    open,
+                    refused = refused + 1,
+                    "connection limit reached on this shard; refusing connections"
+                );
             }
             drop(stream);
             continue;

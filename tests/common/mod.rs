@@ -616,6 +616,74 @@ pub fn metric(p: &ChatdProcess, name: &str) -> u64 {
         .sum()
 }
 
+/// A small REST client over a real HTTP stack (ureq); returns (status, JSON body).
+pub struct Http {
+    pub base: String,
+    pub agent: ureq::Agent,
+    pub auth: Option<(String, String)>,
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}/api/v1/"),
+            agent: ureq::AgentBuilder::new().timeout(WAIT).build(),
+            auth: None,
+        }
+    }
+
+    pub fn finish(res: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("transport error: {e}"),
+        };
+        let status = resp.status();
+        let text = resp.into_string().unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, body)
+    }
+
+    pub fn req(&self, method: &str, path: &str) -> ureq::Request {
+        let url = match path.strip_prefix('/') {
+            Some(abs) => format!("{}{abs}", self.base.trim_end_matches("api/v1/")),
+            None => format!("{}{path}", self.base),
+        };
+        let mut r = self.agent.request(method, &url);
+        if let Some((uid, token)) = &self.auth {
+            r = r.set("X-User-Id", uid).set("X-Auth-Token", token);
+        }
+        r
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        Self::finish(self.req("GET", path).call())
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string().as_bytes())
+    }
+
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        Self::finish(
+            self.req("POST", path)
+                .set("Content-Type", "application/json")
+                .send_bytes(body),
+        )
+    }
+
+    pub fn login(&mut self, username: &str, password: &str) -> Value {
+        let (status, v) = self.post("login", &json!({"username": username, "password": password}));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["status"], "success");
+        self.auth = Some((
+            v["data"]["userId"].as_str().unwrap().to_owned(),
+            v["data"]["authToken"].as_str().unwrap().to_owned(),
+        ));
+        v
+    }
+}
+
 /// Waits (bounded by [`WAIT`]) until `cond` holds.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
