@@ -54,7 +54,7 @@ start_chatd() {
   local shards=$1 users=$2 rooms=$3 members=$4
   rm -rf "$WORK/data" "$WORK/plan.json"
   "$LOAD" seed --data-dir "$WORK/data" --users "$users" --rooms "$rooms" --members "$members" --plan "$WORK/plan.json"
-  RUST_LOG=warn "$CHATD" serve --listen 127.0.0.1:$PORT_CHATD --shards "$shards" --data-dir "$WORK/data" \
+  CHATD_RATE_LIMITS=off RUST_LOG=warn "$CHATD" serve --listen 127.0.0.1:$PORT_CHATD --shards "$shards" --data-dir "$WORK/data" \
     >"$WORK/chatd.log" 2>&1 &
   local pid=$!
   PIDS+=($pid)

@@ -21,13 +21,13 @@ export CHATD_CLUSTER_SECRET="bench-secret-$(date +%s%N)"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
 wait_log() { for _ in $(seq 1 150); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.2; done; echo "no '$2' in $1" >&2; exit 1; }
-taskset -c 0 "$BIN/chatd" serve --shards 1 --listen 127.0.0.1:0 --data-dir "$WORK/a" \
+CHATD_RATE_LIMITS=off taskset -c 0 "$BIN/chatd" serve --shards 1 --listen 127.0.0.1:0 --data-dir "$WORK/a" \
   --cluster-listen 127.0.0.1:0 2> "$WORK/a.log" &
 PIDS+=($!)
 wait_log "$WORK/a.log" "chatd listening"
 A_CLUSTER=$(grep -o 'cluster port listening addr=[0-9.:]*' "$WORK/a.log" | sed 's/.*addr=//')
 A=$(grep -o 'chatd listening addr=[0-9.:]*' "$WORK/a.log" | sed 's/.*addr=//')
-taskset -c 0 "$BIN/chatd" serve --shards 1 --listen 127.0.0.1:0 --data-dir "$WORK/b" \
+CHATD_RATE_LIMITS=off taskset -c 0 "$BIN/chatd" serve --shards 1 --listen 127.0.0.1:0 --data-dir "$WORK/b" \
   --peer "$A_CLUSTER" 2> "$WORK/b.log" &
 PIDS+=($!)
 wait_log "$WORK/b.log" "chatd listening"

@@ -24,6 +24,7 @@ pub struct Config {
     pub accounts: Accounts,
     pub cluster: Cluster,
     pub health: Health,
+    pub rate_limits: RateLimits,
     pub tls: Tls,
     /// The public URL clients reach chatd at (`ROOT_URL`), shown in `/api/info` and used in
     /// links; `None` shows nothing.
@@ -73,6 +74,97 @@ impl Default for Health {
 impl Health {
     pub fn shard_timeout(&self) -> Duration {
         Duration::from_millis(self.shard_timeout_ms)
+    }
+}
+
+/// One rate-limit rule: at most `calls` per `interval_ms` (a fixed window opened by the first
+/// call); `calls = 0` turns the rule off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub calls: u32,
+    pub interval_ms: u64,
+}
+
+impl Rule {
+    pub const fn new(calls: u32, interval_ms: u64) -> Self {
+        Self { calls, interval_ms }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+/// Rate limits, with Rocket.Chat's defaults. Request rules count per shard; login failures
+/// per host. `CHATD_RATE_LIMITS=off` in the environment turns every rule off (load tests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// DDP and REST request rules on or off (`DDP_Rate_Limit_*_Enabled`,
+    /// `API_Enable_Rate_Limiter`).
+    pub enabled: bool,
+    /// Proxies (load balancers) in front of chatd that append to `X-Forwarded-For`: the client
+    /// address is the one that many hops from the right. 0: the TCP peer (no proxy).
+    pub trusted_proxies: usize,
+    /// DDP calls per client address (127.0.0.1 is left out).
+    pub ddp_ip: Rule,
+    /// DDP calls per logged-in user.
+    pub ddp_user: Rule,
+    /// DDP calls per connection.
+    pub ddp_connection: Rule,
+    /// DDP calls of one method (or subscription) name per user; `stream-*` names get 4× calls
+    /// over 4× the interval.
+    pub ddp_user_method: Rule,
+    /// The same per connection.
+    pub ddp_connection_method: Rule,
+    /// `sendMessage` per user (roles admin and bot are exempt).
+    pub send_message: Rule,
+    /// `createDirectMessage` per user (roles admin and bot are exempt).
+    pub create_direct_message: Rule,
+    /// `setUserStatus` per user.
+    pub set_user_status: Rule,
+    /// REST calls per endpoint (method + path) per client address; roles admin and bot are
+    /// exempt. Answers carry `X-RateLimit-Limit/Remaining/Reset`; past it, 429.
+    pub rest_endpoint: Rule,
+    /// Block logins after failed attempts (`Accounts_Block_Failed_Login_Attempts_Enable`).
+    pub login_blocking: bool,
+    /// Failed logins per account before it is blocked; the block lasts `interval_ms` after the
+    /// last failure.
+    pub login_failures_per_user: Rule,
+    /// The same per client address.
+    pub login_failures_per_ip: Rule,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trusted_proxies: 0,
+            ddp_ip: Rule::new(120_000, 60_000),
+            ddp_user: Rule::new(1200, 60_000),
+            ddp_connection: Rule::new(600, 60_000),
+            ddp_user_method: Rule::new(20, 10_000),
+            ddp_connection_method: Rule::new(10, 10_000),
+            send_message: Rule::new(5, 1000),
+            create_direct_message: Rule::new(10, 60_000),
+            set_user_status: Rule::new(1, 1000),
+            rest_endpoint: Rule::new(10, 60_000),
+            login_blocking: true,
+            login_failures_per_user: Rule::new(10, 300_000),
+            login_failures_per_ip: Rule::new(50, 300_000),
+        }
+    }
+}
+
+impl RateLimits {
+    /// Every rule off.
+    pub fn off() -> Self {
+        Self {
+            enabled: false,
+            login_blocking: false,
+            ..Self::default()
+        }
     }
 }
 
@@ -310,6 +402,7 @@ impl Default for Config {
             accounts: Accounts::default(),
             cluster: Cluster::default(),
             health: Health::default(),
+            rate_limits: RateLimits::default(),
             tls: Tls::default(),
             root_url: None,
             mesh_capacity: 1024,
@@ -437,6 +530,27 @@ impl Config {
         }
         if self.limits.store_timeout_secs == 0 || self.limits.store_timeout_secs > 3600 {
             return bad("limits.store_timeout_secs", "must be between 1 and 3600");
+        }
+        let rl = &self.rate_limits;
+        for (key, rule) in [
+            ("rate_limits.ddp_ip", rl.ddp_ip),
+            ("rate_limits.ddp_user", rl.ddp_user),
+            ("rate_limits.ddp_connection", rl.ddp_connection),
+            ("rate_limits.ddp_user_method", rl.ddp_user_method),
+            ("rate_limits.ddp_connection_method", rl.ddp_connection_method),
+            ("rate_limits.send_message", rl.send_message),
+            ("rate_limits.create_direct_message", rl.create_direct_message),
+            ("rate_limits.set_user_status", rl.set_user_status),
+            ("rate_limits.rest_endpoint", rl.rest_endpoint),
+            ("rate_limits.login_failures_per_user", rl.login_failures_per_user),
+            ("rate_limits.login_failures_per_ip", rl.login_failures_per_ip),
+        ] {
+            if rule.calls > 0 && (rule.interval_ms == 0 || rule.interval_ms > 86_400_000) {
+                return bad(key, "interval_ms must be between 1 and 86400000");
+            }
+        }
+        if rl.trusted_proxies > 16 {
+            return bad("rate_limits.trusted_proxies", "must be at most 16");
         }
         if self.io_memory_bytes < 512 * 1024 {
             return bad("io_memory_bytes", "must be at least 524288 (glommio's minimum)");

@@ -219,6 +219,12 @@ fn apply_rocketchat_env(config: &mut Config, var: impl Fn(&str) -> Option<String
     if let Some(url) = var("ROOT_URL") {
         config.root_url = Some(url.trim_end_matches('/').to_owned());
     }
+    // Like Rocket.Chat's TEST_MODE: load tests turn rate limits off.
+    match var("CHATD_RATE_LIMITS").as_deref() {
+        None | Some("on") => {}
+        Some("off") => config.rate_limits = chatd::config::RateLimits::off(),
+        Some(other) => return Err(invalid("CHATD_RATE_LIMITS (environment)", other, "on or off")),
+    }
     Ok(())
 }
 
@@ -227,6 +233,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&config.log);
     if std::env::var_os("MONGO_OPLOG_URL").is_some() {
         tracing::info!("MONGO_OPLOG_URL is not needed and ignored: chatd follows MongoDB change streams");
+    }
+    if !config.rate_limits.enabled || !config.rate_limits.login_blocking {
+        tracing::warn!(
+            requests = config.rate_limits.enabled,
+            login_blocking = config.rate_limits.login_blocking,
+            "rate limits are partly or wholly off"
+        );
     }
     for (var, why) in IGNORED_ROCKETCHAT_ENV {
         if std::env::var_os(var).is_some() {

@@ -75,6 +75,8 @@ struct HostShared {
     peer_stats: Arc<PeerStats>,
     draining: Arc<AtomicBool>,
     tls: Option<Arc<TlsCerts>>,
+    /// Failed logins, counted for the whole host.
+    login_guard: Arc<crate::gateway::ratelimit::LoginGuard>,
 }
 
 /// Reader threads at least, with MongoDB (each read waits on a network round trip).
@@ -158,6 +160,7 @@ impl Server {
         let draining = Arc::new(AtomicBool::new(false));
         let shard_draining = draining.clone();
         let shard_tls = tls.clone();
+        let login_guard = Arc::new(crate::gateway::ratelimit::LoginGuard::new(&config.rate_limits));
         let cluster = Arc::new(Mutex::new(cluster));
         let config = Arc::new(config);
         let feed = Arc::new(Mutex::new(Some(feed)));
@@ -168,6 +171,7 @@ impl Server {
             let peer_stats = shard_peer_stats.clone();
             let draining = shard_draining.clone();
             let tls = shard_tls.clone();
+            let login_guard = login_guard.clone();
             let (feed, cluster) = if ctx.id == TAILER_SHARD {
                 (
                     feed.lock().ok().and_then(|mut f| f.take()),
@@ -180,6 +184,7 @@ impl Server {
                 peer_stats,
                 draining,
                 tls,
+                login_guard,
             };
             async move { shard_main(ctx, store, config, feed, start_head, cluster, host).await }
         });
@@ -436,6 +441,7 @@ async fn shard_main(
         peer_stats,
         draining,
         tls,
+        login_guard,
     } = host;
     let ShardContext {
         id,
@@ -521,6 +527,8 @@ async fn shard_main(
         glommio::spawn_local(async move { t.run(feed, shutdown).await })
     });
     let gctx = Rc::new(ShardCtx {
+        rate: Default::default(),
+        login_guard,
         hub: hub.clone(),
         config: config.clone(),
         shutdown: shutdown.clone(),

@@ -858,6 +858,11 @@ async fn drive(
                         shared.acked.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Ok(Event::Refused { id }) => {
+                    if pending_acks.remove(&id).is_some() {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Ok(Event::Other) => {}
                 Err(_) => {
                     shared.errors.fetch_add(1, Ordering::Relaxed);

@@ -17,8 +17,18 @@ use crate::Proto;
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub enum Event {
-    Message { sender: u32, seq: u32, sent_ns: u64 },
-    Ack { id: u64 },
+    Message {
+        sender: u32,
+        seq: u32,
+        sent_ns: u64,
+    },
+    Ack {
+        id: u64,
+    },
+    /// The server answered a send with an error (e.g. a rate limit): not acknowledged.
+    Refused {
+        id: u64,
+    },
     Other,
 }
 
@@ -220,7 +230,13 @@ impl Conn {
                     Some("result") => Ok(v["id"]
                         .as_str()
                         .and_then(|s| s.parse().ok())
-                        .map_or(Event::Other, |id| Event::Ack { id })),
+                        .map_or(Event::Other, |id| {
+                            if v.get("error").is_some() {
+                                Event::Refused { id }
+                            } else {
+                                Event::Ack { id }
+                            }
+                        })),
                     _ => Ok(Event::Other),
                 }
             }

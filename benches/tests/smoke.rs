@@ -29,6 +29,8 @@ fn every_message_is_delivered_exactly_once() {
         shards: 2,
         pin_cores: false,
         data_dir: data,
+        // A load test: its clients send faster than Rocket.Chat's rate limits allow.
+        rate_limits: chatd::config::RateLimits::off(),
         ..Config::default()
     })
     .unwrap();

@@ -91,7 +91,35 @@ impl<'a> Ops<'a> {
         Ok(room.t == RoomType::Channel || self.member_of(user, &room.id).await?)
     }
 
-    pub async fn login_password(&self, name: LoginName<'_>, digest: String) -> AppResult<LoggedIn> {
+    /// Logs in with a password; after too many failures for the login name or the client's
+    /// address, refuses with `error-login-blocked-for-user` / `-ip` before looking.
+    pub async fn login_password(
+        &self,
+        name: LoginName<'_>,
+        digest: String,
+        ip: Option<std::net::IpAddr>,
+    ) -> AppResult<LoggedIn> {
+        let guard = &self.ctx.login_guard;
+        let login = match name {
+            LoginName::Username(u) | LoginName::Email(u) => u.to_owned(),
+        };
+        if let Some(blocked) = guard.blocked(&login, ip, std::time::Instant::now()) {
+            tracing::debug!(login, ip = ?ip, "login refused: blocked after failed attempts");
+            return Err(AppError::client(blocked.code(), blocked.reason()).with_method("login"));
+        }
+        let result = self.check_password(name, digest).await;
+        match &result {
+            Ok(_) => guard.succeeded(&login),
+            Err(AppError::Client {
+                code: crate::app::error::Code::Number(403),
+                ..
+            }) => guard.failed(&login, ip, std::time::Instant::now()),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn check_password(&self, name: LoginName<'_>, digest: String) -> AppResult<LoggedIn> {
         let store = &self.ctx.hub.store;
         let user = match name {
             LoginName::Username(u) => store.user_by_username(u).await,

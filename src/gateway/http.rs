@@ -18,10 +18,11 @@ use super::ShardCtx;
 /// The Rocket.Chat version chatd reports compatibility with.
 pub const COMPAT_VERSION: &str = "6.5.0";
 
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>) {
+/// Serves HTTP/1.1 on one connection from `peer`.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>, peer: std::net::IpAddr) {
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(route(req, &ctx).await) }
+        async move { Ok::<_, Infallible>(route(req, &ctx, peer).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -47,7 +48,7 @@ pub fn raw_json_response(status: StatusCode, body: String) -> Response<Full<Byte
     resp
 }
 
-async fn route(req: Request<Incoming>, ctx: &ShardCtx) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, ctx: &ShardCtx, peer: std::net::IpAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => super::health::health(ctx).await,
@@ -57,7 +58,15 @@ async fn route(req: Request<Incoming>, ctx: &ShardCtx) -> Response<Full<Bytes>> 
         (&Method::GET, "/api/info") => info(ctx),
         (_, p) if p.starts_with("/api/v1/") => {
             let started = std::time::Instant::now();
-            let resp = super::rest::handle(req, ctx).await;
+            let forwarded: Vec<&str> = req
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+            let ip = super::ratelimit::client_ip(peer, forwarded.as_deref(), ctx.config.rate_limits.trusted_proxies);
+            let resp = super::rest::handle(req, ctx, ip).await;
             ctx.hub.stats.rest_seconds.observe_duration(started.elapsed());
             resp
         }

@@ -137,7 +137,7 @@ impl Session {
                 Some(Value::String(plain)) => auth::sha256_hex(plain),
                 _ => return Err(MeteorError::match_failed("password is required")),
             };
-            self.ops().login_password(name, digest).await?
+            self.ops().login_password(name, digest, Some(self.ip)).await?
         };
         self.ctx
             .hub

@@ -7,6 +7,7 @@ pub mod http;
 mod io;
 mod methods;
 mod metrics;
+pub mod ratelimit;
 mod rest;
 pub mod session;
 pub mod tls;
@@ -39,6 +40,10 @@ pub struct ShardCtx {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// TLS on the client port, when configured.
     pub tls: Option<Arc<tls::TlsCerts>>,
+    /// This shard's rate-limit counters (users, addresses, REST endpoints).
+    pub rate: ratelimit::ShardCounters,
+    /// Failed logins, host-wide.
+    pub login_guard: Arc<ratelimit::LoginGuard>,
 }
 
 /// Accepts until shutdown, one task per connection.
@@ -92,8 +97,9 @@ enum Route {
     Http,
 }
 
-/// Reads the request head (bounded in size and time) and decides where it goes.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Route> {
+/// Reads the request head (bounded in size and time) and decides where it goes; also returns
+/// its `X-Forwarded-For` header.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<(Route, Option<String>)> {
     let mut chunk = [0u8; 2048];
     loop {
         let n = stream.read(&mut chunk).await.ok()?;
@@ -113,28 +119,43 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> O
                             .contains("websocket")
                 });
                 let ws_path = matches!(path, "/websocket" | "/websocket/" | "/sockjs/websocket");
+                let forwarded_for = forwarded_for(req.headers);
                 return Some(if req.method == Some("GET") && upgrade && ws_path {
-                    Route::WebSocket
+                    (Route::WebSocket, forwarded_for)
                 } else {
-                    Route::Http
+                    (Route::Http, forwarded_for)
                 });
             }
             // Too large or not HTTP at all: let hyper produce the proper error response.
             Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => continue,
-            _ => return Some(Route::Http),
+            _ => return Some((Route::Http, None)),
         }
     }
 }
 
+/// Every `X-Forwarded-For` value of a request, joined in order (several headers form one list).
+fn forwarded_for(headers: &[httparse::Header<'_>]) -> Option<String> {
+    let values: Vec<String> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
 async fn connection(stream: TcpStream, ctx: Rc<ShardCtx>) {
     let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
     // Bounds the TLS handshake and the request head; the session keeps its own clock after.
     let _ = stream.set_read_timeout(Some(handshake));
     match ctx.tls.as_ref().map(|t| t.acceptor()) {
-        None => route(stream, ctx).await,
+        None => route(stream, ctx, peer).await,
         Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls) => route(tls, ctx).await,
+            Ok(tls) => route(tls, ctx, peer).await,
             Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
         },
     }
@@ -157,20 +178,23 @@ impl ClearTimeout for futures_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-async fn route<S>(mut stream: S, ctx: Rc<ShardCtx>)
+async fn route<S>(mut stream: S, ctx: Rc<ShardCtx>, peer: std::net::IpAddr)
 where
     S: AsyncRead + futures::AsyncWrite + ClearTimeout + Unpin + 'static,
 {
     let mut head = Vec::with_capacity(1024);
-    let Some(route) = read_head(&mut stream, &mut head).await else {
+    let Some((route, forwarded_for)) = read_head(&mut stream, &mut head).await else {
         return;
     };
+    let trusted = ctx.config.rate_limits.trusted_proxies;
+    let ip = ratelimit::client_ip(peer, forwarded_for.as_deref(), trusted);
     match route {
         Route::WebSocket => {
             // The session keeps its own clock (pings, auth timeout) from here on.
             stream.clear_read_timeout();
-            session::run(Prefixed::new(head, stream), ctx).await;
+            session::run(Prefixed::new(head, stream), ctx, ip).await;
         }
-        Route::Http => http::serve(Prefixed::new(head, stream), ctx).await,
+        // Each HTTP request names its own client (keep-alive through a proxy carries many).
+        Route::Http => http::serve(Prefixed::new(head, stream), ctx, peer).await,
     }
 }

@@ -284,6 +284,8 @@ struct Call<'a> {
     ops: Ops<'a>,
     query: Query,
     body: Body,
+    /// The client's address (for login blocking).
+    ip: std::net::IpAddr,
 }
 
 /// A successful answer: a JSON value, or JSON text rendered elsewhere (off this shard).
@@ -292,15 +294,61 @@ enum Answer {
     Raw(String),
 }
 
-pub async fn handle(req: Request<Incoming>, ctx: &ShardCtx) -> Reply {
-    match handle_inner(req, ctx).await {
+pub async fn handle(req: Request<Incoming>, ctx: &ShardCtx, ip: std::net::IpAddr) -> Reply {
+    let mut limit = None;
+    let mut reply = match handle_inner(req, ctx, ip, &mut limit).await {
         Ok(Answer::Json(v)) => json_response(StatusCode::OK, &v),
         Ok(Answer::Raw(text)) => raw_json_response(StatusCode::OK, text),
         Err(e) => e.reply(),
+    };
+    if let Some(v) = limit {
+        // Rocket.Chat's headers on every answer of a limited route; the reset is epoch ms.
+        let reset = crate::ids::now_ms().saturating_add(v.reset_in.as_millis() as i64);
+        let headers = reply.headers_mut();
+        for (name, value) in [
+            ("x-ratelimit-limit", i64::from(v.limit)),
+            ("x-ratelimit-remaining", i64::from(v.remaining)),
+            ("x-ratelimit-reset", reset),
+        ] {
+            headers.insert(name, hyper::header::HeaderValue::from(value));
+        }
+    }
+    reply
+}
+
+/// Counts a call to `endpoint` against the REST rule; refused past it (429).
+fn rate_limit(
+    ctx: &ShardCtx,
+    ip: std::net::IpAddr,
+    method: &Method,
+    endpoint: &str,
+    limit: &mut Option<super::ratelimit::Verdict>,
+) -> Result<(), RestError> {
+    let route = format!("{endpoint}{}", method.as_str().to_ascii_lowercase());
+    *limit = ctx
+        .rate
+        .check_rest(&ctx.config.rate_limits, ip, &route, std::time::Instant::now());
+    match limit {
+        Some(v) if !v.allowed => Err(RestError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: json!({
+                "success": false,
+                "error": format!(
+                    "Error, too many requests. Please slow down. You must wait {} seconds before trying this endpoint again. [error-too-many-requests]",
+                    super::ratelimit::seconds(v.reset_in)
+                ),
+            }),
+        }),
+        _ => Ok(()),
     }
 }
 
-async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> Result<Answer, RestError> {
+async fn handle_inner(
+    req: Request<Incoming>,
+    ctx: &ShardCtx,
+    ip: std::net::IpAddr,
+    limit: &mut Option<super::ratelimit::Verdict>,
+) -> Result<Answer, RestError> {
     let endpoint = req
         .uri()
         .path()
@@ -318,6 +366,9 @@ async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> Result<Answer, 
     if !known(&method, &endpoint) {
         return Err(RestError::not_found());
     }
+    if public {
+        rate_limit(ctx, ip, &method, &endpoint, limit)?;
+    }
     let body = if method == Method::POST {
         read_body(req.into_body(), ctx.config.limits.max_http_body_bytes).await?
     } else {
@@ -327,6 +378,7 @@ async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> Result<Answer, 
         ops: Ops::new(ctx),
         query,
         body,
+        ip,
     };
     if public {
         return match endpoint.as_str() {
@@ -342,6 +394,9 @@ async fn handle_inner(req: Request<Incoming>, ctx: &ShardCtx) -> Result<Answer, 
         Ok(l) if l.user.id.as_str() == uid => l.user,
         _ => return Err(RestError::unauthorized()),
     };
+    if !super::ratelimit::privileged(&user.roles) {
+        rate_limit(ctx, ip, &method, &endpoint, limit)?;
+    }
     // Possibly large answers come as JSON rendered on a reader thread.
     match endpoint.as_str() {
         "rooms.get" | "subscriptions.get" => return call.listing(&endpoint, &user).await.map(Answer::Raw),
@@ -463,7 +518,7 @@ impl Call<'_> {
                 None | Some(Value::Null) => return Err(login_failed()),
                 Some(_) => return Err(RestError::invalid("Param \"password\" must be a string")),
             };
-            self.ops.login_password(name, digest).await
+            self.ops.login_password(name, digest, Some(self.ip)).await
         };
         let logged_in = match logged_in {
             Ok(l) => l,
@@ -473,6 +528,12 @@ impl Call<'_> {
             }) => return Err(login_failed()),
             Err(AppError::Client { code, .. }) if code.to_string() == "error-user-is-not-activated" => {
                 return Err(login_failed())
+            }
+            Err(AppError::Client { code, reason, .. }) if code.to_string().starts_with("error-login-blocked") => {
+                return Err(RestError {
+                    status: StatusCode::UNAUTHORIZED,
+                    body: json!({"success": false, "status": "error", "error": code.to_string(), "message": reason}),
+                })
             }
             Err(e) => return Err(e.into()),
         };

@@ -16,6 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
+use super::ratelimit::{self, DdpCall, Kind};
 use super::ShardCtx;
 use crate::chat::hub::{SessionHandle, STREAM_USER_PRESENCE};
 use crate::chat::outbound::{Batch, CloseReason, Outbound};
@@ -43,6 +44,10 @@ pub struct Session {
     /// SHA-256 of the token this session logged in with (for `logout`).
     pub token_hash: Option<String>,
     bad_frames: Rc<Cell<u32>>,
+    /// The client's address (after trusted proxies).
+    pub ip: std::net::IpAddr,
+    /// This connection's own rate-limit counters.
+    rate: ratelimit::ConnectionCounters,
 }
 
 enum Wake {
@@ -51,7 +56,7 @@ enum Wake {
     Closing,
 }
 
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>) {
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>, ip: std::net::IpAddr) {
     let limits = &ctx.config.limits;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
@@ -94,6 +99,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<Sha
         user: None,
         token_hash: None,
         bad_frames: Rc::new(Cell::new(0)),
+        ip,
+        rate: Default::default(),
     };
     // Meteor's greeting; clients ignore it, some wait for nothing else before `connect`.
     handle.out.push_str(r#"{"server_id":"0"}"#.to_owned());
@@ -249,6 +256,11 @@ impl Session {
             }
             ClientFrame::Pong => true,
             ClientFrame::Method { id, method, params } => {
+                if let Err(v) = self.rate_check(Kind::Method, &method) {
+                    self.push(ddp::result_error(&id, &v.ddp_error()));
+                    self.push(ddp::updated(&id));
+                    return true;
+                }
                 // Possibly large results come as JSON rendered on a reader thread, framed as is.
                 let started = std::time::Instant::now();
                 let res = match self.call_raw(&method, &params).await {
@@ -266,18 +278,17 @@ impl Session {
                 self.push(ddp::updated(&id));
                 true
             }
-            ClientFrame::Sub { id, name, params } if name == STREAM_USER_PRESENCE => {
-                match self.subscribe_presence(&id, &params).await {
-                    Ok(true) => self.push(ddp::ready(&id)),
-                    Ok(false) => self.push(ddp::nosub(&id, None)),
-                    Err(e) => self.push(ddp::nosub(&id, Some(&e))),
-                }
-                true
-            }
             ClientFrame::Sub { id, name, params } => {
-                match self.subscribe(&id, &name, &params).await {
-                    Ok(true) => self.push(ddp::ready(&id)),
-                    Ok(false) => {}
+                let answer = match self.rate_check(Kind::Sub, &name) {
+                    Err(v) => Err(v.ddp_error()),
+                    Ok(()) if name == STREAM_USER_PRESENCE => self.subscribe_presence(&id, &params).await.map(Some),
+                    // `None`: a duplicate id, ignored as Meteor does.
+                    Ok(()) => self.subscribe(&id, &name, &params).await.map(|ok| ok.then_some(true)),
+                };
+                match answer {
+                    Ok(Some(true)) => self.push(ddp::ready(&id)),
+                    Ok(Some(false)) => self.push(ddp::nosub(&id, None)),
+                    Ok(None) => {}
                     Err(e) => self.push(ddp::nosub(&id, Some(&e))),
                 }
                 true
@@ -289,6 +300,24 @@ impl Session {
                 true
             }
         }
+    }
+
+    /// Counts one call against the rate limits; `Err` with the wait when refused.
+    fn rate_check(&mut self, kind: Kind, name: &str) -> Result<(), ratelimit::Verdict> {
+        let call = DdpCall {
+            kind,
+            name,
+            ip: self.ip,
+            user: self.user.as_ref().map(|u| (&u.id, ratelimit::privileged(&u.roles))),
+        };
+        let verdict = self
+            .ctx
+            .rate
+            .check_ddp(&self.ctx.config.rate_limits, &mut self.rate, &call, Instant::now());
+        if let Err(v) = &verdict {
+            tracing::debug!(name, wait_ms = v.reset_in.as_millis() as u64, "call over a rate limit");
+        }
+        verdict
     }
 
     /// Requires a logged-in user.

@@ -30,6 +30,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         shards: 2,
         pin_cores: false,
         data_dir: dir.to_path_buf(),
+        // Tests other than the rate-limit ones send faster than Rocket.Chat's limits allow.
+        rate_limits: chatd::config::RateLimits::off(),
         ..Config::default()
     }
 }
@@ -523,6 +525,9 @@ impl ChatdProcess {
             .arg(data_dir)
             .args(extra)
             .env_remove("PORT")
+            // Tests other than the rate-limit ones send faster than Rocket.Chat's limits allow;
+            // those set CHATD_RATE_LIMITS=on in `env`.
+            .env("CHATD_RATE_LIMITS", "off")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
