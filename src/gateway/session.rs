@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use chatd_shards::ShardStats;
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt};
+use tracing::Instrument;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
@@ -88,9 +89,23 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<Sha
     let handle = ctx
         .hub
         .new_session(Outbound::new(limits.outbound_queue_frames, limits.outbound_queue_bytes));
-    let writer = glommio::spawn_local(write_loop(sink, handle.clone()));
-    let span = tracing::debug_span!("session", shard = ctx.hub.shard, id = handle.id);
-    let _enter = span.enter();
+    // Every line logged for this session, by its reader or its writer, carries its span; the
+    // span is attached to each task (`instrument`), never entered across an await.
+    let span = tracing::debug_span!("session", shard = ctx.hub.shard, id = handle.id, ip = %ip);
+    let writer = glommio::spawn_local(write_loop(sink, handle.clone()).instrument(span.clone()));
+    serve(ctx, handle, writer, ip, stream).instrument(span).await;
+}
+
+/// The session from its greeting to its close.
+async fn serve<S>(
+    ctx: Rc<ShardCtx>,
+    handle: Rc<SessionHandle>,
+    writer: glommio::Task<()>,
+    ip: std::net::IpAddr,
+    stream: async_tungstenite::WebSocketReceiver<S>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut session = Session {
         ctx: ctx.clone(),
         handle: handle.clone(),
