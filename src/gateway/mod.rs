@@ -8,7 +8,7 @@ mod io;
 mod methods;
 mod metrics;
 pub mod ratelimit;
-mod rest;
+pub mod rest;
 pub mod session;
 pub mod tls;
 

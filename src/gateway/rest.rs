@@ -255,10 +255,15 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Body, RestError> 
             format!("Request body over the limit of {limit} bytes"),
         ));
     }
+    parse_body(&bytes)
+}
+
+/// A request body as JSON: an object, or nothing (whitespace) for an empty one.
+fn parse_body(bytes: &[u8]) -> Result<Body, RestError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Body(Map::new()));
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(o)) => Ok(Body(o)),
         Ok(_) => Err(RestError::invalid("The request body must be a JSON object")),
         Err(e) => Err(RestError::new(
@@ -267,6 +272,51 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Body, RestError> 
         )),
     }
 }
+
+/// Fuzzing entry (`tests/fuzz.rs`): parses a query string and a body as a request's are, then
+/// reads the parameters every endpoint reads, by the names they use. Returns how many were read
+/// without an error.
+#[doc(hidden)]
+pub fn fuzz_parameters(query: &str, body: &[u8]) -> usize {
+    let q = Query::parse(Some(query));
+    let mut read = 0;
+    for key in QUERY_KEYS {
+        read += usize::from(q.get(key).is_some());
+        read += usize::from(q.flag(key).is_ok());
+        read += usize::from(q.number(key).is_ok());
+        read += usize::from(q.date(key).is_ok());
+    }
+    read += usize::from(q.page().is_ok());
+    if let Ok(b) = parse_body(body) {
+        for key in BODY_KEYS {
+            read += usize::from(b.opt_str(key).is_ok());
+            read += usize::from(b.str(key).is_ok());
+            read += usize::from(b.opt_bool(key).is_ok());
+            read += usize::from(b.usernames(key).is_ok());
+        }
+    }
+    read
+}
+
+/// The query and body parameter names the endpoints read (for fuzzing).
+#[doc(hidden)]
+pub const QUERY_KEYS: &[&str] = &[
+    "offset",
+    "count",
+    "latest",
+    "oldest",
+    "inclusive",
+    "unreads",
+    "roomId",
+    "roomName",
+    "userId",
+    "username",
+];
+#[doc(hidden)]
+pub const BODY_KEYS: &[&str] = &[
+    "username", "password", "user", "email", "resume", "pass", "name", "members", "readOnly", "roomId", "channel",
+    "text", "msg", "message", "status", "userId", "msgId", "_id", "rid",
+];
 
 fn ok(mut v: Value) -> Value {
     if let Value::Object(o) = &mut v {

@@ -151,8 +151,9 @@ fn read_dump(
         }
         buf.clear();
         buf.extend_from_slice(&len_bytes);
-        buf.resize(n, 0);
-        match read_full(&mut reader, buf.get_mut(4..).unwrap_or_default()) {
+        // Grows with the bytes that actually arrive: a length that claims more than the file
+        // holds costs no more than the file.
+        match (&mut reader).take((n - 4) as u64).read_to_end(&mut buf) {
             Ok(got) if got == n - 4 => {}
             _ => {
                 each(Err("truncated document at the end of the file".into()));
