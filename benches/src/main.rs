@@ -12,6 +12,7 @@ mod proto;
 mod rcdump;
 mod relay;
 mod seed;
+mod soak;
 mod stall;
 
 use std::collections::HashMap;
@@ -61,6 +62,9 @@ enum Cmd {
     RcDump(rcdump::DumpArgs),
     /// Measure another session's delivery latency with and without a heavy reader beside it.
     Stall(stall::StallArgs),
+    /// Kill -9 the server again and again during pipelined writes; check every acknowledged
+    /// message is stored exactly once.
+    Soak(soak::SoakArgs),
     /// Measure typing relay latency, on one host or across two peered hosts.
     TypingRelay(relay::RelayArgs),
     /// One worker process of a run (started by `run`, which passes its options as JSON).
@@ -953,6 +957,7 @@ fn main() {
         }),
         Cmd::RcDump(args) => rcdump::generate(&args),
         Cmd::Stall(args) => print_json(stall::run(args)),
+        Cmd::Soak(args) => print_json(soak::run(args)),
         Cmd::TypingRelay(args) => print_json(relay::run(args)),
         Cmd::Worker { index, args_json } => serde_json::from_str(&args_json)
             .map_err(anyhow::Error::from)

@@ -56,11 +56,17 @@ pub(crate) struct Ddp {
 }
 
 impl Ddp {
-    pub(crate) async fn login(addr: &str, user: &str, password: &str) -> anyhow::Result<(Self, String, String)> {
+    /// Opens a WebSocket and sends DDP `connect` (not logged in).
+    pub(crate) async fn connect(addr: &str) -> anyhow::Result<Self> {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/websocket")).await?;
         let mut c = Self { ws, next: 0 };
         c.send(json!({"msg": "connect", "version": "1", "support": ["1"]}))
             .await?;
+        Ok(c)
+    }
+
+    pub(crate) async fn login(addr: &str, user: &str, password: &str) -> anyhow::Result<(Self, String, String)> {
+        let mut c = Self::connect(addr).await?;
         let r = c
             .call(
                 "login",
