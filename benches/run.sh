@@ -2,7 +2,7 @@
 # Benchmark scenarios (see benches/README.md). Each run is bounded in time and connections and
 # uses loopback only. Results are appended as JSON lines to $OUT/<scenario>.jsonl.
 #
-#   bash benches/run.sh s1|s2|s3|s4|s5|all [chatd] [socketio] [nats]
+#   bash benches/run.sh s1|s2|s3|s4|s5|s6|all [chatd] [socketio] [nats]
 #
 # Environment: RUNS (default 3) repetitions of every measurement, OUT (default benches/results).
 set -euo pipefail
@@ -212,6 +212,17 @@ s5() { # durable writes: acknowledged messages per second and ack latency, 1 / 1
   done
 }
 
+s6() { # restart storm: 5,000 clients, SIGTERM, a new server on the same port and data; how long
+  # until every client is back with every message, with the server's reconnect spread and without
+  for run in $(seq 1 "$RUNS"); do
+    for spread in 5000 0; do
+      rm -rf "$WORK/storm" "$WORK/storm.toml"
+      "$LOAD" storm --chatd "$CHATD" --data-dir "$WORK/storm" --clients 5000 --members 50 \
+        --shards "$NPROC" --spread-ms "$spread" | tee -a "$OUT/s6.jsonl"
+    done
+  done
+}
+
 smoke() { # a few seconds per system: checks that every setup works before a long run
   for system in "$@"; do
     start "$system" "$NPROC" 500 10 50
@@ -227,16 +238,17 @@ systems=("$@")
 build
 case $scenario in
   s1 | s2 | s3 | smoke) "$scenario" "${systems[@]}" ;;
-  s4 | s5) "$scenario" ;;
+  s4 | s5 | s6) "$scenario" ;;
   all)
     s1 "${systems[@]}"
     s2 "${systems[@]}"
     s3 "${systems[@]}"
     s4
     s5
+    s6
     ;;
   *)
-    echo "usage: bash benches/run.sh smoke|s1|s2|s3|s4|s5|all [chatd] [socketio] [nats]" >&2
+    echo "usage: bash benches/run.sh smoke|s1|s2|s3|s4|s5|s6|all [chatd] [socketio] [nats]" >&2
     exit 2
     ;;
 esac

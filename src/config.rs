@@ -263,6 +263,9 @@ pub struct Limits {
     /// Milliseconds a round trip to another shard (login routing, presence queries) may take
     /// before the call fails with `error-server-busy`.
     pub round_trip_timeout_ms: u64,
+    /// On SIGTERM every session is closed with 1012 "server restarting; reconnect in N ms", N
+    /// random below this many milliseconds, so that clients come back spread out (0: at once).
+    pub reconnect_spread_ms: u64,
     /// Seconds a store read or write may take before the call fails with
     /// `error-store-unavailable` (a write's outcome is then unknown; re-sending it with the same
     /// message id is safe).
@@ -434,6 +437,7 @@ impl Default for Limits {
             max_pending_calls: 100,
             round_trip_timeout_ms: 5000,
             store_timeout_secs: 15,
+            reconnect_spread_ms: 5000,
         }
     }
 }
@@ -527,6 +531,9 @@ impl Config {
         }
         if self.limits.round_trip_timeout_ms < 100 || self.limits.round_trip_timeout_ms > 600_000 {
             return bad("limits.round_trip_timeout_ms", "must be between 100 and 600000");
+        }
+        if self.limits.reconnect_spread_ms > 600_000 {
+            return bad("limits.reconnect_spread_ms", "must be at most 600000");
         }
         if self.limits.store_timeout_secs == 0 || self.limits.store_timeout_secs > 3600 {
             return bad("limits.store_timeout_secs", "must be between 1 and 3600");

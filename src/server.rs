@@ -322,6 +322,21 @@ impl Drop for Server {
 /// Close code when the change feed lost history: 1012 "service restart" (clients reconnect,
 /// log in again with their resume token and re-subscribe, then catch up with
 /// `loadMissedMessages` / history, as after any reconnect).
+/// The close reason of a drain: `server restarting; reconnect in N ms`, N random below `spread`
+/// (clients that read it wait N ms; others use their own back-off).
+pub fn restart_close_reason(spread_ms: u64) -> String {
+    use rand::Rng;
+    let wait = if spread_ms == 0 {
+        0
+    } else {
+        rand::thread_rng().gen_range(0..spread_ms)
+    };
+    format!("{RESTART_CLOSE_PREFIX}{wait} ms")
+}
+
+/// What a drain's close reason starts with, before the delay in milliseconds.
+pub const RESTART_CLOSE_PREFIX: &str = "server restarting; reconnect in ";
+
 pub const RELOAD_CLOSE_CODE: u16 = 1012;
 pub const RELOAD_CLOSE_REASON: &str = "change feed restarted: reconnect and reload";
 
@@ -543,9 +558,11 @@ async fn shard_main(
     if let Some(peers) = &peers {
         peers.close_all();
     }
-    // Draining: ask every client to reconnect (to another host or after restart), then wait.
+    // Draining: ask every client to reconnect (to another host or after restart), each after its
+    // own random delay so that they do not all come back in the same instant, then wait.
+    let spread = config.limits.reconnect_spread_ms;
     for s in hub.all_sessions() {
-        s.out.close(CloseReason::new(1012, "server restarting; reconnect"));
+        s.out.close(CloseReason::new(1012, restart_close_reason(spread)));
     }
     let deadline = Instant::now() + Duration::from_secs(config.limits.drain_timeout_secs);
     while stats.websockets.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < deadline {

@@ -14,6 +14,7 @@ mod relay;
 mod seed;
 mod soak;
 mod stall;
+mod storm;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -65,6 +66,9 @@ enum Cmd {
     /// Kill -9 the server again and again during pipelined writes; check every acknowledged
     /// message is stored exactly once.
     Soak(soak::SoakArgs),
+    /// Restart under load: SIGTERM with thousands of clients connected; time until every client
+    /// is back with every message.
+    Storm(storm::StormArgs),
     /// Measure typing relay latency, on one host or across two peered hosts.
     TypingRelay(relay::RelayArgs),
     /// One worker process of a run (started by `run`, which passes its options as JSON).
@@ -958,6 +962,7 @@ fn main() {
         Cmd::RcDump(args) => rcdump::generate(&args),
         Cmd::Stall(args) => print_json(stall::run(args)),
         Cmd::Soak(args) => print_json(soak::run(args)),
+        Cmd::Storm(args) => print_json(storm::run(args)),
         Cmd::TypingRelay(args) => print_json(relay::run(args)),
         Cmd::Worker { index, args_json } => serde_json::from_str(&args_json)
             .map_err(anyhow::Error::from)
