@@ -52,6 +52,9 @@ pub struct StormArgs {
     pub deadline_secs: u64,
 }
 
+/// Clients making their first connection at once.
+const INITIAL_JOINS: usize = 256;
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Server {
@@ -215,6 +218,8 @@ struct ClientReport {
 
 struct Shared {
     url: String,
+    /// Bounds the clients making their first connection at once.
+    gate: tokio::sync::Semaphore,
     /// Clients logged in and subscribed.
     joined: AtomicUsize,
     /// Clients that have the first message.
@@ -238,11 +243,25 @@ async fn client(shared: Arc<Shared>, token: String, rid: String, room: usize) ->
     // The newest message time seen: `loadMissedMessages` returns what came after it.
     let mut last_ts = 0i64;
     let mut stop = shared.stop.clone();
-    let mut ws = match join(&shared.url, &token, &rid).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            eprintln!("storm: a client could not join: {e:#}");
-            return report;
+    // The first connection: at most `INITIAL_JOINS` clients joining at once (a burst of thousands
+    // of connects overflows the listen backlog), each retrying a failed attempt as a client does.
+    let mut attempts = 0;
+    let mut ws = loop {
+        let joined = {
+            let _permit = shared.gate.acquire().await;
+            join(&shared.url, &token, &rid).await
+        };
+        match joined {
+            Ok(ws) => break ws,
+            Err(e) if attempts >= 20 => {
+                eprintln!("storm: a client could not join in 20 attempts: {e:#}");
+                return report;
+            }
+            Err(_) => {
+                attempts += 1;
+                let pause = rand::thread_rng().gen_range(50..=250);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
         }
     };
     shared.joined.fetch_add(1, Ordering::Relaxed);
@@ -389,6 +408,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         url: url.clone(),
+        gate: tokio::sync::Semaphore::new(INITIAL_JOINS),
         joined: AtomicUsize::new(0),
         first: AtomicUsize::new(0),
         complete: AtomicUsize::new(0),
@@ -411,10 +431,6 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
         };
         let rid = plan.rooms[ri].rid.clone();
         tasks.push(tokio::spawn(client(shared.clone(), u.token.clone(), rid, ri)));
-        if ui % 200 == 199 {
-            // Let the connections so far get in before opening more (bounded connect bursts).
-            tokio::task::yield_now().await;
-        }
     }
     let clients = tasks.len();
     let deadline = Instant::now() + Duration::from_secs(120);
