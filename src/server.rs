@@ -406,8 +406,9 @@ async fn dispatch(rx: MeshReceiver<ShardMsg>, hub: Rc<Hub>, tailer: Option<Rc<Ta
                 shard,
                 online,
                 ack,
+                seed,
             } => match &tailer {
-                Some(t) => t.on_user_shard(uid, shard, online, ack).await,
+                Some(t) => t.on_user_shard(uid, shard, online, ack, seed).await,
                 None => tracing::error!(
                     source = rx.source(),
                     "routing notice sent to a shard without the tailer"
@@ -560,13 +561,21 @@ async fn shard_main(
     }
     // Draining: ask every client to reconnect (to another host or after restart), each after its
     // own random delay so that they do not all come back in the same instant, then wait.
+    // A session whose handshake was under way when accepting stopped starts after this loop:
+    // the wait below closes such late ones too.
     let spread = config.limits.reconnect_spread_ms;
-    for s in hub.all_sessions() {
-        s.out.close(CloseReason::new(1012, restart_close_reason(spread)));
-    }
+    let close_all = || {
+        for s in hub.all_sessions() {
+            if !s.out.is_closing() {
+                s.out.close(CloseReason::new(1012, restart_close_reason(spread)));
+            }
+        }
+    };
+    close_all();
     let deadline = Instant::now() + Duration::from_secs(config.limits.drain_timeout_secs);
     while stats.websockets.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+        close_all();
     }
     if let Some(t) = tailer_task {
         t.await;

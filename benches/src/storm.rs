@@ -84,10 +84,17 @@ impl Server {
             .with_context(|| format!("starting {}", args.chatd.display()))?;
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         let (tx, rx) = std::sync::mpsc::channel();
+        // The server's log is kept beside the data directory.
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(args.data_dir.with_extension("log"))?;
         std::thread::spawn(move || {
+            use std::io::Write;
             let mut sent = false;
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
                 if !sent && line.contains("chatd listening") {
                     let _ = tx.send(());
                     sent = true;
@@ -198,7 +205,7 @@ async fn join(url: &str, token: &str, rid: &str) -> anyhow::Result<Ws> {
             Heard::Frame(f) if f["msg"] == "ready" => subscribed = true,
             Heard::Frame(f) if f["msg"] == "nosub" => bail!("subscription refused: {f}"),
             Heard::Frame(_) => {}
-            Heard::Closed(_) => bail!("closed while joining"),
+            Heard::Closed(close) => bail!("closed while joining: {close:?}"),
         }
     }
     Ok(ws)
@@ -350,13 +357,16 @@ async fn client(shared: Arc<Shared>, token: String, rid: String, room: usize) ->
 
 /// Sends one message to every room, each from its first member (a fresh connection each).
 async fn send_round(url: &str, plan: &seed::Plan, tag: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
     for (i, room) in plan.rooms.iter().enumerate() {
         let sender = room
             .members
             .first()
             .and_then(|m| plan.users.get(*m))
             .ok_or_else(|| anyhow!("empty room"))?;
-        let mut ws = join(url, &sender.token, &room.rid).await?;
+        let mut ws = join(url, &sender.token, &room.rid)
+            .await
+            .with_context(|| format!("round {tag}, room {i}, {:.1} s in", started.elapsed().as_secs_f64()))?;
         let id = format!("{tag}-{i}");
         send(&mut ws, json!({"msg": "method", "id": id, "method": "sendMessage", "params": [{"_id": format!("storm-{tag}-{i}"), "rid": room.rid, "msg": id}]})).await?;
         loop {

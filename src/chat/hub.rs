@@ -18,7 +18,7 @@ use serde_json::json;
 use tungstenite::Utf8Bytes;
 
 use super::outbound::Outbound;
-use super::presence::{Activity, PresenceRead, PresenceUpdate, Status};
+use super::presence::{Activity, PresenceRead, PresenceSeed, PresenceUpdate, Status};
 use super::{ShardMsg, TAILER_SHARD};
 use crate::app::error::{AppError, AppResult};
 use crate::ids::{RoomId, UserId};
@@ -327,7 +327,7 @@ impl Hub {
                 }
             };
         }
-        let loaded = match self.announce(&user.id, true).await {
+        let loaded = match self.announce(user).await {
             Ok(()) => self.store.memberships_of(&user.id).await.map_err(AppError::from),
             Err(e) => Err(e),
         };
@@ -409,6 +409,7 @@ impl Hub {
                 shard: self.shard,
                 online: false,
                 ack: None,
+                seed: None,
             };
             if self.mesh.send_to(TAILER_SHARD, msg).await.is_err() {
                 tracing::debug!(uid = %user.id, "tailer gone; offline notice not sent");
@@ -720,15 +721,17 @@ impl Hub {
 
     /// Tells the tailer `uid` is on this shard and waits until it has updated its routing;
     /// fails when that takes longer than the round-trip timeout.
-    async fn announce(&self, uid: &UserId, online: bool) -> AppResult<()> {
+    async fn announce(&self, user: &User) -> AppResult<()> {
+        let uid = &user.id;
         let token = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.acks.borrow_mut().insert(token, tx);
         let msg = ShardMsg::UserShard {
             uid: uid.clone(),
             shard: self.shard,
-            online,
+            online: true,
             ack: Some(token),
+            seed: Some(Box::new(PresenceSeed::of(user))),
         };
         let answered = within(self.round_trip, async {
             self.mesh.send_to(TAILER_SHARD, msg).await.is_ok() && rx.await.is_ok()

@@ -28,6 +28,9 @@ pub enum ShardMsg {
         shard: usize,
         online: bool,
         ack: Option<u64>,
+        /// With `online`: the user as the login read them, so the presence owner needs no store
+        /// read for a user it has not seen yet.
+        seed: Option<Box<presence::PresenceSeed>>,
     },
     /// Tailer → shard, or any shard → any shard: answer to `UserShard` or `Ping` with its token.
     Ack { token: u64 },

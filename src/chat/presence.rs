@@ -128,6 +128,26 @@ pub struct Contribution {
     pub text: String,
 }
 
+/// What the presence owner needs of a user it has not seen yet, as the login read it.
+#[derive(Debug, Clone)]
+pub struct PresenceSeed {
+    pub username: String,
+    pub name: String,
+    pub status: String,
+    pub status_text: String,
+}
+
+impl PresenceSeed {
+    pub fn of(user: &crate::store::User) -> Self {
+        Self {
+            username: user.username.clone(),
+            name: user.name.clone(),
+            status: user.status.clone(),
+            status_text: user.status_text.clone(),
+        }
+    }
+}
+
 /// What the owner knows of one user.
 struct UserPresence {
     username: String,
@@ -257,27 +277,40 @@ impl PresenceOwner {
     }
 
     /// A shard reports that `uid` now has (`present`) or no longer has sessions there.
-    pub async fn on_shard_presence(self: &Rc<Self>, uid: &UserId, shard: usize, present: bool) {
+    pub async fn on_shard_presence(
+        self: &Rc<Self>,
+        uid: &UserId,
+        shard: usize,
+        present: bool,
+        seed: Option<PresenceSeed>,
+    ) {
         let known_here = self.users.borrow().get(uid).is_some_and(|p| p.chosen_local);
         if present && !known_here {
-            // First sight: the chosen status comes from the store (anything committed later
-            // arrives through the change feed as a status change, and one that arrives while
-            // the read is under way wins over it). The read runs off this shard; the notices
-            // of one user are handled one at a time by the caller.
-            self.loading.borrow_mut().entry(uid.clone()).or_insert(None);
-            let read = self.store.user(uid).await;
-            let newer = self.loading.borrow_mut().remove(uid).flatten();
-            let mut user = match read {
-                Ok(Some(u)) => u,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(uid = %uid, error = %e, "presence: cannot read the user");
-                    return;
+            // First sight: the chosen status comes with the notice, as the login read it, or
+            // else from the store. A status committed since then arrives through the change
+            // feed: before this notice, it made the user known already (`on_chosen_status`);
+            // during the read, it wins over what the read returns; after, it updates the entry.
+            // The notices of one user are handled one at a time by the caller.
+            let user = match seed {
+                Some(seed) => seed,
+                None => {
+                    self.loading.borrow_mut().entry(uid.clone()).or_insert(None);
+                    let read = self.store.user(uid).await;
+                    let newer = self.loading.borrow_mut().remove(uid).flatten();
+                    let mut user = match read {
+                        Ok(Some(u)) => PresenceSeed::of(&u),
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::warn!(uid = %uid, error = %e, "presence: cannot read the user");
+                            return;
+                        }
+                    };
+                    if let Some((status, text)) = newer {
+                        (user.status, user.status_text) = (status, text);
+                    }
+                    user
                 }
             };
-            if let Some((status, text)) = newer {
-                (user.status, user.status_text) = (status, text);
-            }
             let chosen = Status::parse(&user.status).unwrap_or(Status::Online);
             let mut users = self.users.borrow_mut();
             let p = users.entry(uid.clone()).or_insert_with(|| {

@@ -183,11 +183,20 @@ impl Tailer {
     }
 
     /// Handles a `UserShard` notice and acknowledges it once routing includes it.
-    pub async fn on_user_shard(&self, uid: UserId, shard: usize, online: bool, ack: Option<u64>) {
+    pub async fn on_user_shard(
+        &self,
+        uid: UserId,
+        shard: usize,
+        online: bool,
+        ack: Option<u64>,
+        seed: Option<Box<super::presence::PresenceSeed>>,
+    ) {
         self.routing
             .borrow_mut()
             .user_shard(&uid, shard, online, self.nr_shards);
-        self.presence.on_shard_presence(&uid, shard, online).await;
+        self.presence
+            .on_shard_presence(&uid, shard, online, seed.map(|s| *s))
+            .await;
         if let Some(token) = ack {
             if self.mesh.send_to(shard, ShardMsg::Ack { token }).await.is_err() {
                 tracing::debug!(shard, "shard gone before its ack");
