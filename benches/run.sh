@@ -216,9 +216,10 @@ s6() { # restart storm: 5,000 clients, SIGTERM, a new server on the same port an
   # until every client is back with every message, with the server's reconnect spread and without
   for run in $(seq 1 "$RUNS"); do
     for spread in 5000 0; do
-      rm -rf "$WORK/storm" "$WORK/storm.toml"
+      rm -rf "$WORK/storm" "$WORK/storm.toml" "$WORK/storm.log"
       "$LOAD" storm --chatd "$CHATD" --data-dir "$WORK/storm" --clients 5000 --members 50 \
         --shards "$NPROC" --spread-ms "$spread" | tee -a "$OUT/s6.jsonl"
+      cp "$WORK/storm.log" "$OUT/s6-server-run$run-spread$spread.log"
     done
   done
 }
