@@ -75,7 +75,10 @@ impl Server {
             .arg(&args.data_dir)
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", std::env::var("STORM_SERVER_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("STORM_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("MONGO_URL")
             .env_remove("PORT")
             .stdout(Stdio::null())
