@@ -58,22 +58,35 @@ struct Window {
     count: u32,
 }
 
-/// Fixed-window counters by key; swept of ended windows whenever it doubles in size.
+/// Fixed-window counters by key; swept of ended windows whenever it doubles in size, and never
+/// holding more than `cap` keys (a new key past it is not counted).
 pub struct Counters<K> {
     map: HashMap<K, Window>,
     sweep_at: usize,
+    cap: usize,
 }
 
 impl<K> Default for Counters<K> {
     fn default() -> Self {
+        Self::with_cap(MAX_KEYS)
+    }
+}
+
+impl<K> Counters<K> {
+    pub fn with_cap(cap: usize) -> Self {
         Self {
             map: HashMap::new(),
             sweep_at: MIN_SWEEP,
+            cap,
         }
     }
 }
 
 const MIN_SWEEP: usize = 64;
+/// Keys one shard-wide map holds at most.
+const MAX_KEYS: usize = 1 << 20;
+/// Method and subscription names one connection's map holds at most.
+const MAX_CONNECTION_KEYS: usize = 1024;
 
 impl<K: Hash + Eq> Counters<K> {
     /// Counts one call under `key`; `None` when the rule is off (`calls = 0`).
@@ -84,6 +97,9 @@ impl<K: Hash + Eq> Counters<K> {
         if self.map.len() >= self.sweep_at {
             self.map.retain(|_, w| w.ends > now);
             self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP);
+        }
+        if self.map.len() >= self.cap && !self.map.contains_key(&key) {
+            return None;
         }
         let w = self.map.entry(key).or_insert(Window {
             ends: now + rule.interval(),
@@ -122,6 +138,13 @@ fn worst(acc: Option<Verdict>, v: Option<Verdict>) -> Option<Verdict> {
     }
 }
 
+/// Longest part of a client-chosen name (method, subscription, login) kept as a counter key.
+const MAX_KEY_CHARS: usize = 64;
+
+fn name_key(name: &str) -> String {
+    name.chars().take(MAX_KEY_CHARS).collect()
+}
+
 /// What a DDP call is: a method or a subscription, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -130,10 +153,18 @@ pub enum Kind {
 }
 
 /// One connection's own counters (kept by its session).
-#[derive(Default)]
 pub struct ConnectionCounters {
     all: Counters<()>,
     by_name: Counters<(Kind, String)>,
+}
+
+impl Default for ConnectionCounters {
+    fn default() -> Self {
+        Self {
+            all: Counters::default(),
+            by_name: Counters::with_cap(MAX_CONNECTION_KEYS),
+        }
+    }
 }
 
 /// A shard's counters for DDP users and addresses and for REST endpoints.
@@ -201,10 +232,19 @@ impl ShardCounters {
             Kind::Method => own_rule(rules, call.name),
             Kind::Sub => None,
         };
-        let mut refused = worst(None, conn.all.hit((), rules.ddp_connection, now));
+        // Past the connection's own limit nothing else is counted, so a flood of refused calls
+        // adds no keys anywhere.
+        if let Some(v) = conn.all.hit((), rules.ddp_connection, now) {
+            if !v.allowed {
+                return Err(v);
+            }
+        }
+        // Names are counted by their first characters: a client picks them, and they are keys.
+        let name = name_key(call.name);
+        let mut refused = None;
         if own.is_none() {
             let rule = by_name(rules.ddp_connection_method, call.name);
-            refused = worst(refused, conn.by_name.hit((call.kind, call.name.to_owned()), rule, now));
+            refused = worst(refused, conn.by_name.hit((call.kind, name.clone()), rule, now));
         }
         // Rocket.Chat leaves 127.0.0.1 out of the per-address rule.
         if call.ip != IpAddr::from([127, 0, 0, 1]) {
@@ -218,7 +258,7 @@ impl ShardCounters {
             match own {
                 None => {
                     let rule = by_name(rules.ddp_user_method, call.name);
-                    let key = (uid.clone(), call.kind, call.name.to_owned());
+                    let key = (uid.clone(), call.kind, name);
                     refused = worst(refused, self.ddp_user_name.borrow_mut().hit(key, rule, now));
                 }
                 Some((name, rule, skip_if_privileged)) if !(skip_if_privileged && privileged) => {
@@ -304,9 +344,9 @@ impl LoginGuard {
         }
     }
 
-    /// The login name as counted: lowercased.
+    /// The login name as counted: lowercased, its first characters only.
     fn key(name: &str) -> String {
-        name.to_lowercase()
+        name_key(name).to_lowercase()
     }
 
     /// Whether logins as `name` or from `ip` are blocked now.
@@ -484,6 +524,32 @@ mod tests {
         for _ in 0..50 {
             assert!(shard.check_ddp(&off, &mut c1, &call("loadHistory", false), t).is_ok());
         }
+    }
+
+    #[test]
+    fn refused_calls_and_long_names_add_no_keys() {
+        let rules = RateLimits {
+            ddp_connection: rule(10, 60_000),
+            ..RateLimits::default()
+        };
+        let shard = ShardCounters::default();
+        let mut conn = ConnectionCounters::default();
+        let uid = UserId::from("u1");
+        let t = Instant::now();
+        let names: Vec<String> = (0..1000).map(|i| format!("{i}{}", "x".repeat(10_000))).collect();
+        for name in &names {
+            let call = DdpCall {
+                kind: Kind::Method,
+                name,
+                ip: "192.0.2.1".parse().unwrap(),
+                user: Some((&uid, false)),
+            };
+            let _ = shard.check_ddp(&rules, &mut conn, &call, t);
+        }
+        // Ten calls passed the connection's limit; each counted one short key.
+        assert_eq!(conn.by_name.len(), 10);
+        assert_eq!(shard.ddp_user_name.borrow().len(), 10);
+        assert!(conn.by_name.map.keys().all(|(_, n)| n.chars().count() <= MAX_KEY_CHARS));
     }
 
     #[test]
