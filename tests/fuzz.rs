@@ -81,33 +81,23 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
+/// One of `names` (the keys and values the decoders look for) or free text matching `free`.
+fn one_of(names: &'static [&'static str], free: &'static str) -> BoxedStrategy<String> {
+    prop_oneof![prop::sample::select(names).prop_map(str::to_owned), free].boxed()
+}
+
 /// Arbitrary JSON, a few levels deep, with the keys and shapes DDP and REST look for.
 fn json() -> impl Strategy<Value = Value> {
-    let key = prop_oneof![
-        Just("msg".to_owned()),
-        Just("id".to_owned()),
-        Just("method".to_owned()),
-        Just("params".to_owned()),
-        Just("name".to_owned()),
-        Just("version".to_owned()),
-        Just("support".to_owned()),
-        Just("$date".to_owned()),
+    let key = one_of(
+        &["msg", "id", "method", "params", "name", "version", "support", "$date"],
         "[a-z$_]{0,8}",
-    ];
+    );
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        prop_oneof![
-            Just("method".to_owned()),
-            Just("connect".to_owned()),
-            Just("sub".to_owned()),
-            Just("ping".to_owned()),
-            Just("1".to_owned()),
-            ".{0,12}"
-        ]
-        .prop_map(Value::String),
+        one_of(&["method", "connect", "sub", "ping", "1"], ".{0,12}").prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, move |inner| {
         prop_oneof![
@@ -117,6 +107,26 @@ fn json() -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+/// Field names of Rocket.Chat's documents, and of EJSON.
+const BSON_KEYS: &[&str] = &[
+    "_id",
+    "username",
+    "name",
+    "msg",
+    "rid",
+    "ts",
+    "u",
+    "t",
+    "emails",
+    "services",
+    "active",
+    "roles",
+    "usernames",
+    "_updatedAt",
+    "$date",
+    "$numberLong",
+];
 
 /// Arbitrary BSON, with the types Rocket.Chat's documents hold.
 fn bson() -> impl Strategy<Value = Bson> {
@@ -129,20 +139,7 @@ fn bson() -> impl Strategy<Value = Bson> {
         ".{0,12}".prop_map(Bson::String),
         any::<i64>().prop_map(|ms| Bson::DateTime(bson::DateTime::from_millis(ms))),
     ];
-    let key = prop_oneof![
-        Just("_id".to_owned()),
-        Just("username".to_owned()),
-        Just("name".to_owned()),
-        Just("msg".to_owned()),
-        Just("rid".to_owned()),
-        Just("ts".to_owned()),
-        Just("u".to_owned()),
-        Just("t".to_owned()),
-        Just("services".to_owned()),
-        Just("$date".to_owned()),
-        Just("$numberLong".to_owned()),
-        "[a-z]{0,6}",
-    ];
+    let key = one_of(BSON_KEYS, "[a-z]{0,6}");
     leaf.prop_recursive(4, 48, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Bson::Array),
@@ -153,30 +150,7 @@ fn bson() -> impl Strategy<Value = Bson> {
 }
 
 fn document() -> impl Strategy<Value = Document> {
-    prop::collection::vec(
-        (
-            prop_oneof![
-                Just("_id".to_owned()),
-                Just("username".to_owned()),
-                Just("name".to_owned()),
-                Just("msg".to_owned()),
-                Just("rid".to_owned()),
-                Just("ts".to_owned()),
-                Just("u".to_owned()),
-                Just("t".to_owned()),
-                Just("emails".to_owned()),
-                Just("services".to_owned()),
-                Just("active".to_owned()),
-                Just("roles".to_owned()),
-                Just("usernames".to_owned()),
-                Just("_updatedAt".to_owned()),
-                "[a-z]{1,6}",
-            ],
-            bson(),
-        ),
-        0..12,
-    )
-    .prop_map(|kv| kv.into_iter().collect())
+    prop::collection::vec((one_of(BSON_KEYS, "[a-z]{1,6}"), bson()), 0..12).prop_map(|kv| kv.into_iter().collect())
 }
 
 /// Input bytes allowed per byte of input, plus a fixed allowance.

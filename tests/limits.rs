@@ -176,7 +176,7 @@ fn pending_calls_are_capped_and_pings_keep_flowing_while_a_call_waits() {
     // The tailer shard stops answering routing notices: a login waits.
     std::fs::write(&stall, b"").unwrap();
     let mut alice = Ddp::open(p.addr);
-    let login = json!([{"user": {"username": "alice"}, "password": {"digest": sha256_hex("alice-pw"), "algorithm": "sha-256"}}]);
+    let login = login_params("alice", "alice-pw");
     alice.send(json!({"msg": "method", "id": "login", "method": "login", "params": login}));
     alice.send(json!({"msg": "method", "id": "second", "method": "rooms/get", "params": []}));
     // A third frame is over the cap: refused at once, while the first two still wait.
@@ -203,7 +203,7 @@ fn pending_calls_are_capped_and_pings_keep_flowing_while_a_call_waits() {
             json!({"msg": "connect", "version": "1", "support": ["1"]}).to_string(),
         ))
         .unwrap();
-        let login = json!([{"user": {"username": "bob"}, "password": {"digest": sha256_hex("bob-pw"), "algorithm": "sha-256"}}]);
+        let login = login_params("bob", "bob-pw");
         bob.send(Message::text(
             json!({"msg": "method", "id": "login", "method": "login", "params": login}).to_string(),
         ))
@@ -247,7 +247,7 @@ fn shard_round_trips_time_out_with_server_busy() {
     std::fs::write(&stall, b"").unwrap();
     // DDP: the login's routing round trip times out.
     let mut alice = Ddp::open(p.addr);
-    let login = json!([{"user": {"username": "alice"}, "password": {"digest": sha256_hex("alice-pw"), "algorithm": "sha-256"}}]);
+    let login = login_params("alice", "alice-pw");
     let err = alice.call("login", login.clone()).unwrap_err();
     assert_eq!(error_code(&err), "error-server-busy", "{err}");
     // REST: the login's presence query times out.

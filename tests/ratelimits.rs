@@ -192,10 +192,7 @@ fn failed_logins_block_the_account_and_then_the_address() {
     }
     let login = |name: &str, pw: &str| {
         let mut c = Ddp::open(server.addr);
-        c.call(
-            "login",
-            json!([{"user": {"username": name}, "password": {"digest": sha256_hex(pw), "algorithm": "sha-256"}}]),
-        )
+        c.call("login", login_params(name, pw))
     };
     for _ in 0..3 {
         assert_eq!(login("alice", "wrong").unwrap_err()["error"], 403);

@@ -8,6 +8,7 @@
 //! (HdrHistogram), connection setup rate, and the server's CPU seconds and RSS read from /proc.
 //! Every run is bounded in time and connections and targets loopback only.
 
+mod process;
 mod proto;
 mod rcdump;
 mod relay;

@@ -8,15 +8,14 @@
 //! the only process it stops is the chatd it started, by its handle.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::anyhow;
 use rand::Rng;
 use serde_json::{json, Value};
 
+use crate::process::ChatdProcess;
 use crate::stall::Ddp;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -48,71 +47,24 @@ pub struct SoakArgs {
     pub self_check: bool,
 }
 
-/// A running chatd and its address.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(args: &SoakArgs) -> anyhow::Result<Self> {
-        let mut child = Command::new(&args.chatd)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                &args.shards.to_string(),
-                "--data-dir",
-            ])
-            .arg(&args.data_dir)
-            .env("CHATD_RATE_LIMITS", "off")
-            .env("RUST_LOG", "info")
-            .env_remove("MONGO_URL")
-            .env_remove("PORT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", args.chatd.display()))?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent && line.contains("chatd listening") {
-                    let addr = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                        .map(str::to_owned);
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(addr)) => Ok(Self { child, addr }),
-            _ => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                bail!("chatd did not start listening (exit {status:?})")
-            }
-        }
-    }
-
-    /// SIGKILL: no drain, no shutdown code runs.
-    fn kill(mut self) -> anyhow::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts chatd on the soak's data directory, any free port, rate limits off.
+fn start_server(args: &SoakArgs) -> anyhow::Result<ChatdProcess> {
+    let data_dir = args.data_dir.display().to_string();
+    let shards = args.shards.to_string();
+    ChatdProcess::start(
+        &args.chatd,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            &shards,
+            "--data-dir",
+            &data_dir,
+        ],
+        &[("CHATD_RATE_LIMITS", "off".into()), ("RUST_LOG", "info".into())],
+        None,
+    )
 }
 
 /// What one client did in one cycle.
@@ -240,7 +192,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Value> {
     std::fs::create_dir_all(&args.data_dir)?;
     let users: Vec<String> = (0..args.clients).map(|i| format!("soak{i}")).collect();
     // Set-up: users and one channel (that server is killed too).
-    let server = Server::start(&args)?;
+    let server = start_server(&args)?;
     let mut reg = Ddp::connect(&server.addr).await?;
     for u in &users {
         reg.call(
@@ -265,7 +217,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Value> {
     let mut sent = 0u64;
     let mut rng = rand::thread_rng();
     for cycle in 0..args.cycles {
-        let server = Server::start(&args)?;
+        let server = start_server(&args)?;
         let tasks: Vec<_> = users
             .iter()
             .enumerate()
@@ -300,7 +252,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Value> {
     }
 
     // Read everything back from a server started on the same data.
-    let server = Server::start(&args)?;
+    let server = start_server(&args)?;
     let victim = args.self_check.then(|| acked.keys().next().cloned()).flatten();
     let stored = tokio::task::spawn_blocking({
         let (addr, user, rid, victim) = (server.addr.clone(), users[0].clone(), rid.clone(), victim.clone());

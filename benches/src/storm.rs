@@ -10,9 +10,7 @@
 //! the only processes it signals are the two chatd it started, by pid.
 
 use std::collections::HashSet;
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +23,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::process::ChatdProcess;
 use crate::seed;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -57,94 +56,32 @@ const INITIAL_JOINS: usize = 256;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-struct Server {
-    child: Child,
+/// Starts chatd on the storm's port and data directory; its log goes beside the data.
+fn start_server(args: &StormArgs, port: u16, config: &std::path::Path) -> anyhow::Result<ChatdProcess> {
+    let (listen, shards) = (format!("127.0.0.1:{port}"), args.shards.to_string());
+    let (data_dir, config) = (args.data_dir.display().to_string(), config.display().to_string());
+    let log_filter = std::env::var("STORM_SERVER_LOG").unwrap_or_else(|_| "info".into());
+    ChatdProcess::start(
+        &args.chatd,
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--shards",
+            &shards,
+            "--data-dir",
+            &data_dir,
+            "--config",
+            &config,
+        ],
+        &[("RUST_LOG", log_filter)],
+        Some(&args.data_dir.with_extension("log")),
+    )
 }
 
-impl Server {
-    fn start(args: &StormArgs, port: u16, config: &std::path::Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(&args.chatd)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--shards",
-                &args.shards.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(&args.data_dir)
-            .arg("--config")
-            .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("STORM_SERVER_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env_remove("MONGO_URL")
-            .env_remove("PORT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", args.chatd.display()))?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        // The server's log is kept beside the data directory.
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(args.data_dir.with_extension("log"))?;
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let mut sent = false;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(log, "{line}");
-                if !sent && line.contains("chatd listening") {
-                    let _ = tx.send(());
-                    sent = true;
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            bail!("chatd did not start listening (exit {status:?})");
-        }
-        Ok(Self { child })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM (the drain), then waits for the exit.
-    fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
-        Ok(self.child.wait()?)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A process's CPU seconds so far (0 when it is gone).
 fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(11) + field(12)) / 100.0
+    crate::cpu_secs(&[pid]).unwrap_or(0.0)
 }
 
 async fn send(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
@@ -416,7 +353,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     )?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("ws://127.0.0.1:{port}/websocket");
-    let server = Server::start(&args, port, &config)?;
+    let server = start_server(&args, port, &config)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
@@ -474,7 +411,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     let term_at = Instant::now();
     let status = tokio::task::spawn_blocking(move || server.terminate()).await??;
     let drained_in = term_at.elapsed().as_secs_f64();
-    let server = Server::start(&args, port, &config)?;
+    let server = start_server(&args, port, &config)?;
     let listening_after = term_at.elapsed().as_secs_f64();
     let new_pid = server.pid();
     let client_cpu_before = cpu_secs(std::process::id());

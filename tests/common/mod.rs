@@ -153,6 +153,11 @@ impl Drop for TestServer {
     }
 }
 
+/// The params of a DDP `login` by username and password (sha-256 digest).
+pub fn login_params(username: &str, password: &str) -> Value {
+    json!([{"user": {"username": username}, "password": {"digest": sha256_hex(password), "algorithm": "sha-256"}}])
+}
+
 pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -351,10 +356,7 @@ impl<S: std::io::Read + std::io::Write> Ddp<S> {
     }
 
     pub fn login(&mut self, username: &str, password: &str) -> Value {
-        let v = self.ok(
-            "login",
-            json!([{"user": {"username": username}, "password": {"digest": sha256_hex(password), "algorithm": "sha-256"}}]),
-        );
+        let v = self.ok("login", login_params(username, password));
         self.user_id = v["id"].as_str().map(str::to_owned);
         self.token = v["token"].as_str().map(str::to_owned);
         v
