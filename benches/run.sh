@@ -2,9 +2,13 @@
 # Benchmark scenarios (see benches/README.md). Each run is bounded in time and connections and
 # uses loopback only. Results are appended as JSON lines to $OUT/<scenario>.jsonl.
 #
-#   bash benches/run.sh s1|s2|s3|s4|s5|s6|all [chatd] [socketio] [nats]
+#   bash benches/run.sh s0|s1|s2|s3|s4|s5|s6|all [chatd] [socketio] [nats]
 #
 # Environment: RUNS (default 3) repetitions of every measurement, OUT (default benches/results).
+#
+# Latency scenarios (s0, s3) pin: the server to core SERVER_CORE (default 0) with one shard / one
+# process / GOMAXPROCS=1, the load generator to core CLIENT_CORE (default 1), so neither delays the
+# other. Throughput scenarios (s1, s2, s4, s5) give the server every core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,12 +18,31 @@ PORT_CHATD=3900
 PORT_NGINX=4000
 PORT_REDIS=6390
 PORT_NATS_WS=4223
+PORT_REF=4300
 NPROC=$(nproc)
 WORK=$(mktemp -d /tmp/chatd-bench.XXXXXX)
 LOAD=$ROOT/target/release/chatd-load
 CHATD=$ROOT/target/release/chatd
 PIDS=()
+SERVER_CORE=${SERVER_CORE:-0}
+CLIENT_CORE=${CLIENT_CORE:-1}
 mkdir -p "$OUT"
+
+# Command prefixes that pin the servers and the load generator (set by pinned, cleared by
+# unpinned). Arrays, not functions, so `"${SRV[@]}" cmd &` leaves $! the server's own pid.
+SRV=()
+CLI=()
+pinned() {
+  if [ "$NPROC" -lt 2 ]; then
+    echo "warning: one core: latency runs cannot pin server and client apart" >&2
+    return
+  fi
+  SRV=(taskset -c "$SERVER_CORE")
+  CLI=(taskset -c "$CLIENT_CORE")
+}
+unpinned() { SRV=(); CLI=(); }
+# How many server processes/shards/threads: one when pinned, one per core otherwise.
+server_cores() { if [ ${#SRV[@]} -gt 0 ]; then echo 1; else echo "$NPROC"; fi; }
 
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
@@ -54,7 +77,7 @@ start_chatd() {
   local shards=$1 users=$2 rooms=$3 members=$4
   rm -rf "$WORK/data" "$WORK/plan.json"
   "$LOAD" seed --data-dir "$WORK/data" --users "$users" --rooms "$rooms" --members "$members" --plan "$WORK/plan.json"
-  CHATD_RATE_LIMITS=off RUST_LOG=warn "$CHATD" serve --listen 127.0.0.1:$PORT_CHATD --shards "$shards" --data-dir "$WORK/data" \
+  CHATD_RATE_LIMITS=off RUST_LOG=warn "${SRV[@]}" "$CHATD" serve --listen 127.0.0.1:$PORT_CHATD --shards "$shards" --data-dir "$WORK/data" \
     >"$WORK/chatd.log" 2>&1 &
   local pid=$!
   PIDS+=($pid)
@@ -63,22 +86,24 @@ start_chatd() {
 }
 
 start_socketio() {
-  redis-server --port $PORT_REDIS --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+  local n
+  n=$(server_cores)
+  "${SRV[@]}" redis-server --port $PORT_REDIS --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
     >"$WORK/redis.log" 2>&1 &
   PIDS+=($!)
   wait_port $PORT_REDIS
   local upstreams=""
-  for i in $(seq 1 "$NPROC"); do
+  for i in $(seq 1 "$n"); do
     local port=$((PORT_NGINX + i))
-    PORT=$port REDIS_URL=redis://127.0.0.1:$PORT_REDIS node "$ROOT/benches/peers/socketio/relay.js" \
+    PORT=$port REDIS_URL=redis://127.0.0.1:$PORT_REDIS "${SRV[@]}" node "$ROOT/benches/peers/socketio/relay.js" \
       >"$WORK/relay$i.log" 2>&1 &
     PIDS+=($!)
     upstreams="$upstreams server 127.0.0.1:$port;"
   done
-  for i in $(seq 1 "$NPROC"); do wait_port $((PORT_NGINX + i)); done
+  for i in $(seq 1 "$n"); do wait_port $((PORT_NGINX + i)); done
   mkdir -p "$WORK/nginx/logs"
   cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes $NPROC;
+worker_processes $n;
 worker_rlimit_nofile 20000;
 daemon off;
 error_log $WORK/nginx/logs/error.log warn;
@@ -99,7 +124,7 @@ http {
   }
 }
 EOF
-  nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+  "${SRV[@]}" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
   PIDS+=($!)
   wait_port $PORT_NGINX
 }
@@ -111,13 +136,20 @@ max_connections: 20000
 max_payload: 65536
 websocket { listen: "127.0.0.1:$PORT_NATS_WS", no_tls: true }
 EOF
-  nats-server -c "$WORK/nats.conf" >"$WORK/nats.log" 2>&1 &
+  GOMAXPROCS=$(server_cores) "${SRV[@]}" nats-server -c "$WORK/nats.conf" >"$WORK/nats.log" 2>&1 &
   PIDS+=($!)
   wait_port $PORT_NATS_WS
 }
 
+start_refrelay() {
+  "${SRV[@]}" "$LOAD" ref-relay --listen 127.0.0.1:$PORT_REF >"$WORK/ref-relay.log" 2>&1 &
+  PIDS+=($!)
+  wait_port $PORT_REF
+}
+
 url_of() {
   case $1 in
+    refrelay) echo "ws://127.0.0.1:$PORT_REF" ;;
     chatd) echo "ws://127.0.0.1:$PORT_CHATD/websocket" ;;
     socketio) echo "ws://127.0.0.1:$PORT_NGINX/socket.io/?EIO=4&transport=websocket" ;;
     nats) echo "ws://127.0.0.1:$PORT_NATS_WS" ;;
@@ -129,6 +161,7 @@ names_of() {
     chatd) echo "--server-name chatd" ;;
     socketio) echo "--server-name node --server-name nginx --server-name redis-server" ;;
     nats) echo "--server-name nats-server" ;;
+    refrelay) echo "--server-pid ${PIDS[-1]}" ;;
   esac
 }
 
@@ -138,6 +171,7 @@ start() {
     chatd) start_chatd "$2" "$3" "$4" "$5" ;;
     socketio) start_socketio ;;
     nats) start_nats ;;
+    refrelay) start_refrelay ;;
   esac
 }
 
@@ -145,21 +179,37 @@ start() {
 load() {
   local scenario=$1 system=$2 label=$3
   shift 3
-  local plan=()
+  local plan=() proto=$system
   [ "$system" = chatd ] && plan=(--plan "$WORK/plan.json")
+  [ "$system" = refrelay ] && proto=nats
   # shellcheck disable=SC2046
-  "$LOAD" run --proto "$system" --url "$(url_of "$system")" $(names_of "$system") "${plan[@]}" \
+  "${CLI[@]}" "$LOAD" run --proto "$proto" --url "$(url_of "$system")" $(names_of "$system") "${plan[@]}" \
     --label "$label" --out "$OUT/$scenario.jsonl" "$@"
 }
 
 # --- scenarios -------------------------------------------------------------------------------
+
+s0() { # calibration: the instrument's own floor against the reference relay and nats-server, at
+  # 10,000 and 20,000 deliveries/s (100 rooms x 50), pinned
+  pinned
+  for system in refrelay nats; do
+    for run in $(seq 1 "$RUNS"); do
+      for rate in 200 400; do
+        start "$system" 1 5000 100 50
+        load s0 "$system" "s0/$system/rate$rate/run$run" --rooms 100 --members 50 --rate $rate --duration 8 --procs 1
+        stop_all
+      done
+    done
+  done
+  unpinned
+}
 
 s1() { # idle authenticated connections held, memory per connection
   local n=15000
   for system in "$@"; do
     for run in $(seq 1 "$RUNS"); do
       start "$system" "$NPROC" $n 0 0
-      load s1 "$system" "s1/$system/run$run" --mode idle --connections $n --procs 4 --threads 1 --duration 5
+      load s1 "$system" "s1/$system/run$run" --mode idle --connections $n --procs 4 --duration 5
       stop_all
     done
   done
@@ -178,16 +228,19 @@ s2() { # fan-out: 1 room x 1000 members, and 100 rooms x 50 members
   done
 }
 
-s3() { # latency at a fixed 20,000 deliveries/s, and a sweep up to saturation (100 rooms x 50)
+s3() { # latency vs offered load, 10,000 to 160,000 deliveries/s (100 rooms x 50), pinned: the
+  # server on one core, the load generator on the other
+  pinned
   for system in "$@"; do
     for run in $(seq 1 "$RUNS"); do
       for rate in 200 400 800 1600 3200; do
-        start "$system" "$NPROC" 5000 100 50
-        load s3 "$system" "s3/$system/rate$rate/run$run" --rooms 100 --members 50 --rate $rate --duration 6 --procs 2
+        start "$system" 1 5000 100 50
+        load s3 "$system" "s3/$system/rate$rate/run$run" --rooms 100 --members 50 --rate $rate --duration 8 --procs 1
         stop_all
       done
     done
   done
+  unpinned
 }
 
 s4() { # core scaling: chatd --shards 1 vs --shards 2, same workload and sweep
@@ -239,8 +292,9 @@ systems=("$@")
 build
 case $scenario in
   s1 | s2 | s3 | smoke) "$scenario" "${systems[@]}" ;;
-  s4 | s5 | s6) "$scenario" ;;
+  s0 | s4 | s5 | s6) "$scenario" ;;
   all)
+    s0
     s1 "${systems[@]}"
     s2 "${systems[@]}"
     s3 "${systems[@]}"
@@ -249,7 +303,7 @@ case $scenario in
     s6
     ;;
   *)
-    echo "usage: bash benches/run.sh smoke|s1|s2|s3|s4|s5|s6|all [chatd] [socketio] [nats]" >&2
+    echo "usage: bash benches/run.sh smoke|s0|s1|s2|s3|s4|s5|s6|all [chatd] [socketio] [nats]" >&2
     exit 2
     ;;
 esac

@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::Proto;
@@ -54,11 +55,60 @@ fn parse_payload(s: &str) -> Option<Event> {
     })
 }
 
+/// Queues the deliveries of every complete NATS command in the buffer; true when the server
+/// asked for a PONG.
+fn parse_nats(buf: &mut Vec<u8>, queue: &mut VecDeque<Event>) -> bool {
+    let (mut pos, mut ping) = (0, false);
+    while let Some(eol) = find_crlf(buf.get(pos..).unwrap_or_default()) {
+        let line = buf.get(pos..pos + eol).unwrap_or_default();
+        if let Some(rest) = line.strip_prefix(b"MSG ") {
+            let len: usize = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|r| r.split_ascii_whitespace().last())
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            let start = pos + eol + 2;
+            let Some(body) = buf.get(start..start + len) else { break };
+            if buf.len() < start + len + 2 {
+                break;
+            }
+            if let Some(e) = std::str::from_utf8(body).ok().and_then(parse_payload) {
+                queue.push_back(e);
+            }
+            pos = start + len + 2;
+        } else {
+            ping |= line == b"PING";
+            pos += eol + 2;
+        }
+    }
+    buf.drain(..pos.min(buf.len()));
+    ping
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+/// A 4 KiB read buffer instead of tungstenite's 128 KiB: thousands of connections would otherwise
+/// fault in hundreds of megabytes on their first reads, which delayed the first deliveries of a
+/// run by tens of milliseconds (larger frames still work).
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
+}
+
+/// The first `"b|…"` string of a frame, parsed.
+fn find_payload(frame: &str) -> Option<Event> {
+    let at = frame.find("\"b|")?;
+    let rest = frame.get(at + 1..)?;
+    parse_payload(rest.get(..rest.find('"')?)?)
+}
+
 impl Conn {
     /// Connects, logs in (chatd: resume token), and subscribes to `room` when given; returns once
     /// the subscription is confirmed by the server.
     pub async fn open(proto: Proto, url: &str, token: Option<&str>, room: Option<&str>) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        // TCP_NODELAY: a small frame must not wait for the acknowledgement of the previous one.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
         let mut c = Self {
             proto,
             ws,
@@ -209,19 +259,33 @@ impl Conn {
         }
     }
 
+    /// The next text (or binary) frame, answering protocol pings on the way, without copying it.
+    async fn frame_bytes(&mut self) -> anyhow::Result<Utf8Bytes> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(t),
+                Some(Ok(Message::Binary(b))) => return Ok(String::from_utf8_lossy(&b).into_owned().into()),
+                Some(Ok(Message::Close(_))) | None => bail!("connection closed"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
     pub async fn next_event(&mut self) -> anyhow::Result<Event> {
         if let Some(e) = self.queue.pop_front() {
             return Ok(e);
         }
-        let f = self.frame().await?;
+        let f = self.frame_bytes().await?;
+        let f = f.as_str();
         match self.proto {
             Proto::Chatd => {
                 if f.starts_with(r#"{"msg":"changed""#) {
-                    let v: Value = serde_json::from_str(&f)?;
-                    let msg = v["fields"]["args"][0]["msg"].as_str().unwrap_or_default();
-                    return Ok(parse_payload(msg).unwrap_or(Event::Other));
+                    // A delivery: its text is the first JSON string starting with "b|" (the
+                    // frame is not parsed, which would cost the client more than the server).
+                    return Ok(find_payload(f).unwrap_or(Event::Other));
                 }
-                let v: Value = serde_json::from_str(&f)?;
+                let v: Value = serde_json::from_str(f)?;
                 match v["msg"].as_str() {
                     Some("ping") => {
                         self.text(r#"{"msg":"pong"}"#.into()).await?;
@@ -245,44 +309,17 @@ impl Conn {
                     self.text("3".into()).await?;
                     return Ok(Event::Other);
                 }
-                if let Some(rest) = f.strip_prefix("42") {
-                    let v: Value = serde_json::from_str(rest)?;
-                    if v[0] == "msg" {
-                        return Ok(v[1].as_str().and_then(parse_payload).unwrap_or(Event::Other));
-                    }
+                if f.starts_with(r#"42["msg""#) {
+                    return Ok(find_payload(f).unwrap_or(Event::Other));
                 }
                 Ok(Event::Other)
             }
             Proto::Nats => {
                 self.buf.extend_from_slice(f.as_bytes());
-                self.parse_nats().await?;
-                Ok(self.queue.pop_front().unwrap_or(Event::Other))
-            }
-        }
-    }
-
-    async fn parse_nats(&mut self) -> anyhow::Result<()> {
-        loop {
-            let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                return Ok(());
-            };
-            let line = String::from_utf8_lossy(&self.buf[..eol]).into_owned();
-            if let Some(rest) = line.strip_prefix("MSG ") {
-                let len: usize = rest.split_whitespace().last().and_then(|l| l.parse().ok()).unwrap_or(0);
-                let start = eol + 2;
-                if self.buf.len() < start + len + 2 {
-                    return Ok(());
-                }
-                let body = String::from_utf8_lossy(&self.buf[start..start + len]).into_owned();
-                self.buf.drain(..start + len + 2);
-                if let Some(e) = parse_payload(&body) {
-                    self.queue.push_back(e);
-                }
-            } else {
-                self.buf.drain(..eol + 2);
-                if line == "PING" {
+                if parse_nats(&mut self.buf, &mut self.queue) {
                     self.text("PONG\r\n".into()).await?;
                 }
+                Ok(self.queue.pop_front().unwrap_or(Event::Other))
             }
         }
     }
@@ -294,5 +331,61 @@ impl Conn {
 
     pub async fn close(&mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_found_without_parsing_the_frame() {
+        let chatd = r#"{"msg":"changed","collection":"stream-room-messages","id":"id","fields":{"eventName":"r","args":[{"_id":"x","rid":"r","msg":"b|3|7|123456","ts":{"$date":1}}]}}"#;
+        assert!(matches!(
+            find_payload(chatd),
+            Some(Event::Message {
+                sender: 3,
+                seq: 7,
+                sent_ns: 123456
+            })
+        ));
+        assert!(matches!(
+            find_payload(r#"42["msg","b|1|2|3"]"#),
+            Some(Event::Message {
+                sender: 1,
+                seq: 2,
+                sent_ns: 3
+            })
+        ));
+        assert!(find_payload(r#"{"msg":"changed","fields":{"args":[{"msg":"hello"}]}}"#).is_none());
+        assert!(find_payload(r#"{"msg":"b|x|2|3"}"#).is_none());
+    }
+
+    #[test]
+    fn nats_commands_split_across_frames_are_parsed_once_complete() {
+        let mut buf = Vec::new();
+        let mut queue = VecDeque::new();
+        buf.extend_from_slice(b"PING\r\nMSG room.r0 1 9\r\nb|1|2|");
+        assert!(parse_nats(&mut buf, &mut queue));
+        assert!(queue.is_empty());
+        buf.extend_from_slice(b"345\r\nMSG room.r0 1 7\r\nb|4|5|6\r\n+OK\r\n");
+        assert!(!parse_nats(&mut buf, &mut queue));
+        assert!(buf.is_empty());
+        assert!(matches!(
+            queue.pop_front(),
+            Some(Event::Message {
+                sender: 1,
+                seq: 2,
+                sent_ns: 345
+            })
+        ));
+        assert!(matches!(
+            queue.pop_front(),
+            Some(Event::Message {
+                sender: 4,
+                seq: 5,
+                sent_ns: 6
+            })
+        ));
     }
 }

@@ -74,3 +74,56 @@ fn every_message_is_delivered_exactly_once() {
     assert_eq!(shards.iter().map(|v| v.as_u64().unwrap()).sum::<u64>(), 48, "{r}");
     server.stop();
 }
+
+/// The calibration reference (`ref-relay`) and the NATS-protocol client against each other: every
+/// message reaches every member exactly once, the relay is measured, and the client reports its
+/// own CPU and send lag.
+#[test]
+fn the_reference_relay_delivers_everything_once() {
+    use std::io::{BufRead, BufReader};
+    let load = env!("CARGO_BIN_EXE_chatd-load");
+    let mut relay = Command::new(load)
+        .args(["ref-relay", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(relay.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.strip_prefix("ref-relay listening on ").expect(&first).to_owned();
+    let out = Command::new(load)
+        .args([
+            "run",
+            "--proto",
+            "nats",
+            "--rooms",
+            "4",
+            "--members",
+            "10",
+            "--senders",
+            "2",
+        ])
+        .args(["--rate", "200", "--duration", "2", "--drain", "10", "--procs", "2"])
+        .args([
+            "--url",
+            &format!("ws://{addr}"),
+            "--server-pid",
+            &relay.id().to_string(),
+        ])
+        .output()
+        .unwrap();
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = r["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{r}");
+    // 4 rooms × 2 senders, every message to all 10 members of its room.
+    assert_eq!(r["expected"].as_u64().unwrap(), sent * 10, "{r}");
+    assert_eq!(r["deliveries"], r["expected"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["send_lag_us"]["count"].as_u64().unwrap(), sent, "{r}");
+    assert!(r["client_cpu_s"].as_f64().unwrap() >= 0.0, "{r}");
+}
