@@ -34,9 +34,19 @@ pub trait Txn {
     fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
     /// Stores a room (with its name index, for named rooms).
     fn put_room(&mut self, room: &Room) -> StoreResult<()>;
+    /// Stores a room whose name and type are unchanged since it was read in this transaction
+    /// (a new message): backends may skip rewriting its indexes.
+    fn update_room(&mut self, room: &Room) -> StoreResult<()> {
+        self.put_room(room)
+    }
     fn sub(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>>;
     /// Stores a subscription (with the room's membership index).
     fn put_sub(&mut self, sub: &Subscription) -> StoreResult<()>;
+    /// Stores a subscription read in this transaction (its membership is unchanged): backends may
+    /// skip rewriting the membership index.
+    fn update_sub(&mut self, sub: &Subscription) -> StoreResult<()> {
+        self.put_sub(sub)
+    }
     fn remove_sub(&mut self, uid: &UserId, rid: &RoomId) -> StoreResult<()>;
     fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>>;
     fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>>;
@@ -492,11 +502,11 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             room.lm = Some(ts);
             room.updated_at = ts;
             room.last_message = Some(message.clone());
-            t.put_room(&room)?;
+            t.update_room(&room)?;
             // The sender has read their own message: one O(1) write, not one per member.
             sub.read_seq = message.seq;
             sub.ls = ts;
-            t.put_sub(&sub)?;
+            t.update_sub(&sub)?;
             t.push_change(Change::MessageCreated {
                 message: message.clone(),
                 room,

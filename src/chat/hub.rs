@@ -24,7 +24,7 @@ use crate::app::error::{AppError, AppResult};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::ddp;
 use crate::protocol::wire::{self, Dates};
-use crate::store::{Change, ChangeRecord, Store, User, UserRef};
+use crate::store::{Change, ChangeRecord, Room, Store, User, UserRef};
 
 pub const STREAM_ROOM_MESSAGES: &str = "stream-room-messages";
 pub const STREAM_NOTIFY_USER: &str = "stream-notify-user";
@@ -62,7 +62,14 @@ impl Drop for SessionHandle {
 #[derive(Default)]
 struct Subs {
     by_id: HashMap<String, (&'static str, String)>,
-    active: HashMap<(&'static str, String), u32>,
+    /// stream → event → live subscriptions (nested so lookups borrow: no key is built per
+    /// delivery).
+    active: HashMap<&'static str, HashMap<String, u32>>,
+}
+
+thread_local! {
+    /// Scratch for composing `{uid}/{event}` names to look up (a shard's thread only).
+    static EVENT_NAME: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl SessionHandle {
@@ -90,7 +97,12 @@ impl SessionHandle {
         }
         subs.by_id.insert(id.to_owned(), (stream, event.to_owned()));
         ShardStats::add(&self.stats.subscriptions, 1);
-        *subs.active.entry((stream, event.to_owned())).or_insert(0) += 1;
+        *subs
+            .active
+            .entry(stream)
+            .or_default()
+            .entry(event.to_owned())
+            .or_insert(0) += 1;
         true
     }
 
@@ -101,12 +113,17 @@ impl SessionHandle {
 
     pub fn remove_sub(&self, id: &str) -> bool {
         let mut subs = self.subs.borrow_mut();
-        let Some(key) = subs.by_id.remove(id) else { return false };
+        let Some((stream, event)) = subs.by_id.remove(id) else { return false };
         ShardStats::sub(&self.stats.subscriptions, 1);
-        if let Some(n) = subs.active.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                subs.active.remove(&key);
+        if let Some(events) = subs.active.get_mut(stream) {
+            if let Some(n) = events.get_mut(&event) {
+                *n -= 1;
+                if *n == 0 {
+                    events.remove(&event);
+                }
+            }
+            if events.is_empty() {
+                subs.active.remove(stream);
             }
         }
         true
@@ -134,7 +151,27 @@ impl SessionHandle {
     }
 
     pub fn wants(&self, stream: &'static str, event: &str) -> bool {
-        self.subs.borrow().active.contains_key(&(stream, event.to_owned()))
+        self.subs
+            .borrow()
+            .active
+            .get(stream)
+            .is_some_and(|events| events.contains_key(event))
+    }
+
+    /// Whether the session listens to `stream-notify-user` `{uid}/{event}` (no allocation).
+    pub fn wants_user_event(&self, uid: &UserId, event: &str) -> bool {
+        let subs = self.subs.borrow();
+        let Some(events) = subs.active.get(STREAM_NOTIFY_USER) else {
+            return false;
+        };
+        EVENT_NAME.with(|name| {
+            let mut name = name.borrow_mut();
+            name.clear();
+            name.push_str(uid.as_str());
+            name.push('/');
+            name.push_str(event);
+            events.contains_key(name.as_str())
+        })
     }
 }
 
@@ -872,6 +909,24 @@ impl Hub {
         }
     }
 
+    /// Calls `f` for each local session of each local member of `rid`, without copying either
+    /// (`f` must not change the hub's users, sessions or rooms).
+    fn for_member_sessions(&self, rid: &RoomId, mut f: impl FnMut(&UserId, &SessionHandle)) {
+        let members = self.room_members.borrow();
+        let Some(set) = members.get(rid) else { return };
+        let users = self.users.borrow();
+        let sessions = self.sessions.borrow();
+        for uid in set {
+            if let Some(lu) = users.get(uid) {
+                for sid in &lu.sessions {
+                    if let Some(s) = sessions.get(sid) {
+                        f(uid, s);
+                    }
+                }
+            }
+        }
+    }
+
     /// Local sessions of the local members of `rid`.
     fn member_sessions(&self, rid: &RoomId) -> Vec<(UserId, Rc<SessionHandle>)> {
         let members = self.room_members.borrow();
@@ -906,40 +961,38 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// `rooms-changed ["updated", room]` to every local member watching it.
-    fn room_updated(&self, members: &[(UserId, Rc<SessionHandle>)], room_json: &str, except: Option<&UserId>) {
-        for (uid, s) in members {
-            if Some(uid) == except {
-                continue;
+    /// `rooms-changed ["updated", room]` to every local member watching it: the room is
+    /// serialized once, and only if someone listens.
+    fn room_updated(&self, room: &Room, except: Option<&UserId>) {
+        let mut args: Option<String> = None;
+        self.for_member_sessions(&room.id, |uid, s| {
+            if Some(uid) != except && s.wants_user_event(uid, "rooms-changed") {
+                let args = args.get_or_insert_with(|| format!(r#"["updated",{}]"#, wire::room(room, Dates::Ejson)));
+                self.push(s, &notify_user_event(uid, "rooms-changed", args));
             }
-            let event = format!("{uid}/rooms-changed");
-            if s.wants(STREAM_NOTIFY_USER, &event) {
-                self.push(
-                    s,
-                    &notify_user_event(uid, "rooms-changed", &format!(r#"["updated",{room_json}]"#)),
-                );
-            }
-        }
+        });
     }
 
     fn deliver(&self, rec: &ChangeRecord) {
         match &rec.change {
             Change::MessageCreated { message, room } | Change::MessageUpdated { message, room } => {
-                let members = self.member_sessions(&room.id);
-                if members.is_empty() {
+                if !self.room_members.borrow().contains_key(&room.id) {
                     return;
                 }
-                if let Change::MessageCreated { .. } = rec.change {
+                let is_new = matches!(rec.change, Change::MessageCreated { .. });
+                if is_new {
                     // The message's `ts` is set by the writer just before its commit.
                     let ms = crate::ids::now_ms().saturating_sub(message.ts).max(0);
                     self.stats.delivery_seconds.observe(ms as f64 / 1000.0);
                 }
+                // Every frame is built once per shard, on first need, and shared by reference.
                 let msg_json = wire::message(message, Dates::Ejson).to_string();
-                let room_json = wire::room(room, Dates::Ejson).to_string();
                 let mut by_room: Option<Utf8Bytes> = None;
                 let mut mine: Option<Utf8Bytes> = None;
-                let is_new = matches!(rec.change, Change::MessageCreated { .. });
-                for (uid, s) in &members {
+                let mut notification: Option<String> = None;
+                let mut room_args: Option<String> = None;
+                let direct = room.t == crate::store::RoomType::Direct;
+                self.for_member_sessions(&room.id, |uid, s| {
                     if s.wants(STREAM_ROOM_MESSAGES, room.id.as_str()) {
                         let f = by_room.get_or_insert_with(|| {
                             Utf8Bytes::from(ddp::stream_event(
@@ -965,28 +1018,20 @@ impl Hub {
                         });
                         self.push(s, f);
                     }
-                    if is_new && *uid != message.u.id {
-                        let direct = room.t == crate::store::RoomType::Direct;
-                        let mentioned = message.mentions.iter().any(|m| m.id == *uid);
-                        let event = format!("{uid}/notification");
-                        if (direct || mentioned) && s.wants(STREAM_NOTIFY_USER, &event) {
-                            let payload = json!([{
-                                "title": if direct { format!("@{}", message.u.username) } else { format!("#{}", room.name.clone().unwrap_or_default()) },
-                                "text": message.msg,
-                                "payload": {
-                                    "_id": message.id,
-                                    "rid": room.id,
-                                    "sender": wire::user_ref(&message.u),
-                                    "type": room.t.code(),
-                                    "name": room.name,
-                                    "message": {"msg": message.msg},
-                                },
-                            }]);
-                            self.push(s, &notify_user_event(uid, "notification", &payload.to_string()));
-                        }
+                    if is_new
+                        && *uid != message.u.id
+                        && (direct || message.mentions.iter().any(|m| m.id == *uid))
+                        && s.wants_user_event(uid, "notification")
+                    {
+                        let args = notification.get_or_insert_with(|| notification_args(message, room, direct));
+                        self.push(s, &notify_user_event(uid, "notification", args));
                     }
-                }
-                self.room_updated(&members, &room_json, None);
+                    if s.wants_user_event(uid, "rooms-changed") {
+                        let args =
+                            room_args.get_or_insert_with(|| format!(r#"["updated",{}]"#, wire::room(room, Dates::Ejson)));
+                        self.push(s, &notify_user_event(uid, "rooms-changed", args));
+                    }
+                });
             }
             Change::MessageDeleted { rid, mid, room } => {
                 let members = self.member_sessions(rid);
@@ -1001,27 +1046,27 @@ impl Hub {
                         self.push(s, &frame);
                     }
                 }
-                self.room_updated(&members, &wire::room(room, Dates::Ejson).to_string(), None);
+                self.room_updated(room, None);
             }
             Change::MemberAdded { room, subscription } => {
                 let uid = &subscription.u.id;
                 let room_json = wire::room(room, Dates::Ejson).to_string();
                 let sub_json = wire::subscription(subscription, room, Dates::Ejson).to_string();
                 for s in self.user_sessions(uid) {
-                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/subscriptions-changed")) {
+                    if s.wants_user_event(uid, "subscriptions-changed") {
                         self.push(
                             &s,
                             &notify_user_event(uid, "subscriptions-changed", &format!(r#"["inserted",{sub_json}]"#)),
                         );
                     }
-                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/rooms-changed")) {
+                    if s.wants_user_event(uid, "rooms-changed") {
                         self.push(
                             &s,
                             &notify_user_event(uid, "rooms-changed", &format!(r#"["inserted",{room_json}]"#)),
                         );
                     }
                 }
-                self.room_updated(&self.member_sessions(&room.id), &room_json, Some(uid));
+                self.room_updated(room, Some(uid));
             }
             Change::MemberRemoved {
                 room,
@@ -1032,27 +1077,23 @@ impl Hub {
                     json!(["removed", {"_id": subscription_id, "rid": room.id, "u": {"_id": uid}, "t": room.t.code()}]);
                 let removed_room = json!(["removed", {"_id": room.id}]);
                 for s in self.user_sessions(uid) {
-                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/subscriptions-changed")) {
+                    if s.wants_user_event(uid, "subscriptions-changed") {
                         self.push(
                             &s,
                             &notify_user_event(uid, "subscriptions-changed", &removed_sub.to_string()),
                         );
                     }
-                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/rooms-changed")) {
+                    if s.wants_user_event(uid, "rooms-changed") {
                         self.push(&s, &notify_user_event(uid, "rooms-changed", &removed_room.to_string()));
                     }
                 }
-                self.room_updated(
-                    &self.member_sessions(&room.id),
-                    &wire::room(room, Dates::Ejson).to_string(),
-                    Some(uid),
-                );
+                self.room_updated(room, Some(uid));
             }
             Change::SubscriptionUpdated { subscription, room } => {
                 let uid = &subscription.u.id;
                 let sub_json = wire::subscription(subscription, room, Dates::Ejson).to_string();
                 for s in self.user_sessions(uid) {
-                    if s.wants(STREAM_NOTIFY_USER, &format!("{uid}/subscriptions-changed")) {
+                    if s.wants_user_event(uid, "subscriptions-changed") {
                         self.push(
                             &s,
                             &notify_user_event(uid, "subscriptions-changed", &format!(r#"["updated",{sub_json}]"#)),
@@ -1065,6 +1106,23 @@ impl Hub {
             Change::UserStatusChanged { .. } => {}
         }
     }
+}
+
+/// The arguments of a `notification` event (the same for every recipient of a message).
+fn notification_args(message: &crate::store::Message, room: &Room, direct: bool) -> String {
+    json!([{
+        "title": if direct { format!("@{}", message.u.username) } else { format!("#{}", room.name.clone().unwrap_or_default()) },
+        "text": message.msg,
+        "payload": {
+            "_id": message.id,
+            "rid": room.id,
+            "sender": wire::user_ref(&message.u),
+            "type": room.t.code(),
+            "name": room.name,
+            "message": {"msg": message.msg},
+        },
+    }])
+    .to_string()
 }
 
 /// A `stream-user-presence` event: the document id is the user id, not `"id"`.

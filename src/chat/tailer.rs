@@ -6,7 +6,9 @@
 //! has sessions (from `UserShard` notices, counted so that their arrival order never matters).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +28,93 @@ const PROGRESS_PROBE: Duration = Duration::from_millis(250);
 /// Test hook: while the file this environment variable names exists, the tailer holds the
 /// batches it reads (so tests can stop the feed with changes pending).
 pub const PAUSE_HOOK_ENV: &str = "CHATD_TEST_PAUSE_TAILER_FILE";
+
+/// Change records one shard may have waiting in its outbox before the tailer gives up on it:
+/// the records are dropped and the shard is told to reload (its clients reconnect), so a stalled
+/// shard costs bounded memory and never holds up the others.
+const OUTBOX_MAX_RECORDS: usize = 200_000;
+
+/// What the tailer has for one shard and has not handed to the mesh yet. The tailer only appends
+/// (never waits); the shard's own sender task drains it into the mesh, so a shard whose queue is
+/// full delays nobody else. Consecutive `Changes` are merged into one message.
+#[derive(Default)]
+struct Outbox {
+    queue: RefCell<VecDeque<ShardMsg>>,
+    records: Cell<usize>,
+    waker: Cell<Option<Waker>>,
+    /// Times this shard's backlog went over [`OUTBOX_MAX_RECORDS`].
+    overflows: Cell<u64>,
+}
+
+impl Outbox {
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Appends a batch (merged into a `Changes` still waiting); `false` when the backlog went over
+    /// its cap, in which case everything waiting was replaced by a reload.
+    fn push_changes(&self, records: Vec<Arc<ChangeRecord>>, head: u64) -> bool {
+        let mut queue = self.queue.borrow_mut();
+        let added = records.len();
+        if self.records.get() + added > OUTBOX_MAX_RECORDS {
+            queue.clear();
+            self.records.set(0);
+            self.overflows.set(self.overflows.get() + 1);
+            queue.push_back(ShardMsg::Reload);
+            queue.push_back(ShardMsg::Changes { records: Vec::new(), head });
+            drop(queue);
+            self.wake();
+            return false;
+        }
+        self.records.set(self.records.get() + added);
+        match queue.back_mut() {
+            Some(ShardMsg::Changes {
+                records: waiting,
+                head: waiting_head,
+            }) => {
+                waiting.extend(records);
+                *waiting_head = head;
+            }
+            _ => queue.push_back(ShardMsg::Changes { records, head }),
+        }
+        drop(queue);
+        self.wake();
+        true
+    }
+
+    fn push(&self, msg: ShardMsg) {
+        self.queue.borrow_mut().push_back(msg);
+        self.wake();
+    }
+
+    async fn next(&self) -> ShardMsg {
+        poll_fn(|cx| match self.queue.borrow_mut().pop_front() {
+            Some(msg) => {
+                if let ShardMsg::Changes { records, .. } = &msg {
+                    self.records.set(self.records.get().saturating_sub(records.len()));
+                }
+                Poll::Ready(msg)
+            }
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Drains one shard's outbox into the mesh, in order, until the tailer ends (dropping its task).
+async fn drain_outbox(mesh: Rc<Mesh<ShardMsg>>, shard: usize, outbox: Rc<Outbox>) {
+    loop {
+        let msg = outbox.next().await;
+        if mesh.send_to(shard, msg).await.is_err() {
+            tracing::debug!(shard, "shard gone; changes not delivered there");
+        }
+    }
+}
 
 #[derive(Default)]
 struct Routing {
@@ -116,6 +205,8 @@ pub struct Tailer {
     position: Cell<Mark>,
     /// Records that failed to decode (counted, logged, skipped; never a crash).
     pub bad_records: Cell<u64>,
+    /// One per shard (see [`Outbox`]).
+    outboxes: Vec<Rc<Outbox>>,
 }
 
 impl Tailer {
@@ -139,6 +230,7 @@ impl Tailer {
             routing: RefCell::new(routing),
             position: Cell::new(position),
             bad_records: Cell::new(0),
+            outboxes: (0..nr_shards).map(|_| Rc::new(Outbox::default())).collect(),
         })
     }
 
@@ -170,10 +262,9 @@ impl Tailer {
             }
             Err(e) => tracing::error!(error = %e, "cannot reload memberships after the feed lost history"),
         }
-        for shard in 0..self.nr_shards {
-            if self.mesh.send_to(shard, ShardMsg::Reload).await.is_err() {
-                tracing::debug!(shard, "shard gone; reload not delivered there");
-            }
+        // Behind the changes already waiting for each shard, in order.
+        for outbox in &self.outboxes {
+            outbox.push(ShardMsg::Reload);
         }
     }
 
@@ -267,14 +358,16 @@ impl Tailer {
         }
         let head = self.position.get();
         self.stats.feed_delivered.store(head, Ordering::Relaxed);
-        for (shard, records) in per_shard.into_iter().enumerate() {
-            if self
-                .mesh
-                .send_to(shard, ShardMsg::Changes { records, head })
-                .await
-                .is_err()
-            {
-                tracing::debug!(shard, "shard gone; changes not delivered there");
+        // Every shard gets the head (writers wait on it anywhere); records only where routed.
+        for (shard, (records, outbox)) in per_shard.into_iter().zip(&self.outboxes).enumerate() {
+            if !outbox.push_changes(records, head) {
+                ShardStats::add(&self.stats.dropped, 1);
+                tracing::error!(
+                    shard,
+                    max_records = OUTBOX_MAX_RECORDS,
+                    overflows = outbox.overflows.get(),
+                    "a shard fell too far behind the change feed: its backlog was dropped and its clients told to reload"
+                );
             }
         }
         if lost {
@@ -305,6 +398,13 @@ impl Tailer {
     /// Runs until shutdown (or the feed ends), distributing every batch the feed thread reads.
     pub async fn run(&self, mut feed: FeedReceiver, shutdown: ShutdownSignal) {
         let pause_file = std::env::var_os(PAUSE_HOOK_ENV).map(std::path::PathBuf::from);
+        // One sender per shard; dropped (cancelled) when this returns.
+        let _senders: Vec<_> = self
+            .outboxes
+            .iter()
+            .enumerate()
+            .map(|(shard, outbox)| glommio::spawn_local(drain_outbox(self.mesh.clone(), shard, outbox.clone())))
+            .collect();
         loop {
             let next = futures_lite::future::or(async { feed.next().await }, async {
                 shutdown.wait().await;
@@ -345,5 +445,56 @@ mod tests {
         r.membership(&v, &room, false, 2);
         assert_eq!(r.room_mask(&room), 0);
         assert_eq!(r.user_mask(&v), 0b01);
+    }
+
+    fn changes(msg: Option<ShardMsg>) -> Option<(usize, u64)> {
+        match msg {
+            Some(ShardMsg::Changes { records, head }) => Some((records.len(), head)),
+            _ => None,
+        }
+    }
+
+    fn record(seq: u64) -> Arc<ChangeRecord> {
+        Arc::new(ChangeRecord {
+            seq,
+            change: Change::UserStatusChanged {
+                user: crate::store::UserRef {
+                    id: UserId::from("u"),
+                    username: "u".into(),
+                    name: String::new(),
+                },
+                status: "online".into(),
+                status_text: String::new(),
+            },
+        })
+    }
+
+    fn pop(outbox: &Outbox) -> Option<ShardMsg> {
+        outbox.queue.borrow_mut().pop_front().inspect(|m| {
+            if let ShardMsg::Changes { records, .. } = m {
+                outbox.records.set(outbox.records.get() - records.len());
+            }
+        })
+    }
+
+    #[test]
+    fn an_outbox_merges_waiting_batches_and_a_stalled_shard_is_told_to_reload() {
+        let outbox = Outbox::default();
+        assert!(outbox.push_changes(vec![record(1)], 1));
+        assert!(outbox.push_changes(vec![record(2), record(3)], 3));
+        assert!(outbox.push_changes(Vec::new(), 4));
+        // Three batches waiting became one message with the latest head.
+        assert_eq!(changes(pop(&outbox)), Some((3, 4)));
+        assert!(pop(&outbox).is_none());
+        // Past the cap: the backlog is replaced by a reload and the head, memory stays bounded.
+        let big: Vec<_> = (0..OUTBOX_MAX_RECORDS as u64).map(record).collect();
+        assert!(outbox.push_changes(big, 10));
+        assert!(!outbox.push_changes(vec![record(11)], 11));
+        assert_eq!(outbox.records.get(), 0);
+        assert!(matches!(pop(&outbox), Some(ShardMsg::Reload)));
+        assert_eq!(changes(pop(&outbox)), Some((0, 11)));
+        // It goes on normally afterwards.
+        assert!(outbox.push_changes(vec![record(12)], 12));
+        assert_eq!(changes(pop(&outbox)), Some((1, 12)));
     }
 }

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::{Backend, ChangeFeed, StoreError, StoreResult, SubmitError, WriteOutcome, WriteRequest, WriterMsg};
+use super::{Backend, ChangeFeed, StoreError, StoreResult, SubmitError, WriteOp, WriteOutcome, WriteRequest, WriterMsg};
 use super::{MAX_GROUP_COMMIT, WRITE_QUEUE_CAPACITY};
 use crate::app::rules::Txn;
 use crate::app::rules::{self, GENERAL_ROOM_ID};
@@ -234,8 +234,11 @@ fn writer_loop(db: Arc<Database>, rx: Receiver<WriterMsg>, head: Arc<AtomicU64>,
         let started = std::time::Instant::now();
         let prune = commits % PRUNE_EVERY_COMMITS == 0;
         let seq_before = head.load(Ordering::Acquire);
-        let committed = commit_batch(&db, &batch, prune);
-        super::WRITER_STATS.commit(started, batch.len());
+        // The requests are applied by value (no copy of any message): a failed commit answers
+        // every request of the group with the error, so nothing needs them afterwards.
+        let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
+        let committed = commit_batch(&db, ops, prune);
+        super::WRITER_STATS.commit(started, replies.len());
         match committed {
             Ok((results, new_head)) => {
                 head.store(new_head, Ordering::Release);
@@ -243,14 +246,14 @@ fn writer_loop(db: Arc<Database>, rx: Receiver<WriterMsg>, head: Arc<AtomicU64>,
                     // Full means a wake-up is already pending.
                     let _ = wake.try_send(());
                 }
-                for (req, result) in batch.drain(..).zip(results) {
-                    let _ = req.reply.send(result);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, requests = batch.len(), "store commit failed; requests rejected");
-                for req in batch.drain(..) {
-                    let _ = req.reply.send(Err(e.clone()));
+                tracing::error!(error = %e, requests = replies.len(), "store commit failed; requests rejected");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
@@ -260,7 +263,7 @@ fn writer_loop(db: Arc<Database>, rx: Receiver<WriterMsg>, head: Arc<AtomicU64>,
 
 fn commit_batch(
     db: &Database,
-    batch: &[WriteRequest],
+    batch: Vec<WriteOp>,
     prune: bool,
 ) -> StoreResult<(Vec<StoreResult<WriteOutcome>>, u64)> {
     let txn: WriteTransaction = db.begin_write().map_err(sf)?;
@@ -270,8 +273,8 @@ fn commit_batch(
         let mut w = Tables::open(&txn)?;
         let start = w.seq;
         let now = now_ms();
-        for req in batch {
-            match rules::apply(&mut w, req.op.clone(), now) {
+        for op in batch {
+            match rules::apply(&mut w, op, now) {
                 Ok(output) => results.push(Ok(WriteOutcome { output, mark: w.seq })),
                 // A rejected request wrote nothing (the rules check before writing).
                 Err(e @ StoreError::Rejected { .. }) => results.push(Err(e)),
@@ -302,7 +305,11 @@ pub fn changes_after(
     let mut out = Vec::new();
     for entry in changes.range(seq.saturating_add(1)..).map_err(sf)?.take(limit) {
         let (k, v) = entry.map_err(sf)?;
-        out.push((k.value(), schema::dec(v.value())));
+        let rec = schema::dec::<super::ChangeRecord>(v.value()).map(|mut r| {
+            schema::restore_change(&mut r.change);
+            r
+        });
+        out.push((k.value(), rec));
     }
     Ok(out)
 }

@@ -311,10 +311,42 @@ impl Txn for Tables<'_> {
         }
     }
 
-    fn push_change(&mut self, change: Change) -> StoreResult<()> {
+    fn update_room(&mut self, room: &Room) -> StoreResult<()> {
+        self.rooms.insert(room.id.as_str(), enc(room)?.as_slice()).map_err(sf)?;
+        Ok(())
+    }
+
+    fn update_sub(&mut self, sub: &Subscription) -> StoreResult<()> {
+        self.subs
+            .insert((sub.u.id.as_str(), sub.rid.as_str()), enc(sub)?.as_slice())
+            .map_err(sf)?;
+        Ok(())
+    }
+
+    fn push_change(&mut self, mut change: Change) -> StoreResult<()> {
         self.seq += 1;
+        slim_change(&mut change);
         let rec = ChangeRecord { seq: self.seq, change };
         self.changes.insert(self.seq, enc(&rec)?.as_slice()).map_err(sf)?;
         Ok(())
+    }
+}
+
+/// A new message is its room's last message, so its change record carries the text once: the
+/// room goes in without `last_message`, and [`restore_change`] puts it back when read.
+fn slim_change(change: &mut Change) {
+    if let Change::MessageCreated { message, room } = change {
+        if room.last_message.as_ref().is_some_and(|m| m.id == message.id) {
+            room.last_message = None;
+        }
+    }
+}
+
+/// Undoes [`slim_change`] on a record read from the change log.
+pub fn restore_change(change: &mut Change) {
+    if let Change::MessageCreated { message, room } = change {
+        if room.last_message.is_none() {
+            room.last_message = Some(message.clone());
+        }
     }
 }
