@@ -7,7 +7,12 @@
 //! write's change ([`Hub::wait_applied`]), so a client that sees a result also sees its effects.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+/// The hub's maps are looked up for every delivery: foldhash (randomly seeded, so keys chosen
+/// by clients cannot be made to collide) instead of SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +118,9 @@ impl SessionHandle {
 
     pub fn remove_sub(&self, id: &str) -> bool {
         let mut subs = self.subs.borrow_mut();
-        let Some((stream, event)) = subs.by_id.remove(id) else { return false };
+        let Some((stream, event)) = subs.by_id.remove(id) else {
+            return false;
+        };
         ShardStats::sub(&self.stats.subscriptions, 1);
         if let Some(events) = subs.active.get_mut(stream) {
             if let Some(n) = events.get_mut(&event) {
@@ -250,15 +257,15 @@ impl Hub {
             stats,
             mesh,
             ephemeral,
-            sessions: RefCell::new(HashMap::new()),
-            presence: RefCell::new(HashMap::new()),
-            presence_watchers: RefCell::new(HashMap::new()),
-            users: RefCell::new(HashMap::new()),
-            room_members: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(HashMap::default()),
+            presence: RefCell::new(HashMap::default()),
+            presence_watchers: RefCell::new(HashMap::default()),
+            users: RefCell::new(HashMap::default()),
+            room_members: RefCell::new(HashMap::default()),
             applied: Cell::new(applied),
             waiters: RefCell::new(BTreeMap::new()),
-            acks: RefCell::new(HashMap::new()),
-            presence_answers: RefCell::new(HashMap::new()),
+            acks: RefCell::new(HashMap::default()),
+            presence_answers: RefCell::new(HashMap::default()),
             next_id: Cell::new(1),
             round_trip,
         }
@@ -343,7 +350,7 @@ impl Hub {
                         LocalUser {
                             sessions: vec![session.id],
                             idle_reported: false,
-                            rooms: HashSet::new(),
+                            rooms: HashSet::default(),
                             state: LoadState::Loading {
                                 pending: Vec::new(),
                                 waiters: Vec::new(),
@@ -568,7 +575,7 @@ impl Hub {
                 }
             }
             let live = sub.is_none();
-            let (_, watched) = sub.get_or_insert_with(|| (sub_id.to_owned(), HashSet::new()));
+            let (_, watched) = sub.get_or_insert_with(|| (sub_id.to_owned(), HashSet::default()));
             let mut watchers = self.presence_watchers.borrow_mut();
             for uid in removed {
                 watched.remove(uid);
@@ -602,7 +609,7 @@ impl Hub {
             .filter(|(_, name)| name.is_none())
             .map(|(uid, _)| uid.clone())
             .collect();
-        let mut looked_up: HashMap<UserId, String> = HashMap::new();
+        let mut looked_up: HashMap<UserId, String> = HashMap::default();
         if !missing.is_empty() {
             match self.store.users(missing).await {
                 Ok(users) => looked_up.extend(users.into_iter().map(|u| (u.id, u.username))),
@@ -1027,8 +1034,8 @@ impl Hub {
                         self.push(s, &notify_user_event(uid, "notification", args));
                     }
                     if s.wants_user_event(uid, "rooms-changed") {
-                        let args =
-                            room_args.get_or_insert_with(|| format!(r#"["updated",{}]"#, wire::room(room, Dates::Ejson)));
+                        let args = room_args
+                            .get_or_insert_with(|| format!(r#"["updated",{}]"#, wire::room(room, Dates::Ejson)));
                         self.push(s, &notify_user_event(uid, "rooms-changed", args));
                     }
                 });

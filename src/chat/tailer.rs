@@ -8,10 +8,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
-use std::task::{Poll, Waker};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use chatd_shards::{Mesh, ShardStats, ShutdownSignal};
@@ -63,7 +63,10 @@ impl Outbox {
             self.records.set(0);
             self.overflows.set(self.overflows.get() + 1);
             queue.push_back(ShardMsg::Reload);
-            queue.push_back(ShardMsg::Changes { records: Vec::new(), head });
+            queue.push_back(ShardMsg::Changes {
+                records: Vec::new(),
+                head,
+            });
             drop(queue);
             self.wake();
             return false;

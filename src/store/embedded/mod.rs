@@ -20,7 +20,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::{Backend, ChangeFeed, StoreError, StoreResult, SubmitError, WriteOp, WriteOutcome, WriteRequest, WriterMsg};
+use super::{
+    Backend, ChangeFeed, StoreError, StoreResult, SubmitError, WriteOp, WriteOutcome, WriteRequest, WriterMsg,
+};
 use super::{MAX_GROUP_COMMIT, WRITE_QUEUE_CAPACITY};
 use crate::app::rules::Txn;
 use crate::app::rules::{self, GENERAL_ROOM_ID};
@@ -261,11 +263,7 @@ fn writer_loop(db: Arc<Database>, rx: Receiver<WriterMsg>, head: Arc<AtomicU64>,
     tracing::debug!("store writer stopped");
 }
 
-fn commit_batch(
-    db: &Database,
-    batch: Vec<WriteOp>,
-    prune: bool,
-) -> StoreResult<(Vec<StoreResult<WriteOutcome>>, u64)> {
+fn commit_batch(db: &Database, batch: Vec<WriteOp>, prune: bool) -> StoreResult<(Vec<StoreResult<WriteOutcome>>, u64)> {
     let txn: WriteTransaction = db.begin_write().map_err(sf)?;
     let mut results = Vec::with_capacity(batch.len());
     let head;
