@@ -2,7 +2,7 @@
 # Benchmark scenarios (see benches/README.md). Each run is bounded in time and connections and
 # uses loopback only. Results are appended as JSON lines to $OUT/<scenario>.jsonl.
 #
-#   bash benches/run.sh s0|s1|s2|s3|s4|s5|s6|all [chatd] [socketio] [nats]
+#   bash benches/run.sh s0|s1|s2|s3|s4|s5|s6|s7|all [chatd] [socketio] [nats]
 #
 # Environment: RUNS (default 3) repetitions of every measurement, OUT (default benches/results).
 #
@@ -22,7 +22,7 @@ PORT_REF=4300
 NPROC=$(nproc)
 WORK=$(mktemp -d /tmp/chatd-bench.XXXXXX)
 LOAD=$ROOT/target/release/chatd-load
-CHATD=$ROOT/target/release/chatd
+CHATD=${CHATD:-$ROOT/target/release/chatd} # CHATD=path measures another build
 PIDS=()
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
@@ -277,6 +277,28 @@ s6() { # restart storm: 5,000 clients, SIGTERM, a new server on the same port an
   done
 }
 
+s7() { # the seed deployment (../shared/seeds/001_*) as a workload: 7,116 users, 49,149 rooms, 2.4
+  # million messages imported from a generated Rocket.Chat dump; 1,000 users connected for
+  # S7_SECS (default 300) seconds of mixed load (see chatd-load mixed)
+  local dump=$WORK/s7dump base=$WORK/s7base data=$WORK/s7data
+  "$LOAD" rc-dump --out "$dump" --general-messages 2000
+  "$CHATD" import rocketchat --dump "$dump" --data-dir "$base" >"$WORK/import.log" 2>&1
+  rm -rf "$dump"
+  for run in $(seq 1 "$RUNS"); do
+    rm -rf "$data"
+    cp -r "$base" "$data"
+    CHATD_RATE_LIMITS=off RUST_LOG=warn "$CHATD" serve --listen 127.0.0.1:$PORT_CHATD --data-dir "$data" \
+      >"$WORK/chatd.log" 2>&1 &
+    local pid=$!
+    PIDS+=($pid)
+    wait_port $PORT_CHATD
+    "$LOAD" mixed --url "ws://127.0.0.1:$PORT_CHATD/websocket" --server-pid $pid --duration "${S7_SECS:-300}" \
+      --seed "$run" | tee -a "$OUT/s7.jsonl"
+    stop_all
+  done
+  rm -rf "$base" "$data"
+}
+
 smoke() { # a few seconds per system: checks that every setup works before a long run
   for system in "$@"; do
     start "$system" "$NPROC" 500 10 50
@@ -292,7 +314,7 @@ systems=("$@")
 build
 case $scenario in
   s1 | s2 | s3 | smoke) "$scenario" "${systems[@]}" ;;
-  s0 | s4 | s5 | s6) "$scenario" ;;
+  s0 | s4 | s5 | s6 | s7) "$scenario" ;;
   all)
     s0
     s1 "${systems[@]}"
@@ -301,9 +323,10 @@ case $scenario in
     s4
     s5
     s6
+    s7
     ;;
   *)
-    echo "usage: bash benches/run.sh smoke|s0|s1|s2|s3|s4|s5|s6|all [chatd] [socketio] [nats]" >&2
+    echo "usage: bash benches/run.sh smoke|s0|s1|s2|s3|s4|s5|s6|s7|all [chatd] [socketio] [nats]" >&2
     exit 2
     ;;
 esac

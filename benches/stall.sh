@@ -13,7 +13,7 @@ cargo build --release -q -p chatd -p chatd-bench
 BIN=target/release
 if [ ! -d "$WORK/data" ]; then
   mkdir -p "$WORK"
-  "$BIN/chatd-load" rc-dump --out "$WORK/dump" --users 1000 --rooms 75000 --dms 0 --members 2 \
+  "$BIN/chatd-load" rc-dump --out "$WORK/dump" --users 1000 --rooms 75000 --dms 0 --members 2 --large-channels 0 \
     --messages 1000000 --general-messages 1000000
   "$BIN/chatd" import rocketchat --dump "$WORK/dump" --data-dir "$WORK/data"
 fi

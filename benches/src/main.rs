@@ -8,6 +8,7 @@
 //! (HdrHistogram), connection setup rate, and the server's CPU seconds and RSS read from /proc.
 //! Every run is bounded in time and connections and targets loopback only.
 
+mod mixed;
 mod process;
 mod proto;
 mod rcdump;
@@ -69,6 +70,8 @@ enum Cmd {
     Storm(storm::StormArgs),
     /// Measure typing relay latency, on one host or across two peered hosts.
     TypingRelay(relay::RelayArgs),
+    /// Scenario S7: the seed deployment's mixed load against a store imported from `rc-dump`.
+    Mixed(mixed::MixedArgs),
     /// Serve the calibration reference: a minimal WebSocket fan-out relay (NATS subset).
     RefRelay(refrelay::RefRelayArgs),
     /// One worker process of a run (started by `run`, which passes its options as JSON).
@@ -197,7 +200,7 @@ pub struct RunResult {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     p50: u64,
     p99: u64,
     p999: u64,
@@ -205,7 +208,7 @@ pub struct Percentiles {
     count: u64,
 }
 
-fn percentiles(h: &Histogram<u64>) -> Percentiles {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> Percentiles {
     Percentiles {
         p50: h.value_at_quantile(0.5),
         p99: h.value_at_quantile(0.99),
@@ -299,7 +302,7 @@ fn parse_cpu(stat: &str) -> Option<f64> {
     })
 }
 
-fn rss_kib(pids: &[u32]) -> u64 {
+pub(crate) fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .filter_map(|s| {
@@ -343,7 +346,7 @@ async fn chatd_sessions(url: &str) -> Vec<u64> {
 
 // ---------- the parent ----------
 
-fn check_loopback(url: &str) -> anyhow::Result<()> {
+pub(crate) fn check_loopback(url: &str) -> anyhow::Result<()> {
     let host = url
         .split("://")
         .nth(1)
@@ -550,6 +553,7 @@ fn main() {
         Cmd::Storm(args) => print_json(storm::run(args)),
         Cmd::TypingRelay(args) => print_json(relay::run(args)),
         Cmd::RefRelay(args) => refrelay::serve(args),
+        Cmd::Mixed(args) => print_json(mixed::run(args)),
         Cmd::Worker { index, args_json } => serde_json::from_str(&args_json)
             .map_err(anyhow::Error::from)
             .and_then(|args| worker::worker(index, args)),

@@ -97,7 +97,7 @@ pub fn ws_config() -> WebSocketConfig {
 }
 
 /// The first `"b|…"` string of a frame, parsed.
-fn find_payload(frame: &str) -> Option<Event> {
+pub(crate) fn find_payload(frame: &str) -> Option<Event> {
     let at = frame.find("\"b|")?;
     let rest = frame.get(at + 1..)?;
     parse_payload(rest.get(..rest.find('"')?)?)

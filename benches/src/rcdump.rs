@@ -20,9 +20,19 @@ pub struct DumpArgs {
     pub out: std::path::PathBuf,
     #[arg(long, default_value_t = 7_116)]
     pub users: usize,
-    /// Channels and private groups (besides GENERAL).
+    /// Channels and private groups (besides GENERAL): the first `channels` of them are public
+    /// channels, the rest private groups.
     #[arg(long, default_value_t = 1_960)]
     pub rooms: usize,
+    /// Public channels among `rooms` (the seed: 44 channels, 1,917 private groups).
+    #[arg(long, default_value_t = 43)]
+    pub channels: usize,
+    /// The first this many channels are large...
+    #[arg(long, default_value_t = 4)]
+    pub large_channels: usize,
+    /// ...with this many members each.
+    #[arg(long, default_value_t = 400)]
+    pub large_members: usize,
     /// Direct-message rooms.
     #[arg(long, default_value_t = 47_188)]
     pub dms: usize,
@@ -103,8 +113,25 @@ impl Out {
     }
 }
 
-/// Every user's password is "pw-<username>"; one bcrypt hash shape is reused for speed (cost 10
-/// as Rocket.Chat uses would take minutes for thousands of users), computed for `user0`.
+/// The resume token of user `i` in a generated dump (stored hashed, as Rocket.Chat does), so load
+/// clients log in without bcrypt.
+pub fn token_of(i: usize) -> String {
+    format!("tok-user{i}")
+}
+
+/// Rocket.Chat's stored form of a resume token: base64 of its SHA-256.
+fn meteor_hashed_token(token: &str) -> String {
+    use base64::Engine;
+    let hex = chatd::auth::sha256_hex(token);
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Every user's password is "pw-user0" (one bcrypt hash is reused for speed: cost 10 as
+/// Rocket.Chat uses would take minutes for thousands of users); user `i` also has the resume
+/// token [`token_of`]`(i)`.
 pub fn generate(a: &DumpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let mut rng = StdRng::seed_from_u64(a.seed);
@@ -116,14 +143,15 @@ pub fn generate(a: &DumpArgs) -> anyhow::Result<()> {
         .map(|i| (meteor_id(&mut rng), format!("user{i}")))
         .collect();
     let mut out = Out::create(&a.out, "users")?;
-    for (id, name) in &users {
+    for (i, (id, name)) in users.iter().enumerate() {
+        let hashed = meteor_hashed_token(&token_of(i));
         out.put(&doc! {
             "_id": id, "createdAt": date(start), "username": name, "name": format!("User {name}"),
             "emails": [{"address": format!("{name}@example.org"), "verified": true}],
             "type": "user", "active": true, "roles": ["user"], "status": "offline", "statusDefault": "online",
             "utcOffset": 0, "_updatedAt": date(now),
             "services": {"password": {"bcrypt": hash.as_str()}, "resume": {"loginTokens": [
-                {"when": date(now - 86_400_000), "hashedToken": format!("{:044}", 0)}]}},
+                {"when": date(now - 86_400_000), "hashedToken": hashed.as_str()}]}},
         })?;
     }
     out.0.flush()?;
@@ -131,8 +159,15 @@ pub fn generate(a: &DumpArgs) -> anyhow::Result<()> {
     // Rooms: GENERAL, channels/groups, DMs (ids: the two user ids concatenated, sorted).
     let mut rooms: Vec<(String, char, Vec<usize>)> = vec![("GENERAL".into(), 'c', (0..a.users).collect())];
     for i in 0..a.rooms {
-        let t = if i % 3 == 0 { 'p' } else { 'c' };
-        let members = (0..a.members.min(a.users)).map(|_| rng.gen_range(0..a.users)).collect();
+        let t = if i < a.channels { 'c' } else { 'p' };
+        let size = if i < a.large_channels.min(a.channels) {
+            a.large_members
+        } else {
+            a.members
+        };
+        let mut members: Vec<usize> = (0..size.min(a.users)).map(|_| rng.gen_range(0..a.users)).collect();
+        members.sort_unstable();
+        members.dedup();
         rooms.push((format!("room{i}-{}", meteor_id(&mut rng)), t, members));
     }
     let mut dm_seen = std::collections::HashSet::new();
