@@ -11,8 +11,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def load(name):
-    path = RESULTS / f"{name}.jsonl"
+def load(name, sub=""):
+    path = RESULTS / sub / f"{name}.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -77,11 +77,12 @@ def s2():
             shape, system, str(len(rs)), fmt(med(rs, lambda r: r["deliveries_per_s"])),
             fmt(med(rs, lambda r: r["server_cpu_s"]), " s"),
             fmt(med(rs, lambda r: r["deliveries_per_cpu_s"])),
+            fmt(med(rs, lambda r: r.get("client_cpu_s", float("nan"))), " s"),
             fmt(med(rs, lambda r: r["latency_us"]["p50"] / 1000), " ms"),
             fmt(med(rs, lambda r: r["latency_us"]["p99"] / 1000), " ms"),
             fmt(med(rs, lambda r: r["lost"])), fmt(med(rs, lambda r: r["duplicated"])),
         ])
-    table(["shape", "system", "runs", "deliveries/s", "server CPU", "deliveries per CPU-s", "p50", "p99", "lost", "dup"], rows)
+    table(["shape", "system", "runs", "deliveries/s", "server CPU", "deliveries per CPU-s", "client CPU", "p50", "p99", "lost", "dup"], rows)
     ratios = []
     for shape in ("1x1000", "100x50"):
         c = g.get(f"s2/{shape}/chatd")
@@ -95,11 +96,7 @@ def s2():
     plot_bars(g)
 
 
-def s3():
-    g = group(load("s3"))
-    if not g:
-        return
-    print("### S3 — latency vs offered load (100 rooms × 50 members)\n")
+def latency_rows(g):
     rows = []
     for key, rs in g.items():
         _, system, rate = key.split("/")
@@ -110,11 +107,59 @@ def s3():
             fmt(med(rs, lambda r: r["latency_us"]["p99"] / 1000), " ms"),
             fmt(med(rs, lambda r: r["latency_us"]["p999"] / 1000), " ms"),
             fmt(med(rs, lambda r: r["latency_us"]["max"] / 1000), " ms"),
+            fmt(med(rs, lambda r: r.get("send_lag_us", {}).get("p99", float("nan")) / 1000), " ms"),
+            fmt(med(rs, lambda r: r["server_cpu_s"]), " s"),
+            fmt(med(rs, lambda r: r.get("client_cpu_s", float("nan"))), " s"),
             fmt(med(rs, lambda r: r["deliveries_per_cpu_s"])),
             fmt(med(rs, lambda r: r["lost"])),
         ])
-    table(["system", "offered deliveries/s", "runs", "achieved/s", "p50", "p99", "p99.9", "max", "deliveries per CPU-s", "lost"], rows)
+    return rows
+
+
+LATENCY_HEADER = ["system", "offered deliveries/s", "runs", "achieved/s", "p50", "p99", "p99.9", "max",
+                  "send lag p99", "server CPU", "client CPU", "deliveries per server CPU-s", "lost"]
+
+
+def s0():
+    g = group(load("s0"))
+    if not g:
+        return
+    print("### S0 — calibration: the instrument against a trivial relay and nats-server (pinned)\n")
+    table(LATENCY_HEADER, latency_rows(g))
+
+
+def s3():
+    g = group(load("s3"))
+    if not g:
+        return
+    print("### S3 — latency vs offered load (100 rooms × 50 members, server and client pinned)\n")
+    table(LATENCY_HEADER, latency_rows(g))
     plot_latency(g)
+
+
+def before_after():
+    """The same build of the instrument against chatd before and after this round's changes."""
+    rows = []
+    for name in ("s3", "s5"):
+        old, new = group(load(name, "before")), group(load(name))
+        for key, before in old.items():
+            after = new.get(key)
+            if not after:
+                continue
+            if name == "s3":
+                fig = lambda r: r["deliveries_per_cpu_s"]
+                what = f"{key.split('/')[2].removeprefix('rate')} msgs/s × 50: deliveries per server CPU-s"
+                lat = lambda r: r["latency_us"]["p99"] / 1000
+            else:
+                fig = lambda r: r["acks_per_s"]
+                what = f"{key.split('/')[1].removeprefix('senders')} senders: acked messages/s"
+                lat = lambda r: r["ack_latency_us"]["p99"] / 1000
+            b, a = med(before, fig), med(after, fig)
+            rows.append([name.upper(), what, fmt(b), fmt(a), fmt(a / b, "×") if b else "–",
+                         fmt(med(before, lat), " ms"), fmt(med(after, lat), " ms")])
+    if rows:
+        print("### Before and after this round's server changes (same instrument, medians)\n")
+        table(["scenario", "figure", "before", "after", "ratio", "p99 before", "p99 after"], rows)
 
 
 def s4():
@@ -154,6 +199,61 @@ def s5():
             fmt(med(rs, lambda r: r["server_cpu_s"]), " s"),
         ])
     table(["senders", "runs", "acked messages/s", "ack p50", "ack p99", "ack max", "server CPU"], rows)
+
+
+def s6():
+    rows = load("s6")
+    if not rows:
+        return
+    print("### S6 — restart storm (5,000 clients, SIGTERM, a new server on the same data)\n")
+    by = collections.OrderedDict()
+    for r in rows:
+        by.setdefault(r["spread_ms"], []).append(r)
+    out = []
+    for spread, rs in by.items():
+        out.append([
+            f"{spread} ms", str(len(rs)),
+            f"{int(med(rs, lambda r: r['back_and_complete']))} / {rs[0]['clients']}",
+            fmt(med(rs, lambda r: r["all_back_after_s"]), " s"),
+            fmt(med(rs, lambda r: r["login_ms"]["p50"]), " ms") + " / " + fmt(med(rs, lambda r: r["login_ms"]["p99"]), " ms"),
+            fmt(med(rs, lambda r: r["reconnects_per_s"])),
+            fmt(med(rs, lambda r: r["new_server_cpu_s"]), " s"),
+        ])
+    table(["reconnect spread", "runs", "back with every message", "all back after", "login p50 / p99", "reconnects/s", "new server CPU"], out)
+
+
+def s7():
+    rows = load("s7")
+    if not rows:
+        return
+    print("### S7 — the seed deployment's mixed load (1,000 connected users, 5 minutes)\n")
+    out = []
+    for i, r in enumerate(rows, 1):
+        d, m = r["delivery_latency_us"], r["method_latency_us"]
+        out.append([
+            str(i), fmt(r["messages_per_s"]), f"{r['deliveries']:,}", str(r["reconnects"]), str(r["errors"]),
+            fmt(r["server_cpu_pct_of_one_core"], " %"), fmt(r["server_rss_kib_peak"] / 1024, " MiB"),
+            " / ".join(fmt(d[k] / 1000, " ms") for k in ("p50", "p99", "p999")),
+            " / ".join(fmt(m[k] / 1000, " ms") for k in ("p50", "p99", "p999")),
+            fmt(r["client_cpu_s"], " s"),
+        ])
+    med_row = ["median"] + ["" for _ in range(9)]
+    med_row[5] = fmt(med(rows, lambda r: r["server_cpu_pct_of_one_core"]), " %")
+    med_row[6] = fmt(med(rows, lambda r: r["server_rss_kib_peak"] / 1024), " MiB")
+    med_row[7] = " / ".join(fmt(med(rows, lambda r: r["delivery_latency_us"][k] / 1000), " ms") for k in ("p50", "p99", "p999"))
+    med_row[8] = " / ".join(fmt(med(rows, lambda r: r["method_latency_us"][k] / 1000), " ms") for k in ("p50", "p99", "p999"))
+    out.append(med_row)
+    table(["run", "messages/s", "deliveries", "reconnects", "errors", "server CPU (of one core)", "server RSS peak",
+           "delivery p50 / p99 / p99.9", "method p50 / p99 / p99.9", "client CPU"], out)
+    kinds = collections.OrderedDict()
+    for r in rows:
+        for k, v in r["method_latency_by_kind_us"].items():
+            kinds.setdefault(k, []).append(v)
+    table(["method", "calls (median of runs)", "p50", "p99", "p99.9"], [
+        [k, fmt(statistics.median(v["count"] for v in vs)),
+         fmt(statistics.median(v["p50"] for v in vs) / 1000, " ms"),
+         fmt(statistics.median(v["p99"] for v in vs) / 1000, " ms"),
+         fmt(statistics.median(v["p999"] for v in vs) / 1000, " ms")] for k, vs in kinds.items()])
 
 
 def plt():
@@ -235,5 +335,5 @@ def plot_scaling(g):
 
 
 if __name__ == "__main__":
-    for f in (s1, s2, s3, s4, s5):
+    for f in (s0, s1, s2, s3, s4, s5, before_after, s6, s7):
         f()

@@ -367,7 +367,6 @@ async fn worker_async(index: usize, args: RunArgs) -> anyhow::Result<WorkerResul
             shared: shared.clone(),
             mode: args.mode,
             schedule,
-            start,
             send_end,
             hard_end: send_end + drain,
         };
@@ -438,7 +437,6 @@ struct Drive {
     mode: Mode,
     /// Fan-out senders: intended send times, as they fall due.
     schedule: Option<mpsc::UnboundedReceiver<u64>>,
-    start: tokio::time::Instant,
     send_end: tokio::time::Instant,
     hard_end: tokio::time::Instant,
 }
@@ -539,22 +537,7 @@ impl Drive {
         let sh = &self.shared;
         match ev {
             Ok(Event::Message { sender, seq, sent_ns }) => {
-                let l = now_ns().saturating_sub(sent_ns) / 1000;
-                if l > 5000 {
-                    thread_local!(static N: Cell<u64> = const { Cell::new(0) });
-                    let n = N.with(|c| {
-                        c.set(c.get() + 1);
-                        c.get()
-                    });
-                    if n % 20 == 1 && n < 2000 {
-                        eprintln!(
-                            "DBG late {l} us sender {sender} seq {seq} room {} at {:?}",
-                            self.role.room,
-                            self.start.elapsed()
-                        );
-                    }
-                }
-                Shared::record(&sh.latency, l);
+                Shared::record(&sh.latency, now_ns().saturating_sub(sent_ns) / 1000);
                 Shared::bump(&sh.deliveries);
                 let v = report.received.entry(sender).or_default();
                 let i = seq as usize;

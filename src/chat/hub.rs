@@ -8,11 +8,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-
-/// The hub's maps are looked up for every delivery: foldhash (randomly seeded, so keys chosen
-/// by clients cannot be made to collide) instead of SipHash.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +25,11 @@ use crate::ids::{RoomId, UserId};
 use crate::protocol::ddp;
 use crate::protocol::wire::{self, Dates};
 use crate::store::{Change, ChangeRecord, Room, Store, User, UserRef};
+
+/// The hub's maps are looked up for every delivery: foldhash (randomly seeded, so keys chosen
+/// by clients cannot be made to collide) instead of SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub const STREAM_ROOM_MESSAGES: &str = "stream-room-messages";
 pub const STREAM_NOTIFY_USER: &str = "stream-notify-user";

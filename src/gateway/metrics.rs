@@ -78,7 +78,7 @@ const SHARD_COUNTERS: &[CounterReader] = &[
     }),
     (
         "chatd_dropped_events",
-        "Events dropped: ephemeral events (typing) under overload, undecodable change records.",
+        "Events dropped: ephemeral events (typing) under overload, undecodable change records, change backlogs of a shard too far behind (its clients are told to reload).",
         |s| &s.dropped,
     ),
     (

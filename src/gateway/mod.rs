@@ -152,10 +152,12 @@ async fn connection(stream: TcpStream, ctx: Rc<ShardCtx>) {
     let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
     // Bounds the TLS handshake and the request head; the session keeps its own clock after.
     let _ = stream.set_read_timeout(Some(handshake));
+    // Each branch's future is boxed: inline, this future would be as large as the largest of
+    // them (the TLS session's), and every plain connection paid for it (~20 KiB each).
     match ctx.tls.as_ref().map(|t| t.acceptor()) {
-        None => route(stream, ctx, peer).await,
-        Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls) => route(tls, ctx, peer).await,
+        None => Box::pin(route(stream, ctx, peer)).await,
+        Some(acceptor) => match Box::pin(acceptor.accept(stream)).await {
+            Ok(tls) => Box::pin(route(tls, ctx, peer)).await,
             Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
         },
     }

@@ -28,8 +28,9 @@ use crate::store::User;
 /// After this many malformed frames a connection is closed (abusive client).
 const MAX_BAD_FRAMES: u32 = 50;
 /// Read chunk of each WebSocket. tungstenite allocates it up front (128 KiB by default, which made
-/// an idle connection cost ~142 KiB); chat clients send small frames, and larger ones still work.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// an idle connection cost ~142 KiB); chat clients send small frames (DDP calls of a few hundred
+/// bytes), and larger ones still work, in more reads.
+const WS_READ_BUFFER: usize = 2 * 1024;
 /// How long a closing session's writer may take to deliver what is queued and the close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The same for a slow consumer, whose socket is known to be full.
@@ -155,7 +156,8 @@ async fn write_loop<S>(mut sink: async_tungstenite::WebSocketSender<S>, handle: 
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut batch: Vec<Utf8Bytes> = Vec::with_capacity(64);
+    // Grows to the largest batch seen; an idle session keeps only what it needed.
+    let mut batch: Vec<Utf8Bytes> = Vec::new();
     loop {
         match handle.out.next_batch(&mut batch).await {
             Batch::Frames => {
