@@ -208,7 +208,8 @@ impl Clocks {
     }
 }
 
-/// One sender's schedule: next due time (monotonic ns), period, where to hand due times.
+/// One sender's schedule (its first due time travels beside it): the period, and where to hand
+/// each due time.
 struct Schedule {
     period_ns: u64,
     tx: mpsc::UnboundedSender<u64>,
