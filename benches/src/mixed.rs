@@ -66,12 +66,11 @@ pub struct MixedArgs {
 }
 
 /// What every user task records into (one thread).
-#[derive(Default)]
 struct Figures {
-    delivery: RefCell<Option<Histogram<u64>>>,
-    method: RefCell<Option<Histogram<u64>>>,
+    delivery: RefCell<Histogram<u64>>,
+    method: RefCell<Histogram<u64>>,
     by_method: RefCell<HashMap<&'static str, Histogram<u64>>>,
-    reconnect: RefCell<Option<Histogram<u64>>>,
+    reconnect: RefCell<Histogram<u64>>,
     sent: Cell<u64>,
     deliveries: Cell<u64>,
     typing_events: Cell<u64>,
@@ -80,10 +79,22 @@ struct Figures {
 }
 
 impl Figures {
-    fn record(h: &RefCell<Option<Histogram<u64>>>, us: u64) {
-        if let Some(h) = h.borrow_mut().as_mut() {
-            let _ = h.record(us.max(1));
+    fn new() -> Self {
+        Self {
+            delivery: RefCell::new(new_hist()),
+            method: RefCell::new(new_hist()),
+            by_method: RefCell::default(),
+            reconnect: RefCell::new(new_hist()),
+            sent: Cell::default(),
+            deliveries: Cell::default(),
+            typing_events: Cell::default(),
+            reconnects: Cell::default(),
+            errors: Cell::default(),
         }
+    }
+
+    fn record(h: &RefCell<Histogram<u64>>, us: u64) {
+        let _ = h.borrow_mut().record(us.max(1));
     }
 
     fn bump(c: &Cell<u64>) {
@@ -419,12 +430,7 @@ pub async fn run(args: MixedArgs) -> anyhow::Result<Value> {
     }
     chatd::raise_fd_limit();
     let args = Rc::new(args);
-    let figures = Rc::new(Figures {
-        delivery: RefCell::new(Some(new_hist())),
-        method: RefCell::new(Some(new_hist())),
-        reconnect: RefCell::new(Some(new_hist())),
-        ..Figures::default()
-    });
+    let figures = Rc::new(Figures::new());
     let mut rng = StdRng::seed_from_u64(args.seed);
     let n = args.connected;
     let reconnecting = ((n as f64) * args.reconnect_fraction).round() as usize;
@@ -461,12 +467,8 @@ pub async fn run(args: MixedArgs) -> anyhow::Result<Value> {
             let client0 = cpu_secs(&[std::process::id()]).unwrap_or(0.0);
             let rss0 = rss_kib(&pids);
             // Only what happens from here on counts.
-            if let Some(h) = figures.delivery.borrow_mut().as_mut() {
-                h.reset();
-            }
-            if let Some(h) = figures.method.borrow_mut().as_mut() {
-                h.reset();
-            }
+            figures.delivery.borrow_mut().reset();
+            figures.method.borrow_mut().reset();
             figures.by_method.borrow_mut().clear();
             figures.deliveries.set(0);
             let mut peak_rss = rss0;
@@ -484,7 +486,7 @@ pub async fn run(args: MixedArgs) -> anyhow::Result<Value> {
         .await;
     let (setup_errors, cpu, client, rss0, peak_rss) = measured;
     let secs = args.duration;
-    let hist = |h: &RefCell<Option<Histogram<u64>>>| h.borrow().as_ref().map(percentiles).unwrap_or_default();
+    let hist = |h: &RefCell<Histogram<u64>>| percentiles(&h.borrow());
     let by_method: serde_json::Map<String, Value> = figures
         .by_method
         .borrow()

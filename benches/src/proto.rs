@@ -131,15 +131,7 @@ impl Conn {
 
     /// The next text (or binary) frame as a string, answering protocol pings on the way.
     async fn frame(&mut self) -> anyhow::Result<String> {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
-                Some(Ok(Message::Binary(b))) => return Ok(String::from_utf8_lossy(&b).into_owned()),
-                Some(Ok(Message::Close(_))) | None => bail!("connection closed"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.into()),
-            }
-        }
+        Ok(self.frame_bytes().await?.to_string())
     }
 
     async fn open_chatd(&mut self, token: Option<&str>, room: Option<&str>) -> anyhow::Result<()> {

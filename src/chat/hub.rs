@@ -918,7 +918,7 @@ impl Hub {
 
     /// Calls `f` for each local session of each local member of `rid`, without copying either
     /// (`f` must not change the hub's users, sessions or rooms).
-    fn for_member_sessions(&self, rid: &RoomId, mut f: impl FnMut(&UserId, &SessionHandle)) {
+    fn for_member_sessions(&self, rid: &RoomId, mut f: impl FnMut(&UserId, &Rc<SessionHandle>)) {
         let members = self.room_members.borrow();
         let Some(set) = members.get(rid) else { return };
         let users = self.users.borrow();
@@ -936,21 +936,8 @@ impl Hub {
 
     /// Local sessions of the local members of `rid`.
     fn member_sessions(&self, rid: &RoomId) -> Vec<(UserId, Rc<SessionHandle>)> {
-        let members = self.room_members.borrow();
-        let users = self.users.borrow();
-        let sessions = self.sessions.borrow();
         let mut out = Vec::new();
-        if let Some(set) = members.get(rid) {
-            for uid in set {
-                if let Some(lu) = users.get(uid) {
-                    for sid in &lu.sessions {
-                        if let Some(s) = sessions.get(sid) {
-                            out.push((uid.clone(), s.clone()));
-                        }
-                    }
-                }
-            }
-        }
+        self.for_member_sessions(rid, |uid, s| out.push((uid.clone(), s.clone())));
         out
     }
 
