@@ -147,10 +147,13 @@ pub struct BackendStatus {
     pub feed_resumes: u64,
 }
 
+/// Where a write's outcome goes.
+pub type Reply = oneshot::Sender<StoreResult<WriteOutcome>>;
+
 /// A write request for a backend's writer.
 pub struct WriteRequest {
     pub op: WriteOp,
-    pub reply: oneshot::Sender<StoreResult<WriteOutcome>>,
+    pub reply: Reply,
 }
 
 /// What a backend's writer thread receives over its bounded queue.

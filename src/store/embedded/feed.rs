@@ -1,6 +1,7 @@
 //! The embedded change feed: the `changes` table read in order after a sequence number, woken by
-//! the writer after each commit. Runs on the feed thread.
+//! the journal thread once a group is durable. Runs on the feed thread.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,15 +14,22 @@ pub struct EmbeddedFeed {
     db: Arc<Database>,
     /// Last sequence number handed out.
     seq: u64,
+    /// The durable head: records past it are committed but not yet synced to the journal.
+    head: Arc<AtomicU64>,
     wakeups: Receiver<()>,
 }
 
 impl EmbeddedFeed {
-    pub fn new(db: Arc<Database>, seq: u64, wakeups: Receiver<()>) -> Self {
-        Self { db, seq, wakeups }
+    pub fn new(db: Arc<Database>, seq: u64, head: Arc<AtomicU64>, wakeups: Receiver<()>) -> Self {
+        Self { db, seq, head, wakeups }
     }
 
     fn read(&mut self, max: usize) -> StoreResult<Vec<FeedItem>> {
+        let durable = self.head.load(Ordering::Acquire).saturating_sub(self.seq);
+        if durable == 0 {
+            return Ok(Vec::new());
+        }
+        let max = max.min(usize::try_from(durable).unwrap_or(usize::MAX));
         let records = super::changes_after(&self.db, self.seq, max)?;
         let mut out = Vec::with_capacity(records.len());
         for (seq, record) in records {

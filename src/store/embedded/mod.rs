@@ -5,17 +5,23 @@
 //!
 //! Every data change appends a [`ChangeRecord`] to the `changes` table inside the same
 //! transaction, so the change log and the data can never disagree, even after `kill -9`.
+//!
+//! Groups become durable through the [`journal`]: the writer commits a group to redb without
+//! durability and the journal thread appends its changes to `chatd.journal` and syncs them, then
+//! answers; every few seconds a group is committed durably (a checkpoint) and the journal emptied.
 
 pub mod backup;
 mod feed;
 pub mod import;
+pub mod journal;
 mod reads;
 pub mod schema;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
@@ -28,12 +34,20 @@ use crate::app::rules::Txn;
 use crate::app::rules::{self, GENERAL_ROOM_ID};
 use crate::ids::{now_ms, RoomId};
 use feed::EmbeddedFeed;
+use journal::LogSource;
 use schema::{sf, Tables, CHANGES};
 
 /// Change-log entries kept behind the head; older ones are pruned by the writer.
 const CHANGELOG_RETAIN: u64 = 200_000;
 /// Prune the change log every this many commits.
 const PRUNE_EVERY_COMMITS: u64 = 1024;
+/// A checkpoint (a durable redb commit, then an empty journal) at least this often while writes
+/// come in, and whenever this much was journaled since the last one. Bounds replay at open, the
+/// journal's size and redb's buffered pages.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+const CHECKPOINT_BYTES: usize = 64 << 20;
+/// Groups between the writer and the journal thread at most (the writer waits beyond it).
+const JOURNAL_QUEUE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -48,13 +62,16 @@ pub struct EmbeddedStore {
     tx: Sender<WriterMsg>,
     head: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Set once a journal write failed: every later write is refused.
+    failed: Arc<AtomicBool>,
     feed: Mutex<Option<EmbeddedFeed>>,
     /// Shared by the reader threads (never by shards): see [`reads::PageHints`].
     channel_hints: Mutex<reads::PageHints>,
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) `dir/chatd.redb` and starts the writer thread.
+    /// Opens (creating if needed) `dir/chatd.redb`, replays the journal and starts the writer and
+    /// journal threads.
     pub fn open(dir: &Path) -> Result<Arc<Self>, OpenError> {
         let db = Arc::new(Self::open_db(dir)?);
         let failed = |reason: String| OpenError::Failed {
@@ -62,23 +79,32 @@ impl EmbeddedStore {
             reason,
         };
         let head_seq = bootstrap(&db).map_err(|e| failed(e.to_string()))?;
+        let lsn = journal::durable_lsn(&db).map_err(|e| failed(e.to_string()))?;
         let head = Arc::new(AtomicU64::new(head_seq));
+        let broken = Arc::new(AtomicBool::new(false));
         let (tx, rx) = crossbeam_channel::bounded(WRITE_QUEUE_CAPACITY);
         // One pending wake-up is enough: the feed reads up to the head.
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-        let writer_db = db.clone();
-        let writer_head = head.clone();
+        let journal = journal::JournalWriter::open(dir, head.clone(), wake_tx, broken.clone())
+            .map_err(|e| failed(format!("cannot open the journal: {e}")))?;
+        let writer = Writer {
+            db: db.clone(),
+            lsn,
+            seq: head_seq,
+            failed: broken.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("chatd-store".into())
-            .spawn(move || writer_loop(writer_db, rx, writer_head, wake_tx))
+            .spawn(move || writer.run(rx, journal))
             .map_err(|e| failed(e.to_string()))?;
         Ok(Arc::new(Self {
-            feed: Mutex::new(Some(EmbeddedFeed::new(db.clone(), head_seq, wake_rx))),
+            feed: Mutex::new(Some(EmbeddedFeed::new(db.clone(), head_seq, head.clone(), wake_rx))),
             channel_hints: Mutex::new(reads::PageHints::default()),
             db,
             tx,
             head,
             writer: Mutex::new(Some(writer)),
+            failed: broken,
         }))
     }
 
@@ -109,11 +135,21 @@ impl EmbeddedStore {
         if let Some(bytes) = cache_bytes {
             builder.set_cache_size(bytes);
         }
-        match builder.create(&path) {
-            Ok(db) => Ok(db),
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(OpenError::InUse(dir.display().to_string())),
-            Err(e) => Err(fail(e.to_string())),
+        let db = match builder.create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse(dir.display().to_string())),
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        // Whoever opens the file first brings it up to date with the journal.
+        let replayed = journal::replay(&db, dir).map_err(|e| fail(e.to_string()))?;
+        if replayed.groups > 0 {
+            tracing::info!(
+                groups = replayed.groups,
+                bytes = replayed.bytes,
+                "replayed the store journal (the last run did not stop cleanly)"
+            );
         }
+        Ok(db)
     }
 }
 
@@ -168,6 +204,10 @@ impl Backend for EmbeddedStore {
     }
 
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError> {
+        if self.failed.load(Ordering::Acquire) {
+            let _ = req.reply.send(Err(journal_failed()));
+            return Ok(());
+        }
         super::offer(&self.tx, req)
     }
 
@@ -220,76 +260,167 @@ pub(crate) fn bootstrap(db: &Database) -> StoreResult<u64> {
     Ok(head)
 }
 
-fn writer_loop(db: Arc<Database>, rx: Receiver<WriterMsg>, head: Arc<AtomicU64>, wake: Sender<()>) {
-    let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP_COMMIT);
-    let mut commits = 0u64;
-    let mut stop = false;
-    while !stop {
-        let Some(last) = super::take_group(&rx, MAX_GROUP_COMMIT, &mut batch) else {
-            break;
-        };
-        stop = last;
-        if batch.is_empty() {
-            continue;
-        }
-        commits += 1;
-        let started = std::time::Instant::now();
-        let prune = commits % PRUNE_EVERY_COMMITS == 0;
-        let seq_before = head.load(Ordering::Acquire);
-        // The requests are applied by value (no copy of any message): a failed commit answers
-        // every request of the group with the error, so nothing needs them afterwards.
-        let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
-        let committed = commit_batch(&db, ops, prune);
-        super::WRITER_STATS.commit(started, replies.len());
-        match committed {
-            Ok((results, new_head)) => {
-                head.store(new_head, Ordering::Release);
-                if new_head != seq_before {
-                    // Full means a wake-up is already pending.
-                    let _ = wake.try_send(());
-                }
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, requests = replies.len(), "store commit failed; requests rejected");
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-    tracing::debug!("store writer stopped");
+fn journal_failed() -> StoreError {
+    StoreError::Failed("the store's journal could not be written; restart chatd".into())
 }
 
-fn commit_batch(db: &Database, batch: Vec<WriteOp>, prune: bool) -> StoreResult<(Vec<StoreResult<WriteOutcome>>, u64)> {
-    let txn: WriteTransaction = db.begin_write().map_err(sf)?;
-    let mut results = Vec::with_capacity(batch.len());
-    let head;
-    {
-        let mut w = Tables::open(&txn)?;
-        let start = w.seq;
-        let now = now_ms();
-        for op in batch {
-            match rules::apply(&mut w, op, now) {
-                Ok(output) => results.push(Ok(WriteOutcome { output, mark: w.seq })),
-                // A rejected request wrote nothing (the rules check before writing).
-                Err(e @ StoreError::Rejected { .. }) => results.push(Err(e)),
-                Err(e) => return Err(e),
+/// The writer thread's state.
+struct Writer {
+    db: Arc<Database>,
+    /// Journal number of the last group committed.
+    lsn: u64,
+    /// Change-log head after the last group committed.
+    seq: u64,
+    failed: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<WriterMsg>, journal: journal::JournalWriter) {
+        let (to_journal, journal_rx) = crossbeam_channel::bounded(JOURNAL_QUEUE);
+        let journal_thread = std::thread::Builder::new()
+            .name("chatd-journal".into())
+            .spawn(move || journal.run(journal_rx));
+        let journal_thread = match journal_thread {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the store journal thread; the store refuses writes");
+                self.failed.store(true, Ordering::Release);
+                while let Ok(WriterMsg::Write(w)) = rx.recv() {
+                    let _ = w.reply.send(Err(journal_failed()));
+                }
+                return;
+            }
+        };
+        let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP_COMMIT);
+        let mut commits = 0u64;
+        let mut stop = false;
+        let mut last_checkpoint = Instant::now();
+        let mut journaled = 0usize;
+        while !stop {
+            let Some(last) = super::take_group(&rx, MAX_GROUP_COMMIT, &mut batch) else {
+                break;
+            };
+            stop = last;
+            if batch.is_empty() {
+                continue;
+            }
+            if self.failed.load(Ordering::Acquire) {
+                for w in batch.drain(..) {
+                    let _ = w.reply.send(Err(journal_failed()));
+                }
+                continue;
+            }
+            commits += 1;
+            let started = Instant::now();
+            let checkpoint = stop || journaled >= CHECKPOINT_BYTES || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            let prune = commits % PRUNE_EVERY_COMMITS == 0;
+            // The requests are applied by value (no copy of any message): a failed commit answers
+            // every request of the group with the error, so nothing needs them afterwards.
+            let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
+            match self.commit(ops, prune, checkpoint) {
+                Ok((results, record)) => {
+                    journaled += record.as_ref().map_or(0, |(_, p)| p.len());
+                    let group = journal::Group {
+                        record,
+                        head: self.seq,
+                        replies: replies.into_iter().zip(results).collect(),
+                        started,
+                    };
+                    if to_journal.send(journal::JournalMsg::Group(group)).is_err() {
+                        break;
+                    }
+                    if checkpoint {
+                        let _ = to_journal.send(journal::JournalMsg::Empty);
+                        last_checkpoint = Instant::now();
+                        journaled = 0;
+                    }
+                }
+                Err(e) => {
+                    super::WRITER_STATS.commit(started, replies.len());
+                    tracing::error!(error = %e, requests = replies.len(), "store commit failed; requests rejected");
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
             }
         }
-        if w.seq != start {
-            w.save_seq()?;
+        if journaled > 0 && !self.failed.load(Ordering::Acquire) {
+            // Stopped without a last group (the queue closed): make everything durable here.
+            match self.checkpoint() {
+                Ok(()) => {
+                    let _ = to_journal.send(journal::JournalMsg::Empty);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "final store checkpoint failed; the journal is replayed at the next start")
+                }
+            }
         }
-        if prune && w.seq > CHANGELOG_RETAIN {
-            let cutoff = w.seq - CHANGELOG_RETAIN;
-            w.changes.retain_in(..cutoff, |_, _| false).map_err(sf)?;
-        }
-        head = w.seq;
+        drop(to_journal);
+        let _ = journal_thread.join();
+        tracing::debug!("store writer stopped");
     }
-    txn.commit().map_err(sf)?;
-    Ok((results, head))
+
+    /// Applies one group in one transaction: durably when `checkpoint`, else for the journal.
+    /// Returns each request's result and the journal record (none when nothing changed or the
+    /// commit was durable).
+    #[allow(clippy::type_complexity)]
+    fn commit(
+        &mut self,
+        batch: Vec<WriteOp>,
+        prune: bool,
+        checkpoint: bool,
+    ) -> StoreResult<(Vec<StoreResult<WriteOutcome>>, Option<(u64, Vec<u8>)>)> {
+        let mut txn: WriteTransaction = self.db.begin_write().map_err(sf)?;
+        if !checkpoint {
+            txn.set_durability(redb::Durability::None).map_err(sf)?;
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let (log, head);
+        {
+            let mut w = Tables::open_journaled(&txn)?;
+            let start = w.seq;
+            let now = now_ms();
+            for op in batch {
+                match rules::apply(&mut w, op, now) {
+                    Ok(output) => results.push(Ok(WriteOutcome { output, mark: w.seq })),
+                    // A rejected request wrote nothing (the rules check before writing).
+                    Err(e @ StoreError::Rejected { .. }) => results.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            if w.seq != start {
+                w.save_seq()?;
+            }
+            if prune && w.seq > CHANGELOG_RETAIN {
+                w.changes.drop_below(w.seq - CHANGELOG_RETAIN).map_err(sf)?;
+            }
+            log = w.take_log();
+            if !log.is_empty() {
+                w.meta
+                    .insert_unlogged(schema::META_JOURNAL_LSN, self.lsn + 1)
+                    .map_err(sf)?;
+            }
+            head = w.seq;
+        }
+        if log.is_empty() && !checkpoint {
+            // Nothing changed (every request rejected or a no-op): nothing to commit or journal.
+            txn.abort().map_err(sf)?;
+            return Ok((results, None));
+        }
+        txn.commit().map_err(sf)?;
+        self.seq = head;
+        if log.is_empty() {
+            return Ok((results, None));
+        }
+        self.lsn += 1;
+        Ok((results, (!checkpoint).then_some((self.lsn, log))))
+    }
+
+    /// A durable commit of nothing: persists every earlier non-durable one.
+    fn checkpoint(&self) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(sf)?;
+        txn.commit().map_err(sf)
+    }
 }
 
 /// Reads the change-log records after `seq` (tests and the feed).

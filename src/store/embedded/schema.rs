@@ -3,6 +3,8 @@
 //! importer's thread, which owns the file while the server is stopped).
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::journal::Logged;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -39,6 +41,8 @@ pub const MESSAGE_IDS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition
 pub const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const META_CHANGE_SEQ: &str = "change_seq";
+/// Number of the last journal group in the store (see [`super::journal`]).
+pub const META_JOURNAL_LSN: &str = "journal_lsn";
 
 /// A store-side failure (I/O, redb): the store's fault.
 pub fn sf<E: std::fmt::Display>(e: E) -> StoreError {
@@ -80,41 +84,53 @@ pub fn members_of(
     Ok(out)
 }
 
-/// Every table, opened once per write transaction.
+/// Every table, opened once per write transaction; with [`Tables::open_journaled`] every change
+/// is also logged for the journal.
 pub struct Tables<'t> {
-    pub users: Table<'t, &'static str, &'static [u8]>,
-    pub usernames: Table<'t, &'static str, &'static str>,
-    pub emails: Table<'t, &'static str, &'static str>,
-    pub tokens: Table<'t, &'static str, &'static [u8]>,
-    pub rooms: Table<'t, &'static str, &'static [u8]>,
-    pub room_names: Table<'t, &'static str, &'static str>,
-    pub channels: Table<'t, (&'static str, &'static str), ()>,
-    pub subs: Table<'t, (&'static str, &'static str), &'static [u8]>,
-    pub members: Table<'t, (&'static str, &'static str), ()>,
-    pub messages: Table<'t, (&'static str, u64, u64), &'static [u8]>,
-    pub message_ids: Table<'t, &'static str, (&'static str, u64, u64)>,
-    pub changes: Table<'t, u64, &'static [u8]>,
-    pub meta: Table<'t, &'static str, u64>,
+    pub users: Logged<'t, &'static str, &'static [u8]>,
+    pub usernames: Logged<'t, &'static str, &'static str>,
+    pub emails: Logged<'t, &'static str, &'static str>,
+    pub tokens: Logged<'t, &'static str, &'static [u8]>,
+    pub rooms: Logged<'t, &'static str, &'static [u8]>,
+    pub room_names: Logged<'t, &'static str, &'static str>,
+    pub channels: Logged<'t, (&'static str, &'static str), ()>,
+    pub subs: Logged<'t, (&'static str, &'static str), &'static [u8]>,
+    pub members: Logged<'t, (&'static str, &'static str), ()>,
+    pub messages: Logged<'t, (&'static str, u64, u64), &'static [u8]>,
+    pub message_ids: Logged<'t, &'static str, (&'static str, u64, u64)>,
+    pub changes: Logged<'t, u64, &'static [u8]>,
+    pub meta: Logged<'t, &'static str, u64>,
     /// Change-log head inside this transaction.
     pub seq: u64,
 }
 
 impl<'t> Tables<'t> {
+    /// The tables of a transaction that commits durably itself (import, bootstrap, replay).
     pub fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
+        Self::open_with(txn, false)
+    }
+
+    /// The tables of a transaction whose changes go to the journal (the writer).
+    pub fn open_journaled(txn: &'t WriteTransaction) -> StoreResult<Self> {
+        Self::open_with(txn, true)
+    }
+
+    fn open_with(txn: &'t WriteTransaction, journaled: bool) -> StoreResult<Self> {
+        use super::journal::table_id as id;
         let mut t = Self {
-            users: txn.open_table(USERS).map_err(sf)?,
-            usernames: txn.open_table(USERNAMES).map_err(sf)?,
-            emails: txn.open_table(EMAILS).map_err(sf)?,
-            tokens: txn.open_table(TOKENS).map_err(sf)?,
-            rooms: txn.open_table(ROOMS).map_err(sf)?,
-            room_names: txn.open_table(ROOM_NAMES).map_err(sf)?,
-            channels: txn.open_table(CHANNELS).map_err(sf)?,
-            subs: txn.open_table(SUBS).map_err(sf)?,
-            members: txn.open_table(MEMBERS).map_err(sf)?,
-            messages: txn.open_table(MESSAGES).map_err(sf)?,
-            message_ids: txn.open_table(MESSAGE_IDS).map_err(sf)?,
-            changes: txn.open_table(CHANGES).map_err(sf)?,
-            meta: txn.open_table(META).map_err(sf)?,
+            users: Logged::new(txn.open_table(USERS).map_err(sf)?, id::users, journaled),
+            usernames: Logged::new(txn.open_table(USERNAMES).map_err(sf)?, id::usernames, journaled),
+            emails: Logged::new(txn.open_table(EMAILS).map_err(sf)?, id::emails, journaled),
+            tokens: Logged::new(txn.open_table(TOKENS).map_err(sf)?, id::tokens, journaled),
+            rooms: Logged::new(txn.open_table(ROOMS).map_err(sf)?, id::rooms, journaled),
+            room_names: Logged::new(txn.open_table(ROOM_NAMES).map_err(sf)?, id::room_names, journaled),
+            channels: Logged::new(txn.open_table(CHANNELS).map_err(sf)?, id::channels, journaled),
+            subs: Logged::new(txn.open_table(SUBS).map_err(sf)?, id::subs, journaled),
+            members: Logged::new(txn.open_table(MEMBERS).map_err(sf)?, id::members, journaled),
+            messages: Logged::new(txn.open_table(MESSAGES).map_err(sf)?, id::messages, journaled),
+            message_ids: Logged::new(txn.open_table(MESSAGE_IDS).map_err(sf)?, id::message_ids, journaled),
+            changes: Logged::new(txn.open_table(CHANGES).map_err(sf)?, id::changes, journaled),
+            meta: Logged::new(txn.open_table(META).map_err(sf)?, id::meta, journaled),
             seq: 0,
         };
         t.seq = t.meta.get(META_CHANGE_SEQ).map_err(sf)?.map(|v| v.value()).unwrap_or(0);
@@ -279,7 +295,7 @@ impl Txn for Tables<'_> {
     }
 
     fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>> {
-        members_of(&self.members, rid)
+        members_of(&*self.members, rid)
     }
 
     fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>> {
