@@ -31,6 +31,10 @@ pub trait Txn {
     /// Deletes every login token of `uid` (a scan: operator commands only); how many.
     fn delete_tokens_of(&mut self, uid: &UserId) -> StoreResult<u64>;
     fn room(&self, rid: &RoomId) -> StoreResult<Option<Room>>;
+    /// The room with `last_message` left out (`None`) when a backend can skip reading it.
+    fn room_without_last_message(&self, rid: &RoomId) -> StoreResult<Option<Room>> {
+        self.room(rid)
+    }
     fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
     /// Stores a room (with its name index, for named rooms).
     fn put_room(&mut self, room: &Room) -> StoreResult<()>;
@@ -62,8 +66,18 @@ pub trait Txn {
 /// The room named by `rid` as `uid` may see it: a public channel, or a room they are in.
 /// Anything else is answered exactly like a room that does not exist.
 fn visible_room(t: &impl Txn, uid: &UserId, rid: &RoomId) -> StoreResult<(Room, Option<Subscription>)> {
+    visible(t, uid, t.room(rid)?)
+}
+
+/// [`visible_room`] without the room's last message (a new message replaces it).
+fn visible_room_for_message(t: &impl Txn, uid: &UserId, rid: &RoomId) -> StoreResult<(Room, Option<Subscription>)> {
+    visible(t, uid, t.room_without_last_message(rid)?)
+}
+
+fn visible<T: Txn>(t: &T, uid: &UserId, room: Option<Room>) -> StoreResult<(Room, Option<Subscription>)> {
     let hidden = || StoreError::rejected("error-invalid-room", "Invalid room");
-    let room = t.room(rid)?.ok_or_else(hidden)?;
+    let room = room.ok_or_else(hidden)?;
+    let rid = &room.id;
     let sub = t.sub(uid, rid)?;
     if sub.is_none() && room.t != RoomType::Channel {
         return Err(hidden());
@@ -455,7 +469,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             msg,
             tmid,
         } => {
-            let (mut room, sub) = visible_room(t, &uid, &rid)?;
+            let (mut room, sub) = visible_room_for_message(t, &uid, &rid)?;
             let mut sub = sub.ok_or_else(|| StoreError::rejected("error-not-allowed", "Not allowed"))?;
             if let Some(id) = &id {
                 if let Some(existing) = t.message(id)? {

@@ -71,6 +71,7 @@ pub fn backup(db: &Database, out: &Path) -> StoreResult<BackupReport> {
     copy(&snapshot, &txn, EMAILS)?;
     copy(&snapshot, &txn, TOKENS)?;
     let rooms = copy(&snapshot, &txn, ROOMS)?;
+    copy(&snapshot, &txn, ROOM_TAILS)?;
     copy(&snapshot, &txn, ROOM_NAMES)?;
     copy(&snapshot, &txn, CHANNELS)?;
     copy(&snapshot, &txn, SUBS)?;

@@ -117,7 +117,7 @@ impl ImportSink for EmbeddedImport {
                     room.last_message = existing.last_message;
                     room.users_count = existing.users_count;
                 }
-                t.rooms.insert(room.id.as_str(), enc(&room)?.as_slice()).map_err(sf)?;
+                t.put_room_record(&room)?;
                 t.index_channel(&room)?;
                 let warning = match &room.name {
                     Some(name) if !t.index_room_name(name, &room.id)? => {

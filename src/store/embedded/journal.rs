@@ -214,6 +214,7 @@ log_source! {
     11 => message_ids,
     12 => changes via apply_u64,
     13 => meta,
+    14 => room_tails,
 }
 
 /// Applies a record's payload to `t`.

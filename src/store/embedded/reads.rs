@@ -87,12 +87,43 @@ pub fn user_by_token_hash(db: &Database, token_hash: &str, now: i64) -> StoreRes
     })
 }
 
+/// Whole rooms (record, tail, last message) read in one read transaction.
+struct Rooms {
+    rooms: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    tails: redb::ReadOnlyTable<&'static str, Tail>,
+    messages: redb::ReadOnlyTable<(&'static str, u64, u64), &'static [u8]>,
+}
+
+impl Rooms {
+    fn open(t: &ReadTransaction) -> StoreResult<Self> {
+        Ok(Self {
+            rooms: t.open_table(ROOMS).map_err(sf)?,
+            tails: t.open_table(ROOM_TAILS).map_err(sf)?,
+            messages: t.open_table(MESSAGES).map_err(sf)?,
+        })
+    }
+
+    fn get(&self, rid: &str) -> StoreResult<Option<Room>> {
+        self.rooms
+            .get(rid)
+            .map_err(sf)?
+            .map(|v| finish_room(v.value(), &self.tails, Some(&self.messages)))
+            .transpose()
+    }
+}
+
 pub fn room(db: &Database, rid: &RoomId) -> StoreResult<Option<Room>> {
-    read(db, |t| get_json(t, ROOMS, rid.as_str()))
+    read(db, |t| Rooms::open(t)?.get(rid.as_str()))
 }
 
 pub fn room_by_name(db: &Database, name: &str) -> StoreResult<Option<Room>> {
-    read(db, |t| by_index(t, ROOM_NAMES, name, ROOMS))
+    read(db, |t| {
+        let ids = t.open_table(ROOM_NAMES).map_err(sf)?;
+        let Some(id) = ids.get(name.to_lowercase().as_str()).map_err(sf)? else {
+            return Ok(None);
+        };
+        Rooms::open(t)?.get(id.value())
+    })
 }
 
 pub fn subscription(db: &Database, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>> {
@@ -106,7 +137,7 @@ pub fn subscription(db: &Database, uid: &UserId, rid: &RoomId) -> StoreResult<Op
 pub fn subscriptions_of(db: &Database, uid: &UserId) -> StoreResult<Vec<(Subscription, Room)>> {
     read(db, |t| {
         let subs = t.open_table(SUBS).map_err(sf)?;
-        let rooms = t.open_table(ROOMS).map_err(sf)?;
+        let rooms = Rooms::open(t)?;
         let mut out = Vec::new();
         for entry in subs.range((uid.as_str(), "")..).map_err(sf)? {
             let (k, v) = entry.map_err(sf)?;
@@ -114,8 +145,8 @@ pub fn subscriptions_of(db: &Database, uid: &UserId) -> StoreResult<Vec<(Subscri
                 break;
             }
             let sub: Subscription = dec(v.value())?;
-            if let Some(room) = rooms.get(sub.rid.as_str()).map_err(sf)? {
-                out.push((sub, dec(room.value())?));
+            if let Some(room) = rooms.get(sub.rid.as_str())? {
+                out.push((sub, room));
             }
         }
         Ok(out)
@@ -161,7 +192,7 @@ pub fn channels_page(
 ) -> StoreResult<(Vec<Room>, u64)> {
     read(db, |t| {
         let index = t.open_table(CHANNELS).map_err(sf)?;
-        let rooms = t.open_table(ROOMS).map_err(sf)?;
+        let rooms = Rooms::open(t)?;
         let total = index.len().map_err(sf)?;
         let start = hints.lock().ok().and_then(|mut h| {
             if h.len != total {
@@ -186,8 +217,8 @@ pub fn channels_page(
                 break;
             }
             if at >= offset {
-                if let Some(v) = rooms.get(k.value().1).map_err(sf)? {
-                    out.push(dec(v.value())?);
+                if let Some(room) = rooms.get(k.value().1)? {
+                    out.push(room);
                 }
             }
             at += 1;

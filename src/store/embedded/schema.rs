@@ -21,7 +21,14 @@ pub const USERNAMES: TableDefinition<&str, &str> = TableDefinition::new("usernam
 pub const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
 /// SHA-256 (hex) of a login token → token.
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// rid → room, without its last message (read from `messages`) and with the counters of
+/// [`ROOM_TAILS`] possibly out of date.
 pub const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+/// rid → [`Tail`]: what a new message changes in its room, so a message rewrites 32 bytes, not
+/// the room record.
+pub const ROOM_TAILS: TableDefinition<&str, Tail> = TableDefinition::new("room_tails");
+/// `(last_seq, msgs, lm or i64::MIN for none, updated_at)`.
+pub type Tail = (u64, u64, i64, i64);
 /// lowercase room name → room id.
 pub const ROOM_NAMES: TableDefinition<&str, &str> = TableDefinition::new("room_names");
 /// (lowercase name, rid) → (): public channels in name order (listings page through it).
@@ -84,6 +91,47 @@ pub fn members_of(
     Ok(out)
 }
 
+fn tail_of(room: &Room) -> Tail {
+    (room.last_seq, room.msgs, room.lm.unwrap_or(i64::MIN), room.updated_at)
+}
+
+/// The room's last message: the last entry of its messages (ts strictly increases in a room).
+pub fn last_message_in(
+    messages: &impl ReadableTable<(&'static str, u64, u64), &'static [u8]>,
+    rid: &str,
+) -> StoreResult<Option<Message>> {
+    let last = messages
+        .range((rid, 0, 0)..(rid, u64::MAX, u64::MAX))
+        .map_err(sf)?
+        .next_back();
+    match last {
+        Some(entry) => Ok(Some(dec(entry.map_err(sf)?.1.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// A stored room record made whole: the counters of its tail (stores written before tails
+/// existed have none, and their record is whole already) and, unless `messages` is `None`, its
+/// last message.
+pub fn finish_room(
+    record: &[u8],
+    tails: &impl ReadableTable<&'static str, Tail>,
+    messages: Option<&impl ReadableTable<(&'static str, u64, u64), &'static [u8]>>,
+) -> StoreResult<Room> {
+    let mut room: Room = dec(record)?;
+    if let Some(tail) = tails.get(room.id.as_str()).map_err(sf)? {
+        let (last_seq, msgs, lm, updated_at) = tail.value();
+        room.last_seq = last_seq;
+        room.msgs = msgs;
+        room.lm = (lm != i64::MIN).then_some(lm);
+        room.updated_at = updated_at;
+    }
+    if let Some(messages) = messages {
+        room.last_message = last_message_in(messages, room.id.as_str())?;
+    }
+    Ok(room)
+}
+
 /// Every table, opened once per write transaction; with [`Tables::open_journaled`] every change
 /// is also logged for the journal.
 pub struct Tables<'t> {
@@ -92,6 +140,7 @@ pub struct Tables<'t> {
     pub emails: Logged<'t, &'static str, &'static str>,
     pub tokens: Logged<'t, &'static str, &'static [u8]>,
     pub rooms: Logged<'t, &'static str, &'static [u8]>,
+    pub room_tails: Logged<'t, &'static str, Tail>,
     pub room_names: Logged<'t, &'static str, &'static str>,
     pub channels: Logged<'t, (&'static str, &'static str), ()>,
     pub subs: Logged<'t, (&'static str, &'static str), &'static [u8]>,
@@ -123,6 +172,7 @@ impl<'t> Tables<'t> {
             emails: Logged::new(txn.open_table(EMAILS).map_err(sf)?, id::emails, journaled),
             tokens: Logged::new(txn.open_table(TOKENS).map_err(sf)?, id::tokens, journaled),
             rooms: Logged::new(txn.open_table(ROOMS).map_err(sf)?, id::rooms, journaled),
+            room_tails: Logged::new(txn.open_table(ROOM_TAILS).map_err(sf)?, id::room_tails, journaled),
             room_names: Logged::new(txn.open_table(ROOM_NAMES).map_err(sf)?, id::room_names, journaled),
             channels: Logged::new(txn.open_table(CHANNELS).map_err(sf)?, id::channels, journaled),
             subs: Logged::new(txn.open_table(SUBS).map_err(sf)?, id::subs, journaled),
@@ -179,6 +229,21 @@ impl<'t> Tables<'t> {
         }
         self.room_names.insert(key.as_str(), rid.as_str()).map_err(sf)?;
         Ok(true)
+    }
+
+    /// Writes a room's record (without its last message) and its tail; no index.
+    pub fn put_room_record(&mut self, room: &Room) -> StoreResult<()> {
+        let record = if room.last_message.is_some() {
+            enc(&Room {
+                last_message: None,
+                ..room.clone()
+            })?
+        } else {
+            enc(room)?
+        };
+        self.rooms.insert(room.id.as_str(), record.as_slice()).map_err(sf)?;
+        self.room_tails.insert(room.id.as_str(), tail_of(room)).map_err(sf)?;
+        Ok(())
     }
 
     pub fn message_by_id(&self, mid: &str) -> StoreResult<Option<Message>> {
@@ -254,7 +319,21 @@ impl Txn for Tables<'_> {
         self.rooms
             .get(rid.as_str())
             .map_err(sf)?
-            .map(|v| dec(v.value()))
+            .map(|v| finish_room(v.value(), &*self.room_tails, Some(&*self.messages)))
+            .transpose()
+    }
+
+    fn room_without_last_message(&self, rid: &RoomId) -> StoreResult<Option<Room>> {
+        self.rooms
+            .get(rid.as_str())
+            .map_err(sf)?
+            .map(|v| {
+                finish_room(
+                    v.value(),
+                    &*self.room_tails,
+                    None::<&Table<'_, (&str, u64, u64), &[u8]>>,
+                )
+            })
             .transpose()
     }
 
@@ -263,7 +342,7 @@ impl Txn for Tables<'_> {
     }
 
     fn put_room(&mut self, room: &Room) -> StoreResult<()> {
-        self.rooms.insert(room.id.as_str(), enc(room)?.as_slice()).map_err(sf)?;
+        self.put_room_record(room)?;
         if let Some(name) = &room.name {
             self.index_room_name(name, &room.id)?;
         }
@@ -316,19 +395,12 @@ impl Txn for Tables<'_> {
     }
 
     fn last_message(&self, rid: &RoomId) -> StoreResult<Option<Message>> {
-        let last = self
-            .messages
-            .range((rid.as_str(), 0, 0)..(rid.as_str(), u64::MAX, u64::MAX))
-            .map_err(sf)?
-            .next_back();
-        match last {
-            Some(entry) => Ok(Some(dec(entry.map_err(sf)?.1.value())?)),
-            None => Ok(None),
-        }
+        last_message_in(&*self.messages, rid.as_str())
     }
 
+    /// Only the tail: a new message changes nothing else (its text is the last message).
     fn update_room(&mut self, room: &Room) -> StoreResult<()> {
-        self.rooms.insert(room.id.as_str(), enc(room)?.as_slice()).map_err(sf)?;
+        self.room_tails.insert(room.id.as_str(), tail_of(room)).map_err(sf)?;
         Ok(())
     }
 
@@ -364,5 +436,69 @@ pub fn restore_change(change: &mut Change) {
         if room.last_message.is_none() {
             room.last_message = Some(message.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use redb::ReadableDatabase;
+
+    /// A room written before tails existed (counters in the record, no tail) reads back with its
+    /// own counters; once a message is stored, the tail and the messages table speak for it.
+    #[test]
+    fn rooms_without_a_tail_keep_their_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedStore::open_db(dir.path()).unwrap();
+        let mut room = crate::app::rules::general_room(1_000);
+        room.id = RoomId::from("legacy");
+        room.name = Some("legacy".into());
+        (room.msgs, room.last_seq, room.lm) = (5, 7, Some(900));
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = Tables::open(&txn).unwrap();
+            t.rooms.insert("legacy", enc(&room).unwrap().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let read = |db: &redb::Database| super::super::reads::room(db, &room.id).unwrap().unwrap();
+        let got = read(&db);
+        assert_eq!((got.msgs, got.last_seq, got.lm), (5, 7, Some(900)));
+        assert!(got.last_message.is_none());
+
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = Tables::open(&txn).unwrap();
+            let message = Message {
+                id: MessageId::from("m8"),
+                rid: room.id.clone(),
+                msg: "hi".into(),
+                ts: 2_000,
+                u: crate::store::UserRef {
+                    id: UserId::from("u1"),
+                    username: "u1".into(),
+                    name: "U1".into(),
+                },
+                updated_at: 2_000,
+                seq: 8,
+                t: None,
+                tmid: None,
+                edited_at: None,
+                edited_by: None,
+                mentions: Vec::new(),
+                extra: Default::default(),
+            };
+            t.put_message(&message).unwrap();
+            (room.msgs, room.last_seq, room.lm) = (6, 8, Some(2_000));
+            t.update_room(&room).unwrap();
+        }
+        txn.commit().unwrap();
+        let got = read(&db);
+        assert_eq!((got.msgs, got.last_seq, got.lm), (6, 8, Some(2_000)));
+        assert_eq!(got.last_message.unwrap().id.as_str(), "m8");
+        // The record itself was not rewritten.
+        let r = db.begin_read().unwrap();
+        let stored: Room = dec(r.open_table(ROOMS).unwrap().get("legacy").unwrap().unwrap().value()).unwrap();
+        assert_eq!(stored.msgs, 5);
     }
 }
