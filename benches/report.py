@@ -65,11 +65,11 @@ def s1():
     table(["system", "runs", "connections held", "setup (conns/s)", "server RSS", "RSS per connection", "errors"], rows)
 
 
-def s2():
-    g = group(load("s2"))
+def s2(sub="", title="### S2 — fan-out"):
+    g = group(load("s2", sub))
     if not g:
         return
-    print("### S2 — fan-out\n")
+    print(title + "\n")
     rows = []
     for key, rs in g.items():
         _, shape, system = key.split("/")
@@ -93,7 +93,8 @@ def s2():
                                fmt(med(c, lambda r: r["deliveries_per_cpu_s"]) / med(p, lambda r: r["deliveries_per_cpu_s"]), "×")])
     if ratios:
         table(["shape", "ratio", "deliveries per CPU-second"], ratios)
-    plot_bars(g)
+    if not sub:
+        plot_bars(g)
 
 
 def latency_rows(g):
@@ -128,25 +129,30 @@ def s0():
     table(LATENCY_HEADER, latency_rows(g))
 
 
-def s3():
-    g = group(load("s3"))
+def s3(sub="", title="### S3 — latency vs offered load (100 rooms × 50 members, server and client pinned)"):
+    g = group(load("s3", sub))
     if not g:
         return
-    print("### S3 — latency vs offered load (100 rooms × 50 members, server and client pinned)\n")
+    print(title + "\n")
     table(LATENCY_HEADER, latency_rows(g))
-    plot_latency(g)
+    if not sub:
+        plot_latency(g)
 
 
-def before_after():
-    """The same build of the instrument against chatd before and after this round's changes."""
+def before_after(before="before", after="", title="### Before and after this round's server changes (same instrument, medians)"):
+    """The same build of the instrument against chatd before and after a round's changes."""
     rows = []
-    for name in ("s3", "s5"):
-        old, new = group(load(name, "before")), group(load(name))
+    for name in ("s2", "s3", "s5"):
+        old, new = group(load(name, before)), group(load(name, after))
         for key, before in old.items():
             after = new.get(key)
             if not after:
                 continue
-            if name == "s3":
+            if name == "s2":
+                fig = lambda r: r["deliveries_per_cpu_s"]
+                what = f"{key.split('/')[1]}: deliveries per server CPU-s"
+                lat = lambda r: r["latency_us"]["p99"] / 1000
+            elif name == "s3":
                 fig = lambda r: r["deliveries_per_cpu_s"]
                 what = f"{key.split('/')[2].removeprefix('rate')} msgs/s × 50: deliveries per server CPU-s"
                 lat = lambda r: r["latency_us"]["p99"] / 1000
@@ -158,7 +164,7 @@ def before_after():
             rows.append([name.upper(), what, fmt(b), fmt(a), fmt(a / b, "×") if b else "–",
                          fmt(med(before, lat), " ms"), fmt(med(after, lat), " ms")])
     if rows:
-        print("### Before and after this round's server changes (same instrument, medians)\n")
+        print(title + "\n")
         table(["scenario", "figure", "before", "after", "ratio", "p99 before", "p99 after"], rows)
 
 
@@ -183,11 +189,11 @@ def s4():
     plot_scaling(g)
 
 
-def s5():
-    g = group(load("s5"))
+def s5(sub="", title="### S5 — durable writes (each sender waits for its ack)"):
+    g = group(load("s5", sub))
     if not g:
         return
-    print("### S5 — durable writes (each sender waits for its ack)\n")
+    print(title + "\n")
     rows = []
     for key, rs in g.items():
         senders = key.split("/")[1].removeprefix("senders")
@@ -334,6 +340,14 @@ def plot_scaling(g):
     fig.savefig(RESULTS / "s4_scaling.png", dpi=110)
 
 
+def journal_round():
+    """The write-journal round (results/journal, before: results/journal-before)."""
+    s2("journal", "### S2 — fan-out, journal round")
+    s3("journal", "### S3 — latency vs offered load, journal round (pinned)")
+    s5("journal", "### S5 — durable writes, journal round")
+    before_after("journal-before", "journal", "### Before and after the journal round (same instrument, medians)")
+
+
 if __name__ == "__main__":
-    for f in (s0, s1, s2, s3, s4, s5, before_after, s6, s7):
+    for f in (s0, s1, s2, s3, s4, s5, before_after, s6, s7, journal_round):
         f()

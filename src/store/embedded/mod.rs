@@ -276,10 +276,11 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<WriterMsg>, journal: journal::JournalWriter) {
-        let (to_journal, journal_rx) = crossbeam_channel::bounded(JOURNAL_QUEUE);
+        let to_journal = Arc::new(journal::Handoff::new(JOURNAL_QUEUE));
+        let journal_side = to_journal.clone();
         let journal_thread = std::thread::Builder::new()
             .name("chatd-journal".into())
-            .spawn(move || journal.run(journal_rx));
+            .spawn(move || journal.run(journal_side));
         let journal_thread = match journal_thread {
             Ok(t) => t,
             Err(e) => {
@@ -326,11 +327,11 @@ impl Writer {
                         replies: replies.into_iter().zip(results).collect(),
                         started,
                     };
-                    if to_journal.send(journal::JournalMsg::Group(group)).is_err() {
+                    if !to_journal.send(journal::JournalMsg::Group(group)) {
                         break;
                     }
                     if checkpoint {
-                        let _ = to_journal.send(journal::JournalMsg::Empty);
+                        to_journal.send(journal::JournalMsg::Empty);
                         last_checkpoint = Instant::now();
                         journaled = 0;
                     }
@@ -348,14 +349,14 @@ impl Writer {
             // Stopped without a last group (the queue closed): make everything durable here.
             match self.checkpoint() {
                 Ok(()) => {
-                    let _ = to_journal.send(journal::JournalMsg::Empty);
+                    to_journal.send(journal::JournalMsg::Empty);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "final store checkpoint failed; the journal is replayed at the next start")
                 }
             }
         }
-        drop(to_journal);
+        to_journal.close();
         let _ = journal_thread.join();
         tracing::debug!("store writer stopped");
     }
