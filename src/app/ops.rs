@@ -413,7 +413,7 @@ impl<'a> Ops<'a> {
             .store
             .read(move |b| {
                 let (messages, _) = b.history(&rid, &q)?;
-                let list: Vec<Value> = messages.iter().map(|m| wire::message(m, d)).collect();
+                let list: Vec<wire::WireMessage> = messages.iter().map(|m| wire::WireMessage(m, d)).collect();
                 serde_json::to_string(&list).map_err(|e| StoreError::Internal(e.to_string()))
             })
             .await

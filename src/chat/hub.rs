@@ -980,7 +980,7 @@ impl Hub {
                     self.stats.delivery_seconds.observe(ms as f64 / 1000.0);
                 }
                 // Every frame is built once per shard, on first need, and shared by reference.
-                let msg_json = wire::message(message, Dates::Ejson).to_string();
+                let msg_json = serde_json::to_string(&wire::WireMessage(message, Dates::Ejson)).unwrap_or_default();
                 let mut by_room: Option<Utf8Bytes> = None;
                 let mut mine: Option<Utf8Bytes> = None;
                 let mut notification: Option<String> = None;

@@ -70,7 +70,6 @@ impl Session {
             "createDirectMessage" => self.create_direct(&params).await,
             "joinRoom" => self.join_room(&params).await,
             "leaveRoom" => self.leave_room(&params).await,
-            "sendMessage" => self.send_message(&params).await,
             "updateMessage" => self.update_message(&params).await,
             "deleteMessage" => self.delete_message(&params).await,
             "readMessages" => self.read_messages(&params).await,
@@ -254,7 +253,8 @@ impl Session {
         Ok(None)
     }
 
-    async fn send_message(&self, params: &[Value]) -> MethodResult {
+    /// The stored message as the result, rendered straight to JSON; none for a re-send.
+    async fn send_message(&self, params: &[Value]) -> Result<Option<String>, MeteorError> {
         let user = self.require_user()?;
         let m = obj_at(params, 0, "message")?;
         let rid = opt_str(m, "rid")?.ok_or_else(|| MeteorError::match_failed("rid is required"))?;
@@ -270,7 +270,9 @@ impl Session {
                 opt_str(m, "tmid")?,
             )
             .await?;
-        Ok(sent.ok().map(|m| wire::message(&m, Dates::Ejson)))
+        Ok(sent
+            .ok()
+            .map(|m| serde_json::to_string(&wire::WireMessage(&m, Dates::Ejson)).unwrap_or_else(|_| "null".into())))
     }
 
     async fn update_message(&self, params: &[Value]) -> MethodResult {
@@ -340,11 +342,12 @@ impl Session {
 
     /// Methods whose result can be large (listings, history pages): their JSON is rendered on
     /// a reader thread and framed as is. `None`: not one of them.
-    pub async fn call_raw(&self, method: &str, params: &[Value]) -> Option<Result<String, MeteorError>> {
+    pub async fn call_raw(&self, method: &str, params: &[Value]) -> Option<Result<Option<String>, MeteorError>> {
         Some(match method {
-            "rooms/get" | "subscriptions/get" => self.listing(method, params).await,
-            "loadHistory" => self.load_history(params).await,
-            "loadMissedMessages" => self.load_missed(params).await,
+            "rooms/get" | "subscriptions/get" => self.listing(method, params).await.map(Some),
+            "loadHistory" => self.load_history(params).await.map(Some),
+            "loadMissedMessages" => self.load_missed(params).await.map(Some),
+            "sendMessage" => self.send_message(params).await,
             _ => return None,
         })
     }

@@ -281,7 +281,10 @@ impl Session {
                 // Possibly large results come as JSON rendered on a reader thread, framed as is.
                 let started = std::time::Instant::now();
                 let res = match self.call_raw(&method, &params).await {
-                    Some(raw) => raw.map(|raw| ddp::result_raw(&id, &raw)),
+                    Some(raw) => raw.map(|raw| match raw {
+                        Some(raw) => ddp::result_raw(&id, &raw),
+                        None => ddp::result(&id, None),
+                    }),
                     None => self.call(&method, params).await.map(|v| ddp::result(&id, v)),
                 };
                 self.ctx.hub.stats.method_seconds.observe_duration(started.elapsed());

@@ -1,6 +1,8 @@
 //! JSON shapes of stored objects as Rocket.Chat clients read them. DDP carries dates as EJSON
 //! `{"$date": ms}`, REST as ISO-8601 strings; [`Dates`] picks one. Pure; any thread.
 
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::store::{Message, Room, RoomType, Subscription, User, UserRef};
@@ -46,52 +48,153 @@ pub fn user_ref(u: &UserRef) -> Value {
 }
 
 pub fn message(m: &Message, d: Dates) -> Value {
-    let mut o = Map::new();
-    o.insert("_id".into(), json!(m.id));
-    o.insert("rid".into(), json!(m.rid));
-    o.insert("msg".into(), json!(m.msg));
-    o.insert("ts".into(), d.date(m.ts));
-    o.insert("u".into(), user_ref(&m.u));
-    o.insert("_updatedAt".into(), d.date(m.updated_at));
-    o.insert("urls".into(), json!([]));
-    o.insert(
-        "mentions".into(),
-        Value::Array(
-            m.mentions
-                .iter()
-                .map(|u| json!({"_id": u.id, "username": u.username, "name": u.name, "type": "user"}))
-                .collect(),
-        ),
-    );
-    o.insert("channels".into(), json!([]));
-    if let Some(t) = &m.t {
-        o.insert("t".into(), json!(t));
-    }
-    if let Some(tmid) = &m.tmid {
-        o.insert("tmid".into(), json!(tmid));
-    }
-    if let Some(at) = m.edited_at {
-        o.insert("editedAt".into(), d.date(at));
-    }
-    if let Some(by) = &m.edited_by {
-        o.insert("editedBy".into(), json!({"_id": by.id, "username": by.username}));
-    }
-    // Fields kept as they were (imported reactions, attachments, …), dates in this door's form.
-    for (k, v) in &m.extra {
-        o.insert(k.clone(), with_dates(v, d));
-    }
-    Value::Object(o)
+    serde_json::to_value(WireMessage(m, d)).unwrap_or(Value::Null)
 }
 
-/// `v` with every EJSON date `{"$date": ms}` inside rendered as `d` asks.
-fn with_dates(v: &Value, d: Dates) -> Value {
-    match v {
-        Value::Object(o) => match (o.len(), o.get("$date").and_then(Value::as_i64)) {
-            (1, Some(ms)) => d.date(ms),
-            _ => Value::Object(o.iter().map(|(k, v)| (k.clone(), with_dates(v, d))).collect()),
-        },
-        Value::Array(a) => Value::Array(a.iter().map(|v| with_dates(v, d)).collect()),
-        other => other.clone(),
+/// A message as clients read it, serialized straight to JSON text (no intermediate [`Value`]):
+/// the fields Rocket.Chat sends, then the fields kept from an import (reactions, attachments,
+/// …) with their dates in this door's form; an imported field of the same name takes the place
+/// of the base one.
+pub struct WireMessage<'a>(pub &'a Message, pub Dates);
+
+impl Serialize for WireMessage<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (m, d) = (self.0, self.1);
+        let mut o = Fields {
+            map: s.serialize_map(None)?,
+            base: Vec::with_capacity(13),
+            extra: &m.extra,
+            d,
+        };
+        o.put("_id", &m.id)?;
+        o.put("rid", &m.rid)?;
+        o.put("msg", &m.msg)?;
+        o.put("ts", &Date(m.ts, d))?;
+        o.put("u", &Ref(&m.u, true))?;
+        o.put("_updatedAt", &Date(m.updated_at, d))?;
+        o.put("urls", &[(); 0])?;
+        o.put("mentions", &Mentions(&m.mentions))?;
+        o.put("channels", &[(); 0])?;
+        if let Some(t) = &m.t {
+            o.put("t", t)?;
+        }
+        if let Some(tmid) = &m.tmid {
+            o.put("tmid", tmid)?;
+        }
+        if let Some(at) = m.edited_at {
+            o.put("editedAt", &Date(at, d))?;
+        }
+        if let Some(by) = &m.edited_by {
+            o.put("editedBy", &Ref(by, false))?;
+        }
+        for (k, v) in &m.extra {
+            if !o.base.contains(&k.as_str()) {
+                o.map.serialize_entry(k, &WithDates(v, d))?;
+            }
+        }
+        o.map.end()
+    }
+}
+
+/// A message's base fields as they are written: each replaced by an imported field of its name.
+struct Fields<'a, M> {
+    map: M,
+    base: Vec<&'static str>,
+    extra: &'a Map<String, Value>,
+    d: Dates,
+}
+
+impl<M: SerializeMap> Fields<'_, M> {
+    fn put<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), M::Error> {
+        self.base.push(key);
+        match self.extra.get(key) {
+            Some(kept) => self.map.serialize_entry(key, &WithDates(kept, self.d)),
+            None => self.map.serialize_entry(key, v),
+        }
+    }
+}
+
+/// A date in the door's form.
+struct Date(i64, Dates);
+
+impl Serialize for Date {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.1 {
+            Dates::Ejson => {
+                let mut o = s.serialize_map(Some(1))?;
+                o.serialize_entry("$date", &self.0)?;
+                o.end()
+            }
+            Dates::Iso => s.serialize_str(&iso(self.0)),
+        }
+    }
+}
+
+/// `{_id, username, name}` (with `name` when the flag says so).
+struct Ref<'a>(&'a UserRef, bool);
+
+impl Serialize for Ref<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut o = s.serialize_map(None)?;
+        o.serialize_entry("_id", &self.0.id)?;
+        o.serialize_entry("username", &self.0.username)?;
+        if self.1 {
+            o.serialize_entry("name", &self.0.name)?;
+        }
+        o.end()
+    }
+}
+
+struct Mentions<'a>(&'a [UserRef]);
+
+impl Serialize for Mentions<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut list = s.serialize_seq(Some(self.0.len()))?;
+        for u in self.0 {
+            list.serialize_element(&Mention(u))?;
+        }
+        list.end()
+    }
+}
+
+struct Mention<'a>(&'a UserRef);
+
+impl Serialize for Mention<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut o = s.serialize_map(Some(4))?;
+        o.serialize_entry("_id", &self.0.id)?;
+        o.serialize_entry("username", &self.0.username)?;
+        o.serialize_entry("name", &self.0.name)?;
+        o.serialize_entry("type", "user")?;
+        o.end()
+    }
+}
+
+/// A kept value with every EJSON date `{"$date": ms}` inside in the door's form.
+struct WithDates<'a>(&'a Value, Dates);
+
+impl Serialize for WithDates<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Object(o) => match (o.len(), o.get("$date").and_then(Value::as_i64)) {
+                (1, Some(ms)) => Date(ms, self.1).serialize(s),
+                _ => {
+                    let mut map = s.serialize_map(Some(o.len()))?;
+                    for (k, v) in o {
+                        map.serialize_entry(k, &WithDates(v, self.1))?;
+                    }
+                    map.end()
+                }
+            },
+            Value::Array(a) => {
+                let mut list = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    list.serialize_element(&WithDates(v, self.1))?;
+                }
+                list.end()
+            }
+            other => other.serialize(s),
+        }
     }
 }
 
@@ -191,5 +294,45 @@ mod tests {
         assert_eq!(parse_date(&json!("2023-11-14T22:13:20.123Z")), Some(1700000000123));
         assert_eq!(iso(1700000000123), "2023-11-14T22:13:20.123Z");
         assert_eq!(parse_date(&json!(null)), None);
+    }
+
+    /// Every field in its place, an imported field replacing the base one of its name where that
+    /// one stands, other imported fields after, dates inside them in the door's form.
+    #[test]
+    fn messages_render_every_field_once_in_order() {
+        let who = |id: &str| UserRef {
+            id: id.into(),
+            username: format!("{id}-name"),
+            name: id.to_uppercase(),
+        };
+        let extra = json!({
+            "reactions": {":+1:": {"usernames": ["b-name"]}},
+            "urls": [{"url": "https://x"}],
+            "attachments": [{"ts": {"$date": 5}, "title": "t"}],
+        });
+        let m = Message {
+            id: "m1".into(),
+            rid: "r1".into(),
+            msg: "hi @b-name".into(),
+            ts: 1,
+            u: who("a"),
+            updated_at: 3,
+            seq: 1,
+            t: Some("uj".into()),
+            tmid: Some("m0".into()),
+            edited_at: Some(2),
+            edited_by: Some(who("a")),
+            mentions: vec![who("b")],
+            extra: extra.as_object().cloned().unwrap_or_default(),
+        };
+        let ejson = r#"{"_id":"m1","rid":"r1","msg":"hi @b-name","ts":{"$date":1},"u":{"_id":"a","username":"a-name","name":"A"},"_updatedAt":{"$date":3},"urls":[{"url":"https://x"}],"mentions":[{"_id":"b","username":"b-name","name":"B","type":"user"}],"channels":[],"t":"uj","tmid":"m0","editedAt":{"$date":2},"editedBy":{"_id":"a","username":"a-name"},"reactions":{":+1:":{"usernames":["b-name"]}},"attachments":[{"ts":{"$date":5},"title":"t"}]}"#;
+        assert_eq!(serde_json::to_string(&WireMessage(&m, Dates::Ejson)).unwrap(), ejson);
+        assert_eq!(message(&m, Dates::Ejson).to_string(), ejson);
+        let iso_form = serde_json::to_string(&WireMessage(&m, Dates::Iso)).unwrap();
+        assert!(iso_form.contains(r#""ts":"1970-01-01T00:00:00.001Z""#), "{iso_form}");
+        assert!(
+            iso_form.contains(r#""attachments":[{"ts":"1970-01-01T00:00:00.005Z","title":"t"}]"#),
+            "{iso_form}"
+        );
     }
 }

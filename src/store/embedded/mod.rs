@@ -331,6 +331,11 @@ impl Writer {
                         break;
                     }
                     if checkpoint {
+                        tracing::debug!(
+                            micros = started.elapsed().as_micros() as u64,
+                            journaled,
+                            "store checkpoint"
+                        );
                         to_journal.send(journal::JournalMsg::Empty);
                         last_checkpoint = Instant::now();
                         journaled = 0;
