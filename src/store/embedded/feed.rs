@@ -8,6 +8,8 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use redb::Database;
 
+use super::journal::Recent;
+use super::schema;
 use crate::store::{ChangeFeed, FeedEntry, FeedItem, FeedPosition, StoreResult};
 
 pub struct EmbeddedFeed {
@@ -16,12 +18,20 @@ pub struct EmbeddedFeed {
     seq: u64,
     /// The durable head: records past it are committed but not yet synced to the journal.
     head: Arc<AtomicU64>,
+    /// Durable records handed over by the journal thread (read from the store when missing).
+    recent: Arc<Recent>,
     wakeups: Receiver<()>,
 }
 
 impl EmbeddedFeed {
-    pub fn new(db: Arc<Database>, seq: u64, head: Arc<AtomicU64>, wakeups: Receiver<()>) -> Self {
-        Self { db, seq, head, wakeups }
+    pub fn new(db: Arc<Database>, seq: u64, head: Arc<AtomicU64>, recent: Arc<Recent>, wakeups: Receiver<()>) -> Self {
+        Self {
+            db,
+            seq,
+            head,
+            recent,
+            wakeups,
+        }
     }
 
     fn read(&mut self, max: usize) -> StoreResult<Vec<FeedItem>> {
@@ -30,7 +40,18 @@ impl EmbeddedFeed {
             return Ok(Vec::new());
         }
         let max = max.min(usize::try_from(durable).unwrap_or(usize::MAX));
-        let records = super::changes_after(&self.db, self.seq, max)?;
+        let in_memory = self.recent.take_after(self.seq, max);
+        let records = if in_memory.is_empty() {
+            super::changes_after(&self.db, self.seq, max)?
+        } else {
+            in_memory
+                .into_iter()
+                .map(|mut r| {
+                    schema::restore_change(&mut r.change);
+                    (r.seq, Ok(r))
+                })
+                .collect()
+        };
         let mut out = Vec::with_capacity(records.len());
         for (seq, record) in records {
             if seq != self.seq + 1 {

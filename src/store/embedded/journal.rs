@@ -33,7 +33,7 @@ use crossbeam_channel::Sender;
 use redb::{AccessGuard, Database, Key, ReadableDatabase, StorageError, Table, Value};
 
 use super::schema::{sf, Tables, META, META_JOURNAL_LSN};
-use crate::store::{StoreError, StoreResult, WriteOutcome, WRITER_STATS};
+use crate::store::{ChangeRecord, StoreError, StoreResult, WriteOutcome, WRITER_STATS};
 
 pub const FILE_NAME: &str = "chatd.journal";
 const MAGIC: u32 = 0x314A_4443; // "CDJ1"
@@ -355,6 +355,52 @@ pub struct Group {
     pub head: u64,
     pub replies: Vec<(crate::store::Reply, StoreResult<WriteOutcome>)>,
     pub started: Instant,
+    /// The group's change records (slimmed, as stored), for [`Recent`].
+    pub changes: Vec<ChangeRecord>,
+}
+
+/// Change records that became durable, handed from the journal thread to the feed thread so it
+/// need not read them back from the file. Bounded: when the feed falls behind, the oldest are
+/// dropped and it reads those from the store instead.
+pub struct Recent {
+    records: Mutex<VecDeque<ChangeRecord>>,
+    capacity: usize,
+}
+
+impl Recent {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            records: Mutex::new(VecDeque::new()),
+            capacity,
+        }
+    }
+
+    fn push(&self, changes: &mut Vec<ChangeRecord>) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Ok(mut q) = self.records.lock() {
+            q.extend(changes.drain(..));
+            let over = q.len().saturating_sub(self.capacity);
+            q.drain(..over);
+        }
+    }
+
+    /// The records right after `seq`, in order, up to `max` (none when they are not here: the
+    /// caller reads the store). Records at or before `seq` are dropped on the way.
+    pub fn take_after(&self, seq: u64, max: usize) -> Vec<ChangeRecord> {
+        let Ok(mut q) = self.records.lock() else {
+            return Vec::new();
+        };
+        while q.front().is_some_and(|r| r.seq <= seq) {
+            q.pop_front();
+        }
+        if q.front().is_none_or(|r| r.seq != seq + 1) {
+            return Vec::new();
+        }
+        let n = q.len().min(max);
+        q.drain(..n).collect()
+    }
 }
 
 pub enum JournalMsg {
@@ -438,6 +484,7 @@ pub struct JournalWriter {
     offset: u64,
     buf: Vec<u8>,
     head: Arc<AtomicU64>,
+    recent: Arc<Recent>,
     wake: Sender<()>,
     failed: Arc<AtomicBool>,
 }
@@ -447,7 +494,13 @@ const MAX_GROUPS_PER_SYNC: usize = 256;
 
 impl JournalWriter {
     /// Opens (creating) the journal for appending; it is empty after [`replay`].
-    pub fn open(dir: &Path, head: Arc<AtomicU64>, wake: Sender<()>, failed: Arc<AtomicBool>) -> std::io::Result<Self> {
+    pub fn open(
+        dir: &Path,
+        head: Arc<AtomicU64>,
+        recent: Arc<Recent>,
+        wake: Sender<()>,
+        failed: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
         let path = path(dir);
         let file = File::options()
             .create(true)
@@ -463,6 +516,7 @@ impl JournalWriter {
             offset,
             buf: Vec::new(),
             head,
+            recent,
             wake,
             failed,
         })
@@ -517,7 +571,7 @@ impl JournalWriter {
         let failed = self.failed.load(Ordering::Acquire);
         self.buf.clear();
         let mut advanced = false;
-        for g in pending.drain(..) {
+        for mut g in pending.drain(..) {
             WRITER_STATS.commit(g.started, g.replies.len());
             if failed {
                 for (reply, _) in g.replies {
@@ -527,6 +581,8 @@ impl JournalWriter {
                 }
                 continue;
             }
+            // Before the head moves: the feed reads up to the head, from here when it can.
+            self.recent.push(&mut g.changes);
             if g.head > self.head.load(Ordering::Acquire) {
                 self.head.store(g.head, Ordering::Release);
                 advanced = true;
@@ -661,6 +717,35 @@ mod tests {
             panic!("a gap is refused");
         };
         assert!(err.to_string().contains("acknowledged writes are missing"), "{err}");
+    }
+
+    #[test]
+    fn recent_hands_over_only_what_follows() {
+        let rec = |seq| ChangeRecord {
+            seq,
+            change: crate::store::Change::UserStatusChanged {
+                user: crate::store::UserRef {
+                    id: "u".into(),
+                    username: "u".into(),
+                    name: "U".into(),
+                },
+                status: "online".into(),
+                status_text: String::new(),
+            },
+        };
+        let recent = Recent::new(3);
+        recent.push(&mut vec![rec(1), rec(2)]);
+        recent.push(&mut vec![rec(3), rec(4)]); // 1 falls out
+        assert!(
+            recent.take_after(0, 10).is_empty(),
+            "1 is gone: the store has to answer"
+        );
+        let seqs = |v: Vec<ChangeRecord>| v.into_iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(recent.take_after(1, 1)), vec![2]);
+        assert_eq!(seqs(recent.take_after(2, 10)), vec![3, 4]);
+        assert!(recent.take_after(4, 10).is_empty());
+        recent.push(&mut vec![rec(5), rec(6)]);
+        assert_eq!(seqs(recent.take_after(5, 10)), vec![6], "older ones are skipped");
     }
 
     #[test]

@@ -27,7 +27,8 @@ use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::{
-    Backend, ChangeFeed, StoreError, StoreResult, SubmitError, WriteOp, WriteOutcome, WriteRequest, WriterMsg,
+    Backend, ChangeFeed, ChangeRecord, StoreError, StoreResult, SubmitError, WriteOp, WriteOutcome, WriteRequest,
+    WriterMsg,
 };
 use super::{MAX_GROUP_COMMIT, WRITE_QUEUE_CAPACITY};
 use crate::app::rules::Txn;
@@ -48,6 +49,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 const CHECKPOINT_BYTES: usize = 64 << 20;
 /// Groups between the writer and the journal thread at most (the writer waits beyond it).
 const JOURNAL_QUEUE: usize = 64;
+/// Durable change records kept in memory for the feed at most (beyond, it reads the store).
+const RECENT_CHANGES: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -85,7 +88,8 @@ impl EmbeddedStore {
         let (tx, rx) = crossbeam_channel::bounded(WRITE_QUEUE_CAPACITY);
         // One pending wake-up is enough: the feed reads up to the head.
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-        let journal = journal::JournalWriter::open(dir, head.clone(), wake_tx, broken.clone())
+        let recent = Arc::new(journal::Recent::new(RECENT_CHANGES));
+        let journal = journal::JournalWriter::open(dir, head.clone(), recent.clone(), wake_tx, broken.clone())
             .map_err(|e| failed(format!("cannot open the journal: {e}")))?;
         let writer = Writer {
             db: db.clone(),
@@ -98,7 +102,13 @@ impl EmbeddedStore {
             .spawn(move || writer.run(rx, journal))
             .map_err(|e| failed(e.to_string()))?;
         Ok(Arc::new(Self {
-            feed: Mutex::new(Some(EmbeddedFeed::new(db.clone(), head_seq, head.clone(), wake_rx))),
+            feed: Mutex::new(Some(EmbeddedFeed::new(
+                db.clone(),
+                head_seq,
+                head.clone(),
+                recent,
+                wake_rx,
+            ))),
             channel_hints: Mutex::new(reads::PageHints::default()),
             db,
             tx,
@@ -319,13 +329,14 @@ impl Writer {
             // every request of the group with the error, so nothing needs them afterwards.
             let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
             match self.commit(ops, prune, checkpoint) {
-                Ok((results, record)) => {
+                Ok((results, record, changes)) => {
                     journaled += record.as_ref().map_or(0, |(_, p)| p.len());
                     let group = journal::Group {
                         record,
                         head: self.seq,
                         replies: replies.into_iter().zip(results).collect(),
                         started,
+                        changes,
                     };
                     if !to_journal.send(journal::JournalMsg::Group(group)) {
                         break;
@@ -375,13 +386,17 @@ impl Writer {
         batch: Vec<WriteOp>,
         prune: bool,
         checkpoint: bool,
-    ) -> StoreResult<(Vec<StoreResult<WriteOutcome>>, Option<(u64, Vec<u8>)>)> {
+    ) -> StoreResult<(
+        Vec<StoreResult<WriteOutcome>>,
+        Option<(u64, Vec<u8>)>,
+        Vec<ChangeRecord>,
+    )> {
         let mut txn: WriteTransaction = self.db.begin_write().map_err(sf)?;
         if !checkpoint {
             txn.set_durability(redb::Durability::None).map_err(sf)?;
         }
         let mut results = Vec::with_capacity(batch.len());
-        let (log, head);
+        let (log, head, changes);
         {
             let mut w = Tables::open_journaled(&txn)?;
             let start = w.seq;
@@ -407,19 +422,20 @@ impl Writer {
                     .map_err(sf)?;
             }
             head = w.seq;
+            changes = w.appended.take().unwrap_or_default();
         }
         if log.is_empty() && !checkpoint {
             // Nothing changed (every request rejected or a no-op): nothing to commit or journal.
             txn.abort().map_err(sf)?;
-            return Ok((results, None));
+            return Ok((results, None, changes));
         }
         txn.commit().map_err(sf)?;
         self.seq = head;
         if log.is_empty() {
-            return Ok((results, None));
+            return Ok((results, None, changes));
         }
         self.lsn += 1;
-        Ok((results, (!checkpoint).then_some((self.lsn, log))))
+        Ok((results, (!checkpoint).then_some((self.lsn, log)), changes))
     }
 
     /// A durable commit of nothing: persists every earlier non-durable one.

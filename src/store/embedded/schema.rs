@@ -151,6 +151,9 @@ pub struct Tables<'t> {
     pub meta: Logged<'t, &'static str, u64>,
     /// Change-log head inside this transaction.
     pub seq: u64,
+    /// The change records appended in this transaction, kept (journaled transactions only) so
+    /// the feed can take them from memory instead of reading and decoding them back.
+    pub appended: Option<Vec<ChangeRecord>>,
 }
 
 impl<'t> Tables<'t> {
@@ -182,6 +185,7 @@ impl<'t> Tables<'t> {
             changes: Logged::new(txn.open_table(CHANGES).map_err(sf)?, id::changes, journaled),
             meta: Logged::new(txn.open_table(META).map_err(sf)?, id::meta, journaled),
             seq: 0,
+            appended: journaled.then(Vec::new),
         };
         t.seq = t.meta.get(META_CHANGE_SEQ).map_err(sf)?.map(|v| v.value()).unwrap_or(0);
         Ok(t)
@@ -416,6 +420,9 @@ impl Txn for Tables<'_> {
         slim_change(&mut change);
         let rec = ChangeRecord { seq: self.seq, change };
         self.changes.insert(self.seq, enc(&rec)?.as_slice()).map_err(sf)?;
+        if let Some(appended) = &mut self.appended {
+            appended.push(rec);
+        }
         Ok(())
     }
 }
