@@ -139,11 +139,11 @@ def s3(sub="", title="### S3 — latency vs offered load (100 rooms × 50 member
         plot_latency(g)
 
 
-def before_after(before="before", after="", title="### Before and after this round's server changes (same instrument, medians)"):
+def before_after(old_dir="before", new_dir="", title="### Before and after this round's server changes (same instrument, medians)"):
     """The same build of the instrument against chatd before and after a round's changes."""
     rows = []
     for name in ("s2", "s3", "s5"):
-        old, new = group(load(name, before)), group(load(name, after))
+        old, new = group(load(name, old_dir)), group(load(name, new_dir))
         for key, before in old.items():
             after = new.get(key)
             if not after:
