@@ -242,4 +242,7 @@ fn ready_goes_false_while_draining_and_live_stays_true_until_the_close() {
         .unwrap()
         .expect("chatd exits after the drain");
     assert!(status.success(), "{status}");
+    // The store stopped with a checkpoint: the journal (which held the channel) is empty.
+    let journal = std::fs::metadata(dir.path().join("data").join("chatd.journal")).unwrap();
+    assert_eq!(journal.len(), 0, "nothing left to replay after a clean stop");
 }

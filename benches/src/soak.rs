@@ -138,10 +138,8 @@ async fn client_cycle(
     }
 }
 
-/// The room's whole history over REST (newest first, 100 per page), as `_id`s and texts; first
-/// deletes `delete` when given (the self-check).
-fn history(addr: &str, user: &str, rid: &str, delete: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+/// Logs `user` in over REST: `(user id, token)`.
+fn rest_login(agent: &ureq::Agent, addr: &str, user: &str) -> anyhow::Result<(String, String)> {
     let login: Value = serde_json::from_str(
         &agent
             .post(&format!("http://{addr}/api/v1/login"))
@@ -152,7 +150,41 @@ fn history(addr: &str, user: &str, rid: &str, delete: Option<&str>) -> anyhow::R
     let uid = login["data"]["userId"]
         .as_str()
         .ok_or_else(|| anyhow!("login: {login}"))?;
-    let token = login["data"]["authToken"].as_str().unwrap_or_default();
+    Ok((
+        uid.to_owned(),
+        login["data"]["authToken"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build()
+}
+
+/// Sends one message with id and text `id` over REST and waits for its acknowledgement.
+fn send_one(addr: &str, user: &str, rid: &str, id: &str) -> anyhow::Result<()> {
+    let agent = agent();
+    let (uid, token) = rest_login(&agent, addr, user)?;
+    let sent: Value = serde_json::from_str(
+        &agent
+            .post(&format!("http://{addr}/api/v1/chat.sendMessage"))
+            .set("X-User-Id", &uid)
+            .set("X-Auth-Token", &token)
+            .set("Content-Type", "application/json")
+            .send_string(&json!({"message": {"rid": rid, "_id": id, "msg": id}}).to_string())?
+            .into_string()?,
+    )?;
+    match sent["success"].as_bool() {
+        Some(true) => Ok(()),
+        _ => Err(anyhow!("chat.sendMessage: {sent}")),
+    }
+}
+
+/// The room's whole history over REST (newest first, 100 per page), as `_id`s and texts; first
+/// deletes `delete` when given (the self-check).
+fn history(addr: &str, user: &str, rid: &str, delete: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+    let agent = agent();
+    let (uid, token) = rest_login(&agent, addr, user)?;
+    let (uid, token) = (uid.as_str(), token.as_str());
     if let Some(id) = delete {
         agent
             .post(&format!("http://{addr}/api/v1/chat.delete"))
@@ -253,7 +285,19 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Value> {
 
     // Read everything back from a server started on the same data.
     let server = start_server(&args)?;
-    let victim = args.self_check.then(|| acked.keys().next().cloned()).flatten();
+    let mut victim = args.self_check.then(|| acked.keys().next().cloned()).flatten();
+    if args.self_check && victim.is_none() {
+        // Every cycle was killed before anything was acknowledged (the kill times are random):
+        // acknowledge one message now, so the check always has one to delete.
+        let id = "soak-self-check".to_owned();
+        tokio::task::spawn_blocking({
+            let (addr, user, rid, id) = (server.addr.clone(), users[0].clone(), rid.clone(), id.clone());
+            move || send_one(&addr, &user, &rid, &id)
+        })
+        .await??;
+        acked.insert(id.clone(), 1);
+        victim = Some(id);
+    }
     let stored = tokio::task::spawn_blocking({
         let (addr, user, rid, victim) = (server.addr.clone(), users[0].clone(), rid.clone(), victim.clone());
         move || history(&addr, &user, &rid, victim.as_deref())
