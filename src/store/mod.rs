@@ -172,15 +172,19 @@ pub(crate) fn offer(tx: &crossbeam_channel::Sender<WriterMsg>, req: WriteRequest
     }
 }
 
-/// A writer's next group: blocks for one message, then takes whatever else is queued, up to
-/// `max` writes, into `batch`. `None` once the queue is closed; otherwise whether a stop was
-/// among them (the writer stops after this group).
+/// A writer's next group: blocks for one message (unless `first` is one already received), then
+/// takes whatever else is queued, up to `max` writes, into `batch`. `None` once the queue is
+/// closed; otherwise whether a stop was among them (the writer stops after this group).
 pub(crate) fn take_group(
     rx: &crossbeam_channel::Receiver<WriterMsg>,
+    first: Option<WriterMsg>,
     max: usize,
     batch: &mut Vec<WriteRequest>,
 ) -> Option<bool> {
-    let mut next = Some(rx.recv().ok()?);
+    let mut next = Some(match first {
+        Some(msg) => msg,
+        None => rx.recv().ok()?,
+    });
     let mut stop = false;
     while let Some(msg) = next.take() {
         match msg {

@@ -442,7 +442,7 @@ impl Writer {
         let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP);
         let mut stop = false;
         while !stop {
-            let Some(last) = super::take_group(&rx, MAX_GROUP, &mut batch) else {
+            let Some(last) = super::take_group(&rx, None, MAX_GROUP, &mut batch) else {
                 break;
             };
             stop = last;
