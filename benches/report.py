@@ -228,11 +228,11 @@ def s6():
     table(["reconnect spread", "runs", "back with every message", "all back after", "login p50 / p99", "reconnects/s", "new server CPU"], out)
 
 
-def s7():
-    rows = load("s7")
+def s7(sub="", title="### S7 — the seed deployment's mixed load (1,000 connected users, 5 minutes)"):
+    rows = load("s7", sub)
     if not rows:
         return
-    print("### S7 — the seed deployment's mixed load (1,000 connected users, 5 minutes)\n")
+    print(title + "\n")
     out = []
     for i, r in enumerate(rows, 1):
         d, m = r["delivery_latency_us"], r["method_latency_us"]
@@ -340,12 +340,42 @@ def plot_scaling(g):
     fig.savefig(RESULTS / "s4_scaling.png", dpi=110)
 
 
+def s7_compare(dirs, title):
+    """S7 medians of several builds side by side: (results subdirectory, what it is)."""
+    cols = [(name, load("s7", sub)) for sub, name in dirs]
+    cols = [(n, rows) for n, rows in cols if rows]
+    if len(cols) < 2:
+        return
+    figs = [
+        ("runs", lambda r: 1, lambda rows: str(len(rows))),
+        ("server CPU (of one core)", lambda r: r["server_cpu_pct_of_one_core"], None),
+        ("delivery p50", lambda r: r["delivery_latency_us"]["p50"] / 1000, None),
+        ("delivery p99", lambda r: r["delivery_latency_us"]["p99"] / 1000, None),
+        ("delivery p99.9", lambda r: r["delivery_latency_us"]["p999"] / 1000, None),
+        ("method p99", lambda r: r["method_latency_us"]["p99"] / 1000, None),
+        ("sendMessage p99", lambda r: r["method_latency_by_kind_us"]["sendMessage"]["p99"] / 1000, None),
+        ("typing p99", lambda r: r["method_latency_by_kind_us"]["typing"]["p99"] / 1000, None),
+    ]
+    print(title + "\n")
+    out = []
+    for label, f, show in figs:
+        unit = " %" if "CPU" in label else ("" if label == "runs" else " ms")
+        out.append([label] + [show(rows) if show else fmt(med(rows, f), unit) for _, rows in cols])
+    table(["figure (median)"] + [n for n, _ in cols], out)
+
+
 def journal_round():
-    """The write-journal round (results/journal, before: results/journal-before)."""
+    """The write-journal round: results/journal (the journal with checkpoints in lulls),
+    results/journal-2s (the journal checkpointing every 2 s only), results/journal-before (408d140)."""
     s2("journal", "### S2 — fan-out, journal round")
     s3("journal", "### S3 — latency vs offered load, journal round (pinned)")
     s5("journal", "### S5 — durable writes, journal round")
+    s7("journal", "### S7 — the seed deployment's mixed load, journal round")
     before_after("journal-before", "journal", "### Before and after the journal round (same instrument, medians)")
+    s7_compare([("journal-before", "before (408d140)"), ("journal-2s", "journal, checkpoint every 2 s"),
+                ("journal", "journal, checkpoints in lulls")],
+               "### S7 before and after the journal round (same session, medians)")
+    before_after("lull-ab/off", "lull-ab/on", "### S5 without and with checkpoints in lulls (interleaved runs, one session)")
 
 
 if __name__ == "__main__":

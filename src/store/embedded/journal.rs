@@ -9,9 +9,10 @@
 //! published (so the feed never hands out a change that a crash could take back). While one group
 //! is synced the writer already applies the next: the sync and the apply overlap.
 //!
-//! Every few seconds (or megabytes) one group is committed durably instead: a checkpoint. The
-//! journal is then emptied. At open, [`replay`] applies every record newer than the store's
-//! durable journal number (`META_JOURNAL_LSN`, written in the same transactions) and checkpoints.
+//! In a lull of writes, or every few seconds (or megabytes) of them, redb is committed durably
+//! instead: a checkpoint. The journal is then emptied. At open, [`replay`] applies every record
+//! newer than the store's durable journal number (`META_JOURNAL_LSN`, written in the same
+//! transactions) and checkpoints.
 //!
 //! Record layout: magic, payload length, CRC-32 of (number, payload), group number (u64), payload;
 //! little-endian. The payload is a sequence of `table id, op, key length, key, value length,
