@@ -517,13 +517,11 @@ mod tests {
         };
         store.write_blocking(op).unwrap();
         let journal = dir.path().join(journal::FILE_NAME);
-        // The write was journaled (and answered) before any checkpoint could have run...
-        assert!(
-            std::fs::metadata(&journal).unwrap().len() > 0,
-            "the write is in the journal"
-        );
-        // ...and with nothing else to write, the writer checkpoints and empties the journal
-        // while the store stays open. Bounded: a writer that never checkpoints fails here.
+        // The write was answered once journaled (the journal's own tests read such records back;
+        // whether it is still there now depends on timing, so it is not asserted). With nothing
+        // else to write, the writer checkpoints and empties the journal while the store stays
+        // open. Bounded: a writer that checkpoints only every 2 s of writes or at a stop (as
+        // before lull checkpoints) never gets here and fails.
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::fs::metadata(&journal).unwrap().len() > 0 {
             assert!(Instant::now() < deadline, "no checkpoint after a lull of 30 s");
