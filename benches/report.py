@@ -371,11 +371,15 @@ def journal_round():
     s3("journal", "### S3 — latency vs offered load, journal round (pinned)")
     s5("journal", "### S5 — durable writes, journal round")
     s7("journal", "### S7 — the seed deployment's mixed load, journal round")
-    before_after("journal-before", "journal", "### Before and after the journal round (same instrument, medians)")
+    before_after("journal-before", "journal-2s",
+                 "### Before and after the journal, checkpoints every 2 s (2026-11-23, one session, medians)")
     s7_compare([("journal-before", "before (408d140)"), ("journal-2s", "journal, checkpoint every 2 s"),
                 ("journal", "journal, checkpoints in lulls")],
-               "### S7 before and after the journal round (same session, medians)")
-    before_after("lull-ab/off", "lull-ab/on", "### S5 without and with checkpoints in lulls (interleaved runs, one session)")
+               "### S7 before and after the journal round (2026-12-01, one session, medians)")
+    before_after("lull-ab2/off", "lull-ab2/on",
+                 "### S5 without and with checkpoints in lulls (2026-12-01, interleaved runs, medians)")
+    before_after("lull-ab/off", "lull-ab/on",
+                 "### S5 without and with checkpoints in lulls, one build tuned by environment (2026-12-01, interleaved)")
 
 
 if __name__ == "__main__":
