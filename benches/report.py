@@ -377,7 +377,7 @@ def journal_round():
                 ("journal", "journal, checkpoints in lulls")],
                "### S7 before and after the journal round (2026-12-01, one session, medians)")
     before_after("lull-ab2/off", "lull-ab2/on",
-                 "### S5 without and with checkpoints in lulls (2026-12-01, interleaved runs, medians)")
+                 "### S3 and S5 without and with checkpoints in lulls (2026-12-01, interleaved runs, medians)")
     before_after("lull-ab/off", "lull-ab/on",
                  "### S5 without and with checkpoints in lulls, one build tuned by environment (2026-12-01, interleaved)")
 
