@@ -3,6 +3,7 @@ pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod ctx;
 pub mod gateway;
 pub mod ids;
 pub mod import;

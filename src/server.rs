@@ -15,7 +15,8 @@ use crate::chat::tailer::Tailer;
 use crate::chat::{ShardMsg, TAILER_SHARD};
 use crate::config::{Config, ConfigError};
 use crate::gateway::tls::TlsCerts;
-use crate::gateway::{self, ShardCtx};
+use crate::ctx::ShardCtx;
+use crate::gateway;
 use crate::peer::{PeerStats, Peers};
 use crate::store::embedded::backup::ControlSocket;
 use crate::store::mongo::{MongoOpenError, MongoStore};
@@ -76,7 +77,7 @@ struct HostShared {
     draining: Arc<AtomicBool>,
     tls: Option<Arc<TlsCerts>>,
     /// Failed logins, counted for the whole host.
-    login_guard: Arc<crate::gateway::ratelimit::LoginGuard>,
+    login_guard: Arc<crate::app::login_guard::LoginGuard>,
 }
 
 /// Reader threads at least, with MongoDB (each read waits on a network round trip).
@@ -160,7 +161,7 @@ impl Server {
         let draining = Arc::new(AtomicBool::new(false));
         let shard_draining = draining.clone();
         let shard_tls = tls.clone();
-        let login_guard = Arc::new(crate::gateway::ratelimit::LoginGuard::new(&config.rate_limits));
+        let login_guard = Arc::new(crate::app::login_guard::LoginGuard::new(&config.rate_limits));
         let cluster = Arc::new(Mutex::new(cluster));
         let config = Arc::new(config);
         let feed = Arc::new(Mutex::new(Some(feed)));

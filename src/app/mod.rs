@@ -2,6 +2,7 @@
 //! (`error`), and the backend-neutral chat rules every store backend applies (`rules`).
 
 pub mod error;
+pub mod login_guard;
 pub mod ops;
 pub mod rules;
 

@@ -10,7 +10,9 @@ use crate::ids::{now_ms, random_secret, MessageId, RoomId};
 use serde_json::Value;
 
 use super::error::{AppError, AppResult};
-use crate::gateway::ShardCtx;
+use super::login_guard::LoginGuard;
+use crate::chat::hub::Hub;
+use crate::config::Config;
 use crate::protocol::wire::{self, Dates};
 use crate::store::{
     HistoryQuery, LoginToken, Message, Room, RoomType, StoreError, User, WriteOp, WriteOutcome, WriteOutput,
@@ -32,38 +34,46 @@ pub struct LoggedIn {
     pub kind: &'static str,
 }
 
+/// What the operations need of the shard they run on: its hub (store handle, sessions,
+/// presence), the configuration and the host's login guard.
+#[derive(Clone, Copy)]
 pub struct Ops<'a> {
-    pub ctx: &'a ShardCtx,
+    pub hub: &'a Hub,
+    pub config: &'a Config,
+    pub login_guard: &'a LoginGuard,
 }
 
 impl<'a> Ops<'a> {
-    pub fn new(ctx: &'a ShardCtx) -> Self {
-        Self { ctx }
+    pub fn new(hub: &'a Hub, config: &'a Config, login_guard: &'a LoginGuard) -> Self {
+        Self {
+            hub,
+            config,
+            login_guard,
+        }
     }
 
     /// A durable write whose change this shard has also applied, so the caller's next request on
     /// this shard sees its effect.
     pub async fn write(&self, method: &str, op: WriteOp) -> AppResult<WriteOutcome> {
         let outcome = self
-            .ctx
             .hub
             .store
             .write(op)
             .await
             .map_err(|e| AppError::from(e).with_method(method))?;
-        self.ctx.hub.wait_applied(outcome.mark).await;
+        self.hub.wait_applied(outcome.mark).await;
         Ok(outcome)
     }
 
     pub async fn room(&self, rid: &RoomId) -> AppResult<Option<Room>> {
-        Ok(self.ctx.hub.store.room(rid).await?)
+        Ok(self.hub.store.room(rid).await?)
     }
 
     /// A room by id, or else by name.
     pub async fn room_by_name_or_id(&self, name_or_id: &str) -> AppResult<Option<Room>> {
         match self.room(&RoomId::from(name_or_id)).await? {
             Some(r) => Ok(Some(r)),
-            None => Ok(self.ctx.hub.store.room_by_name(name_or_id).await?),
+            None => Ok(self.hub.store.room_by_name(name_or_id).await?),
         }
     }
 
@@ -80,10 +90,10 @@ impl<'a> Ops<'a> {
     /// store decides, because a membership another user's write just created may not have reached
     /// this shard yet (anything later in that room reaches it after the membership does).
     pub async fn member_of(&self, user: &User, rid: &RoomId) -> AppResult<bool> {
-        if self.ctx.hub.is_member(&user.id, rid) {
+        if self.hub.is_member(&user.id, rid) {
             return Ok(true);
         }
-        Ok(self.ctx.hub.store.subscription(&user.id, rid).await?.is_some())
+        Ok(self.hub.store.subscription(&user.id, rid).await?.is_some())
     }
 
     /// Whether the user may read the room's history: members, or anyone for public channels.
@@ -99,7 +109,7 @@ impl<'a> Ops<'a> {
         digest: String,
         ip: Option<std::net::IpAddr>,
     ) -> AppResult<LoggedIn> {
-        let guard = &self.ctx.login_guard;
+        let guard = &self.login_guard;
         let login = match name {
             LoginName::Username(u) | LoginName::Email(u) => u.to_owned(),
         };
@@ -120,7 +130,7 @@ impl<'a> Ops<'a> {
     }
 
     async fn check_password(&self, name: LoginName<'_>, digest: String) -> AppResult<LoggedIn> {
-        let store = &self.ctx.hub.store;
+        let store = &self.hub.store;
         let user = match name {
             LoginName::Username(u) => store.user_by_username(u).await,
             LoginName::Email(e) => store.user_by_email(e).await,
@@ -156,7 +166,7 @@ impl<'a> Ops<'a> {
         let now = now_ms();
         let token = random_secret();
         let token_hash = auth::token_hash(&token);
-        let expires = now + (self.ctx.config.accounts.token_ttl_days as i64) * 86_400_000;
+        let expires = now + (self.config.accounts.token_ttl_days as i64) * 86_400_000;
         let record = LoginToken {
             uid: user.id.clone(),
             created_at: now,
@@ -182,7 +192,6 @@ impl<'a> Ops<'a> {
     pub async fn login_resume(&self, token: &str) -> AppResult<LoggedIn> {
         let token_hash = auth::token_hash(token);
         match self
-            .ctx
             .hub
             .store
             .user_by_token_hash(&token_hash, now_ms())
@@ -216,7 +225,7 @@ impl<'a> Ops<'a> {
         email: Option<&str>,
         name: Option<&str>,
     ) -> AppResult<User> {
-        if !self.ctx.config.accounts.registration_open {
+        if !self.config.accounts.registration_open {
             return Err(AppError::client(
                 "error-user-registration-disabled",
                 "User registration is disabled",
@@ -300,7 +309,7 @@ impl<'a> Ops<'a> {
     }
 
     fn check_size(&self, method: &str, text: &str) -> AppResult<()> {
-        if text.chars().count() > self.ctx.config.limits.max_message_chars {
+        if text.chars().count() > self.config.limits.max_message_chars {
             return Err(
                 AppError::client("error-message-size-exceeded", "Message size exceeds the allowed limit")
                     .with_method(method),
@@ -408,7 +417,6 @@ impl<'a> Ops<'a> {
         }
         let (rid, q) = (rid.clone(), q.clone());
         let json = self
-            .ctx
             .hub
             .store
             .read(move |b| {
@@ -433,8 +441,7 @@ impl<'a> Ops<'a> {
         d: Dates,
     ) -> AppResult<String> {
         let uid = user.id.clone();
-        self.ctx
-            .hub
+        self.hub
             .store
             .read(move |b| {
                 let subs = b.subscriptions_of(&uid)?;
@@ -475,8 +482,7 @@ impl<'a> Ops<'a> {
         d: Dates,
     ) -> AppResult<(String, usize, usize)> {
         let uid = of.map(|u| u.id.clone());
-        self.ctx
-            .hub
+        self.hub
             .store
             .read(move |b| {
                 let (page, total): (Vec<Room>, usize) = match &uid {
@@ -544,7 +550,6 @@ impl<'a> Ops<'a> {
     /// What others see of `user`'s presence now: (status, connection status, status text).
     pub async fn presence(&self, user: &User) -> AppResult<PresenceRead> {
         Ok(self
-            .ctx
             .hub
             .query_presence(vec![user.id.clone()])
             .await?

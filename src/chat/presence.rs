@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 
 use super::ShardMsg;
 use crate::ids::{RoomId, UserId};
-use crate::peer::Peers;
 use crate::store::Store;
 
 /// How long the owner gathers transitions before broadcasting them as one batch: 10,000 users
@@ -233,13 +232,18 @@ impl UserPresence {
     }
 }
 
+/// Where this host's contribution changes go when host peering is on (the peer links).
+pub trait ContributionSink {
+    fn send_presence(&self, changes: &[Contribution]);
+}
+
 /// Host-level presence, owned by one shard (the tailer shard).
 pub struct PresenceOwner {
     store: Store,
     mesh: Rc<Mesh<ShardMsg>>,
     nr_shards: usize,
     /// Host peering, when on: receives this host's contribution changes.
-    peers: RefCell<Weak<Peers>>,
+    peers: RefCell<Option<Weak<dyn ContributionSink>>>,
     /// Contribution changes not yet sent to peers, in order.
     peer_pending: RefCell<Vec<Contribution>>,
     /// Peer host → users it reports connected.
@@ -262,7 +266,7 @@ impl PresenceOwner {
             mesh,
             loading: RefCell::new(HashMap::new()),
             nr_shards,
-            peers: RefCell::new(Weak::new()),
+            peers: RefCell::new(None),
             peer_pending: RefCell::new(Vec::new()),
             by_host: RefCell::new(HashMap::new()),
             users: RefCell::new(HashMap::new()),
@@ -272,8 +276,12 @@ impl PresenceOwner {
     }
 
     /// Attaches host peering: from now on this host's contributions go to `peers`.
-    pub fn set_peers(&self, peers: Weak<Peers>) {
-        *self.peers.borrow_mut() = peers;
+    pub fn set_peers(&self, peers: Weak<dyn ContributionSink>) {
+        *self.peers.borrow_mut() = Some(peers);
+    }
+
+    fn sink(&self) -> Option<Rc<dyn ContributionSink>> {
+        self.peers.borrow().as_ref().and_then(Weak::upgrade)
     }
 
     /// A shard reports that `uid` now has (`present`) or no longer has sessions there.
@@ -522,7 +530,7 @@ impl PresenceOwner {
             let local = p.local_connection();
             let share = (local != Status::Offline).then(|| (local, p.chosen, p.text.clone()));
             if share != p.shared {
-                if self.peers.borrow().strong_count() > 0 {
+                if self.sink().is_some() {
                     self.peer_pending.borrow_mut().push(Contribution {
                         uid: uid.clone(),
                         username: p.username.clone(),
@@ -565,7 +573,7 @@ impl PresenceOwner {
         loop {
             let to_peers = std::mem::take(&mut *self.peer_pending.borrow_mut());
             if !to_peers.is_empty() {
-                if let Some(peers) = self.peers.borrow().upgrade() {
+                if let Some(peers) = self.sink() {
                     peers.send_presence(&to_peers);
                 }
             }

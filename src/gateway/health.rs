@@ -15,7 +15,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::http::json_response;
-use super::ShardCtx;
+use crate::ctx::ShardCtx;
 use crate::chat::TAILER_SHARD;
 
 /// What every shard and the tailer say, and what is wrong.

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::io::HyperIo;
-use super::ShardCtx;
+use crate::ctx::ShardCtx;
 
 /// The Rocket.Chat version chatd reports compatibility with.
 pub const COMPAT_VERSION: &str = "6.5.0";

@@ -57,7 +57,7 @@ fn since_param(params: &[Value]) -> Option<i64> {
 
 impl Session {
     fn ops(&self) -> Ops<'_> {
-        Ops::new(&self.ctx)
+        self.ctx.ops()
     }
 
     pub async fn call(&mut self, method: &str, params: Vec<Value>) -> MethodResult {

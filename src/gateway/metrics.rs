@@ -16,7 +16,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::ShardCtx;
+use crate::ctx::ShardCtx;
 use crate::peer::PeerStats;
 use crate::store::{BackendStatus, WRITER_STATS};
 

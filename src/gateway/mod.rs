@@ -16,35 +16,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatd_shards::{Acceptor, ShardStats, ShutdownSignal};
+use chatd_shards::{Acceptor, ShardStats};
 use futures::{AsyncRead, AsyncReadExt};
 use glommio::net::TcpStream;
 
-use crate::chat::hub::Hub;
-use crate::config::Config;
+use crate::ctx::ShardCtx;
 use io::Prefixed;
 
 /// Largest HTTP request head accepted before routing, bytes.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
-
-/// What every connection task on a shard shares (shard-local, `Rc`).
-pub struct ShardCtx {
-    pub hub: Rc<Hub>,
-    pub config: Arc<Config>,
-    pub shutdown: ShutdownSignal,
-    pub all_stats: Arc<Vec<Arc<ShardStats>>>,
-    /// Host peering figures (written by the tailer shard).
-    pub peer_stats: Arc<crate::peer::PeerStats>,
-    pub started_at: std::time::Instant,
-    /// Set when SIGTERM starts a drain (host-wide).
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
-    /// TLS on the client port, when configured.
-    pub tls: Option<Arc<tls::TlsCerts>>,
-    /// This shard's rate-limit counters (users, addresses, REST endpoints).
-    pub rate: ratelimit::ShardCounters,
-    /// Failed logins, host-wide.
-    pub login_guard: Arc<ratelimit::LoginGuard>,
-}
 
 /// Accepts until shutdown, one task per connection.
 pub async fn serve(acceptor: Acceptor, ctx: Rc<ShardCtx>) {

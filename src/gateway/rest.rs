@@ -12,7 +12,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::http::{json_response, raw_json_response};
-use super::ShardCtx;
+use crate::ctx::ShardCtx;
 use crate::app::error::{AppError, Code};
 use crate::app::ops::{LoginName, Ops};
 use crate::auth;
@@ -425,7 +425,7 @@ async fn handle_inner(
         Body(Map::new())
     };
     let call = Call {
-        ops: Ops::new(ctx),
+        ops: ctx.ops(),
         query,
         body,
         ip,
@@ -618,7 +618,7 @@ impl Call<'_> {
 
     /// The user named by `userId` or `username` in the query, or the caller.
     async fn target_user(&self, caller: &User) -> Result<User, RestError> {
-        let store = &self.ops.ctx.hub.store;
+        let store = &self.ops.hub.store;
         let found = match (self.query.get("userId"), self.query.get("username")) {
             (Some(id), _) => store.user(&UserId::from(id)).await,
             (None, Some(name)) => store.user_by_username(name).await,
@@ -746,14 +746,14 @@ impl Call<'_> {
             ));
         }
         let (offset, count) = self.query.page()?;
-        let store = &self.ops.ctx.hub.store;
+        let store = &self.ops.hub.store;
         let mut members = store.members(&room.id).await.map_err(AppError::from)?;
         members.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         let total = members.len();
         let wanted: Vec<UserId> = members.into_iter().skip(offset).take(count).collect();
         let mut page = Vec::new();
         for u in store.users(wanted).await.map_err(AppError::from)? {
-            let status = self.ops.ctx.hub.presence_of(&u.id).0;
+            let status = self.ops.hub.presence_of(&u.id).0;
             page.push(json!({"_id": u.id, "username": u.username, "name": u.name, "status": status.as_str()}));
         }
         Ok(ok(

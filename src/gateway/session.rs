@@ -18,7 +18,7 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
 use super::ratelimit::{self, DdpCall, Kind};
-use super::ShardCtx;
+use crate::ctx::ShardCtx;
 use crate::chat::hub::{SessionHandle, STREAM_USER_PRESENCE};
 use crate::chat::outbound::{Batch, CloseReason, Outbound};
 use crate::ids::random_id;

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use chatd_shards::{Mesh, ShardStats, ShutdownSignal};
 
-use crate::chat::presence::{Activity, Contribution, Origin, PresenceOwner, Status};
+use crate::chat::presence::{Activity, Contribution, ContributionSink, Origin, PresenceOwner, Status};
 use crate::chat::ShardMsg;
 use crate::config::Cluster;
 use crate::ids::RoomId;
@@ -233,7 +233,8 @@ impl Peers {
             stats,
             shutdown,
         });
-        owner.set_peers(Rc::downgrade(&peers));
+        let sink: Rc<dyn ContributionSink> = peers.clone();
+        owner.set_peers(Rc::downgrade(&sink));
         peers
     }
 
@@ -392,12 +393,6 @@ impl Peers {
         self.broadcast(&frame, false);
     }
 
-    /// Changes of this host's own presence contributions: to every peer.
-    pub fn send_presence(&self, changes: &[Contribution]) {
-        for chunk in changes.chunks(SNAPSHOT_CHUNK) {
-            self.broadcast(&Frame::Presence(chunk.iter().map(to_wire).collect()), true);
-        }
-    }
 
     /// This host's whole presence state, as frames.
     fn snapshot_frames(&self) -> Vec<Vec<u8>> {
@@ -478,6 +473,15 @@ impl Peers {
     pub fn close_all(&self) {
         for link in self.links.borrow().values() {
             link.close();
+        }
+    }
+}
+
+impl ContributionSink for Peers {
+    /// Changes of this host's own presence contributions: to every peer.
+    fn send_presence(&self, changes: &[Contribution]) {
+        for chunk in changes.chunks(SNAPSHOT_CHUNK) {
+            self.broadcast(&Frame::Presence(chunk.iter().map(to_wire).collect()), true);
         }
     }
 }
