@@ -22,6 +22,8 @@ pub struct Config {
     pub pin_cores: bool,
     pub limits: Limits,
     pub accounts: Accounts,
+    pub workspace: Workspace,
+    pub sync: Sync,
     pub cluster: Cluster,
     pub health: Health,
     pub rate_limits: RateLimits,
@@ -234,7 +236,9 @@ pub struct Limits {
     pub max_message_chars: usize,
     /// Seconds a client has to finish the HTTP request / WebSocket handshake.
     pub handshake_timeout_secs: u64,
-    /// Seconds a WebSocket client has to log in before it is disconnected.
+    /// Seconds a WebSocket client has to log in before it is disconnected; 0 (the default)
+    /// keeps logged-out connections open, as Rocket.Chat does (the mobile app holds one open on
+    /// its login screen). Pings still close dead ones.
     pub auth_timeout_secs: u64,
     /// Seconds of silence before the server pings; as long again without any frame closes.
     pub ping_interval_secs: u64,
@@ -403,6 +407,8 @@ impl Default for Config {
             pin_cores: true,
             limits: Limits::default(),
             accounts: Accounts::default(),
+            workspace: Workspace::default(),
+            sync: Sync::default(),
             cluster: Cluster::default(),
             health: Health::default(),
             rate_limits: RateLimits::default(),
@@ -424,7 +430,7 @@ impl Default for Limits {
             max_frame_bytes: 1 << 20,
             max_message_chars: crate::store::MAX_MESSAGE_CHARS,
             handshake_timeout_secs: 10,
-            auth_timeout_secs: 30,
+            auth_timeout_secs: 0,
             ping_interval_secs: 20,
             outbound_queue_frames: 4096,
             outbound_queue_bytes: 8 << 20,
@@ -439,6 +445,72 @@ impl Default for Limits {
             store_timeout_secs: 15,
             reconnect_spread_ms: 5000,
         }
+    }
+}
+
+/// What clients are told about the workspace (`/api/info`, public settings).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workspace {
+    /// The workspace's name (`Site_Name`), shown by the apps.
+    pub site_name: String,
+    /// The Rocket.Chat version chatd answers as (`/api/info`). The apps refuse servers whose
+    /// `major.minor` is outside Rocket.Chat's support window, and switch request forms on it:
+    /// choose a release Rocket.Chat currently supports (see the README).
+    pub rocketchat_version: String,
+    /// A supported-versions token signed by Rocket.Chat's cloud (`Cloud_Workspace_Supported_Versions_Token`
+    /// of a registered Rocket.Chat workspace; `chatd import rocketchat` carries it over into the
+    /// store, and this key overrides that). It must list `rocketchat_version`. Never printed.
+    pub supported_versions_token: Option<String>,
+    /// Days after start-up until which the unsigned supported-versions answer declares
+    /// `rocketchat_version` supported (apps read it when they cannot reach Rocket.Chat's cloud).
+    pub supported_for_days: u64,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("site_name", &self.site_name)
+            .field("rocketchat_version", &self.rocketchat_version)
+            .field("supported_versions_token", &self.supported_versions_token.as_ref().map(|_| "<set>"))
+            .field("supported_for_days", &self.supported_for_days)
+            .finish()
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self {
+            site_name: "chatd".into(),
+            // An LTS release: supported by Rocket.Chat until the end of June 2027.
+            rocketchat_version: "8.5.0".into(),
+            supported_versions_token: None,
+            supported_for_days: 180,
+        }
+    }
+}
+
+/// What clients syncing after a time away are told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sync {
+    /// Days a deleted message or a removed subscription is remembered, so that clients
+    /// syncing (`chat.syncMessages`, `subscriptions.get?updatedSince`) drop what they cached.
+    /// A client away longer than this keeps what was deleted meanwhile until it reloads.
+    pub deletion_retention_days: u64,
+}
+
+impl Default for Sync {
+    fn default() -> Self {
+        Self {
+            deletion_retention_days: 90,
+        }
+    }
+}
+
+impl Sync {
+    pub fn retention_ms(&self) -> i64 {
+        i64::try_from(self.deletion_retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX)
     }
 }
 
@@ -514,8 +586,17 @@ impl Config {
                 "must hold at least one frame of limits.max_frame_bytes",
             );
         }
-        if self.limits.auth_timeout_secs == 0 || self.limits.handshake_timeout_secs == 0 {
-            return bad("limits.auth_timeout_secs", "timeouts must be at least 1 second");
+        if semver_major_minor(&self.workspace.rocketchat_version).is_none() {
+            return bad(
+                "workspace.rocketchat_version",
+                "must be a version like 8.5.0 (major.minor.patch)",
+            );
+        }
+        if self.sync.deletion_retention_days == 0 {
+            return bad("sync.deletion_retention_days", "must be at least 1");
+        }
+        if self.limits.handshake_timeout_secs == 0 {
+            return bad("limits.handshake_timeout_secs", "must be at least 1 second");
         }
         if self.limits.max_subscriptions_per_session == 0
             || self.limits.max_presence_watches == 0
@@ -702,6 +783,19 @@ impl Config {
     }
 }
 
+/// `(major, minor)` of a `major.minor[.patch]` version.
+pub fn semver_major_minor(v: &str) -> Option<(u64, u64)> {
+    let mut parts = v.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    match parts.next() {
+        None => {}
+        Some(p) if p.parse::<u64>().is_ok() => {}
+        Some(_) => return None,
+    }
+    parts.next().is_none().then_some((major, minor))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,3 +821,4 @@ mod tests {
             .contains("limits.ping_interval_secs"));
     }
 }
+

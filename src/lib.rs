@@ -1,4 +1,5 @@
 //! chatd: a realtime chat server speaking Rocket.Chat's realtime (DDP) and REST APIs.
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod chat;

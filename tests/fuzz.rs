@@ -204,7 +204,7 @@ proptest! {
     #[test]
     fn rest_query_strings_and_bodies(
         query in prop::collection::vec(
-            (prop::sample::select(chatd::gateway::rest::QUERY_KEYS.to_vec()), ".{0,24}"),
+            (prop::sample::select(chatd::api::rest::QUERY_KEYS.to_vec()), ".{0,24}"),
             0..8,
         ),
         raw_query in ".{0,120}",
@@ -213,10 +213,10 @@ proptest! {
     ) {
         let q: String = query.iter().map(|(k, v)| format!("{k}={v}&")).collect();
         let body_text = body.to_string();
-        let (_, peak) = peak_during(|| chatd::gateway::rest::fuzz_parameters(&q, body_text.as_bytes()));
+        let (_, peak) = peak_during(|| chatd::api::rest::fuzz_parameters(&q, body_text.as_bytes()));
         let size = q.len() + body_text.len();
         prop_assert!(bounded(peak, size, 32, 64 << 10), "{peak} bytes for {size} input bytes");
-        let _ = chatd::gateway::rest::fuzz_parameters(&raw_query, &raw_body);
+        let _ = chatd::api::rest::fuzz_parameters(&raw_query, &raw_body);
     }
 
     #[test]

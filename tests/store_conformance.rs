@@ -15,6 +15,9 @@ use chatd::store::{
     WriteOp, WriteOutcome, WriteOutput, GENERAL_ROOM_ID, MAX_MESSAGE_CHARS,
 };
 
+/// How long deletion records are kept in these tests.
+const DAY_MS: i64 = 86_400_000;
+
 /// A backend under test, with what keeps it alive.
 struct Under {
     name: &'static str,
@@ -411,6 +414,7 @@ fn joining_and_leaving_and_what_outsiders_are_told() {
                 WriteOp::Leave {
                     uid: u.id.clone(),
                     rid: rid.clone(),
+                    trash_ttl_ms: DAY_MS,
                 },
             )
         };
@@ -539,6 +543,7 @@ fn edits_deletes_and_read_marks() {
                     uid: u.id.clone(),
                     mid: MessageId::from(mid),
                     rid: rid.cloned(),
+                    trash_ttl_ms: DAY_MS,
                 },
             )
         };

@@ -49,6 +49,14 @@ pub enum AppError {
 
 pub type AppResult<T> = Result<T, AppError>;
 
+/// The error code and text both doors give when the store failed (e.g. MongoDB unreachable):
+/// the client may retry; nothing about the failure itself is shown.
+pub const STORE_UNAVAILABLE: &str = "error-store-unavailable";
+pub const STORE_UNAVAILABLE_REASON: &str = "The database is unavailable; try again shortly";
+/// The same when a round trip inside the server timed out.
+pub const SERVER_BUSY: &str = "error-server-busy";
+pub const SERVER_BUSY_REASON: &str = "The server is busy; try again shortly";
+
 impl AppError {
     pub fn client(code: &'static str, reason: impl Into<String>) -> Self {
         AppError::Client {

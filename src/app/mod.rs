@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod login_guard;
+pub mod permissions;
 pub mod ops;
 pub mod rules;
 

@@ -18,6 +18,15 @@ use crate::store::{
     HistoryQuery, LoginToken, Message, Room, RoomType, StoreError, User, WriteOp, WriteOutcome, WriteOutput,
 };
 
+/// Most removals one listing reports (a user leaves rooms rarely; a cap keeps the answer bounded).
+const MAX_REMOVALS: usize = 10_000;
+
+/// What changed in a room since a time (see [`Ops::room_changes`]).
+pub enum RoomChanges {
+    Updated(Vec<Message>),
+    Deleted(Vec<crate::store::Trash>),
+}
+
 /// How a password login names its user.
 pub enum LoginName<'a> {
     Username(&'a str),
@@ -302,6 +311,7 @@ impl<'a> Ops<'a> {
             WriteOp::Leave {
                 uid: user.id.clone(),
                 rid,
+                trash_ttl_ms: self.config.sync.retention_ms(),
             },
         )
         .await?;
@@ -375,6 +385,7 @@ impl<'a> Ops<'a> {
             uid: user.id.clone(),
             mid: MessageId::from(mid),
             rid: rid.map(RoomId::from),
+            trash_ttl_ms: self.config.sync.retention_ms(),
         };
         match self.write(method, op).await?.output {
             WriteOutput::Message(m) => Ok(*m),
@@ -388,6 +399,20 @@ impl<'a> Ops<'a> {
             WriteOp::MarkRead {
                 uid: user.id.clone(),
                 rid,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a room unread from message `mid` on, or as a whole (`rid` only).
+    pub async fn mark_unread(&self, method: &str, user: &User, rid: Option<RoomId>, mid: Option<MessageId>) -> AppResult<()> {
+        self.write(
+            method,
+            WriteOp::MarkUnread {
+                uid: user.id.clone(),
+                rid,
+                mid,
             },
         )
         .await?;
@@ -430,8 +455,10 @@ impl<'a> Ops<'a> {
     }
 
     /// The user's rooms (`rooms: true`) or subscriptions updated after `since` (all when
-    /// `None`), as a JSON array rendered on a reader thread: a user may belong to tens of
-    /// thousands of rooms, and neither the scan nor the rendering may stall this shard.
+    /// `None`), and those removed since then (none when `None`: `{_id, _deletedAt}` of each
+    /// subscription, or of each room the user left and is no longer in), as two JSON arrays
+    /// rendered on a reader thread: a user may belong to tens of thousands of rooms, and neither
+    /// the scan nor the rendering may stall this shard.
     pub async fn listing_json(
         &self,
         method: &str,
@@ -439,7 +466,7 @@ impl<'a> Ops<'a> {
         rooms: bool,
         since: Option<i64>,
         d: Dates,
-    ) -> AppResult<String> {
+    ) -> AppResult<(String, String)> {
         let uid = user.id.clone();
         self.hub
             .store
@@ -463,10 +490,98 @@ impl<'a> Ops<'a> {
                         }
                     })
                     .collect();
-                serde_json::to_string(&items).map_err(|e| StoreError::Internal(e.to_string()))
+                let removed: Vec<Value> = match since {
+                    None => Vec::new(),
+                    Some(t) => {
+                        let gone = b.removed_subscriptions(&uid, t, MAX_REMOVALS)?;
+                        let mut seen = std::collections::HashSet::new();
+                        gone.iter()
+                            .filter(|g| {
+                                !rooms || (!subs.iter().any(|(s, _)| s.rid == g.rid) && seen.insert(g.rid.clone()))
+                            })
+                            .map(|g| {
+                                let id = if rooms { g.rid.as_str() } else { g.id.as_str() };
+                                serde_json::json!({"_id": id, "_deletedAt": d.date(g.deleted_at)})
+                            })
+                            .collect()
+                    }
+                };
+                let enc = |v: &Vec<Value>| serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()));
+                Ok((enc(&items)?, enc(&removed)?))
             })
             .await
             .map_err(|e| AppError::from(e).with_method(method))
+    }
+
+    /// What changed in a room the user may read since `after` (ms): the messages sent or
+    /// changed after it (`updated: true`) or deleted after it, oldest change first, at most
+    /// `limit` (`None` when the room is hidden or missing, indistinguishably).
+    pub async fn room_changes(
+        &self,
+        method: &str,
+        user: &User,
+        rid: &RoomId,
+        after: i64,
+        limit: usize,
+        updated: bool,
+    ) -> AppResult<Option<RoomChanges>> {
+        let room = self.room(rid).await?;
+        if self.visible_room(user, room).await?.is_none() {
+            return Ok(None);
+        }
+        let rid = rid.clone();
+        self.hub
+            .store
+            .read(move |b| {
+                Ok(Some(if updated {
+                    RoomChanges::Updated(b.messages_updated(&rid, after, limit)?)
+                } else {
+                    RoomChanges::Deleted(b.deleted_messages(&rid, after, limit)?)
+                }))
+            })
+            .await
+            .map_err(|e| AppError::from(e).with_method(method))
+    }
+
+    /// A stored small document.
+    pub async fn doc(&self, coll: &'static str, id: &str) -> AppResult<Option<Value>> {
+        Ok(self.hub.store.doc(coll, id).await?)
+    }
+
+    /// Stores a small document (see [`WriteOp::PutDoc`]); the document now stored.
+    pub async fn put_doc(
+        &self,
+        method: &str,
+        coll: &'static str,
+        id: String,
+        doc: Value,
+        only_if_absent: bool,
+        owner: Option<&User>,
+    ) -> AppResult<Value> {
+        let op = WriteOp::PutDoc {
+            coll,
+            id,
+            doc,
+            only_if_absent,
+            owner: owner.map(|u| u.id.clone()),
+        };
+        match self.write(method, op).await?.output {
+            WriteOutput::Doc(d) => Ok(d),
+            _ => Err(AppError::internal("unexpected write output")),
+        }
+    }
+
+    /// Deletes a small document (`owner`: only theirs); whether there was one.
+    pub async fn delete_doc(&self, method: &str, coll: &'static str, id: String, owner: Option<&User>) -> AppResult<bool> {
+        let op = WriteOp::DeleteDoc {
+            coll,
+            id,
+            owner: owner.map(|u| u.id.clone()),
+        };
+        match self.write(method, op).await?.output {
+            WriteOutput::Doc(d) => Ok(!d.is_null()),
+            _ => Err(AppError::internal("unexpected write output")),
+        }
     }
 
     /// One page of rooms chosen by `pick` among the user's subscriptions (`Some(uid)`) or among

@@ -8,8 +8,10 @@
 //! backend's writer thread.
 
 use crate::ids::{direct_room_id, random_id, MessageId, RoomId, UserId};
+use super::permissions::{self, Permission};
 use crate::store::{
-    Change, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, User, WriteOp, WriteOutput,
+    Change, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, Trash, TrashKind, User,
+    WriteOp, WriteOutput,
 };
 
 /// Longest message text accepted (characters).
@@ -18,10 +20,15 @@ pub const MAX_MESSAGE_CHARS: usize = 5000;
 pub const GENERAL_ROOM_ID: &str = "GENERAL";
 /// Most mentions resolved per message.
 const MAX_MENTIONS: usize = 32;
+/// Largest room whose read receipts (`messagesRead`: when every member has read) are worked
+/// out on each read; in larger rooms that scan of every member's subscription is not made.
+pub const MAX_READ_RECEIPT_MEMBERS: u64 = 200;
 
 /// Record-level access to one backend transaction. Reads see this transaction's own writes.
 pub trait Txn {
     fn user(&self, uid: &UserId) -> StoreResult<Option<User>>;
+    /// Whether any user exists (the first one becomes an admin).
+    fn has_users(&self) -> StoreResult<bool>;
     fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
     fn email_taken(&self, email: &str) -> StoreResult<bool>;
     /// Stores a user with its username and email indexes.
@@ -55,7 +62,19 @@ pub trait Txn {
     fn members(&self, rid: &RoomId) -> StoreResult<Vec<UserId>>;
     fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>>;
     fn put_message(&mut self, m: &Message) -> StoreResult<()>;
+    /// Stores a changed message (`old` as it was read in this transaction): backends keep an
+    /// index of changes by time for `chat.syncMessages`.
+    fn replace_message(&mut self, _old: &Message, new: &Message) -> StoreResult<()> {
+        self.put_message(new)
+    }
     fn remove_message(&mut self, m: &Message) -> StoreResult<()>;
+    /// Records a deletion for clients to sync (and drops expired records of the same room or
+    /// user, where a backend keeps them itself).
+    fn put_trash(&mut self, trash: &Trash) -> StoreResult<()>;
+    /// A small JSON document of `coll` (settings, push tokens).
+    fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>>;
+    fn put_doc(&mut self, coll: &str, id: &str, doc: &serde_json::Value) -> StoreResult<()>;
+    fn delete_doc(&mut self, coll: &str, id: &str) -> StoreResult<()>;
     /// The newest message of a room.
     fn last_message(&self, rid: &RoomId) -> StoreResult<Option<Message>>;
     /// Appends a change to the feed in this transaction (backends whose feed is derived from
@@ -169,6 +188,9 @@ fn new_subscription(
         read_seq: room.last_seq,
         updated_at: now,
         roles: if owner { vec!["owner".into()] } else { Vec::new() },
+        user_mentions: 0,
+        group_mentions: 0,
+        alert: false,
     }
 }
 
@@ -194,9 +216,17 @@ fn announce_members(t: &mut impl Txn, room: &Room, subs: Vec<Subscription>) -> S
     Ok(())
 }
 
-/// A message `uid` may edit or delete (its author, or an owner of the room), with its room. A
+/// A message `uid` may edit (`delete: false`) or delete, with its room. Rocket.Chat's rule:
+/// `edit-message` / `delete-message` (admins, the room's owners and moderators) allow it on any
+/// message; otherwise only the author may, and deleting also needs `delete-own-message`. A
 /// message in a room the user cannot see, or not in `rid` when given, does not exist for them.
-fn editable_message(t: &impl Txn, uid: &UserId, mid: &MessageId, rid: Option<&RoomId>) -> StoreResult<(Message, Room)> {
+fn changeable_message(
+    t: &impl Txn,
+    uid: &UserId,
+    mid: &MessageId,
+    rid: Option<&RoomId>,
+    delete: bool,
+) -> StoreResult<(Message, Room)> {
     let not_found = || {
         StoreError::rejected(
             "error-invalid-message",
@@ -208,11 +238,50 @@ fn editable_message(t: &impl Txn, uid: &UserId, mid: &MessageId, rid: Option<&Ro
         return Err(not_found());
     }
     let (room, sub) = visible_room(t, uid, &message.rid).map_err(|_| not_found())?;
-    let allowed = sub.as_ref().is_some_and(|s| message.u.id == *uid || is_owner(s));
-    if !allowed {
+    let user = existing_user(t, uid)?;
+    let room_roles = sub.as_ref().map(|s| s.roles.as_slice()).unwrap_or_default();
+    let roles = || user.roles.iter().chain(room_roles);
+    let any = if delete {
+        Permission::DeleteMessage
+    } else {
+        Permission::EditMessage
+    };
+    let own = message.u.id == *uid
+        && sub.is_some()
+        && (!delete || permissions::allows(Permission::DeleteOwnMessage, roles()));
+    if !(own || permissions::allows(any, roles())) {
         return Err(StoreError::rejected("error-action-not-allowed", "Not allowed"));
     }
     Ok((message, room))
+}
+
+/// Refuses unless the user's global roles grant `p` (`error-not-allowed`, as Rocket.Chat).
+fn require(user: &User, p: Permission) -> StoreResult<()> {
+    if permissions::allows(p, &user.roles) {
+        Ok(())
+    } else {
+        Err(StoreError::rejected("error-not-allowed", "Not allowed"))
+    }
+}
+
+/// The time up to which every member of `room` has read it, when the room is small enough to
+/// look (see [`MAX_READ_RECEIPT_MEMBERS`]); `reader` is the subscription just read.
+fn read_by_everyone(t: &impl Txn, room: &Room, reader: &Subscription) -> StoreResult<Option<i64>> {
+    if room.users_count > MAX_READ_RECEIPT_MEMBERS {
+        return Ok(None);
+    }
+    let mut until = reader.ls;
+    for member in t.members(&room.id)? {
+        if member == reader.u.id {
+            continue;
+        }
+        if let Some(s) = t.sub(&member, &room.id)? {
+            if s.read_seq < room.last_seq {
+                until = until.min(s.ls);
+            }
+        }
+    }
+    Ok(Some(until))
 }
 
 /// Applies one write inside a backend transaction. A rejected write has written nothing (every
@@ -239,6 +308,12 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                     return Err(StoreError::rejected("error-field-unavailable", "Email already exists"));
                 }
             }
+            // The first user of a workspace administers it, as in Rocket.Chat.
+            let roles = if t.has_users()? {
+                vec!["user".into()]
+            } else {
+                vec!["admin".into(), "user".into()]
+            };
             let user = User {
                 id: UserId(random_id()),
                 name: if name.trim().is_empty() { username.clone() } else { name },
@@ -248,7 +323,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 created_at: now,
                 status: "online".into(),
                 status_text: String::new(),
-                roles: vec!["user".into()],
+                roles,
                 active: true,
             };
             t.put_user(&user)?;
@@ -328,6 +403,14 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 ));
             }
             let owner = existing_user(t, &creator)?;
+            require(
+                &owner,
+                if kind == RoomType::Channel {
+                    Permission::CreateC
+                } else {
+                    Permission::CreateP
+                },
+            )?;
             let mut others: Vec<User> = Vec::new();
             for m in members {
                 let user = t
@@ -365,6 +448,10 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             let rid = direct_room_id(&me.id, &other.id);
             let (mut room, created) = match t.room(&rid)? {
                 Some(room) if room.t == RoomType::Direct => (room, false),
+                // Opening an existing conversation needs no permission; starting one does.
+                None if !permissions::allows(Permission::CreateD, &me.roles) => {
+                    return Err(StoreError::rejected("error-not-allowed", "Not allowed"))
+                }
                 // An id collision with a room of another kind: never touch it.
                 Some(_) => return Err(StoreError::rejected("error-invalid-user", "Invalid user")),
                 None => {
@@ -430,10 +517,19 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             })?;
             Ok(WriteOutput::Room(Box::new(room), false))
         }
-        WriteOp::Leave { uid, rid } => {
+        WriteOp::Leave { uid, rid, trash_ttl_ms } => {
             let (mut room, sub) = visible_room(t, &uid, &rid)?;
             let sub = sub.ok_or_else(|| StoreError::rejected("error-user-not-in-room", "You are not in this room"))?;
             if room.t == RoomType::Direct {
+                return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
+            }
+            let leaver = existing_user(t, &uid)?;
+            let may = if room.t == RoomType::Channel {
+                Permission::LeaveC
+            } else {
+                Permission::LeaveP
+            };
+            if !permissions::allows(may, leaver.roles.iter().chain(&sub.roles)) {
                 return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
             }
             if is_owner(&sub) && room.users_count > 1 {
@@ -452,6 +548,14 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 }
             }
             t.remove_sub(&uid, &rid)?;
+            t.put_trash(&Trash {
+                kind: TrashKind::Subscription,
+                id: sub.id.clone(),
+                rid: rid.clone(),
+                uid: Some(uid.clone()),
+                deleted_at: now,
+                expires_at: now.saturating_add(trash_ttl_ms),
+            })?;
             room.users_count = room.users_count.saturating_sub(1);
             room.updated_at = now;
             t.put_room(&room)?;
@@ -481,11 +585,11 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                     return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
                 }
             }
-            if room.read_only && !is_owner(&sub) {
-                return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
-            }
             check_size(&msg)?;
             let user = existing_user(t, &uid)?;
+            if room.read_only && !permissions::allows(Permission::PostReadonly, user.roles.iter().chain(&sub.roles)) {
+                return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
+            }
             let mut mentions = Vec::new();
             for name in mentioned_usernames(&msg) {
                 if let Some(u) = t.user_by_username(name)? {
@@ -521,6 +625,16 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             sub.read_seq = message.seq;
             sub.ls = ts;
             t.update_sub(&sub)?;
+            // Each mentioned member's `userMentions` (at most MAX_MENTIONS writes).
+            for m in &message.mentions {
+                if m.id == uid {
+                    continue;
+                }
+                if let Some(mut theirs) = t.sub(&m.id, &rid)? {
+                    theirs.user_mentions += 1;
+                    t.update_sub(&theirs)?;
+                }
+            }
             t.push_change(Change::MessageCreated {
                 message: message.clone(),
                 room,
@@ -528,17 +642,19 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             Ok(WriteOutput::Message(Box::new(message)))
         }
         WriteOp::UpdateMessage { uid, mid, rid, msg } => {
-            let (mut message, mut room) = editable_message(t, &uid, &mid, rid.as_ref())?;
+            let (old, mut room) = changeable_message(t, &uid, &mid, rid.as_ref(), false)?;
             check_size(&msg)?;
-            if message.msg == msg {
-                return Ok(WriteOutput::Message(Box::new(message)));
+            if old.msg == msg {
+                return Ok(WriteOutput::Message(Box::new(old)));
             }
             let editor = existing_user(t, &uid)?;
+            let mut message = old.clone();
             message.msg = msg;
             message.edited_at = Some(now);
             message.edited_by = Some(editor.user_ref());
-            message.updated_at = now;
-            t.put_message(&message)?;
+            // Never earlier than its creation or an earlier change: sync cursors move forward.
+            message.updated_at = now.max(old.updated_at + 1);
+            t.replace_message(&old, &message)?;
             if room.last_message.as_ref().is_some_and(|m| m.id == message.id) {
                 room.last_message = Some(message.clone());
                 t.put_room(&room)?;
@@ -550,9 +666,22 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             })?;
             Ok(WriteOutput::Message(Box::new(message)))
         }
-        WriteOp::DeleteMessage { uid, mid, rid } => {
-            let (message, mut room) = editable_message(t, &uid, &mid, rid.as_ref())?;
+        WriteOp::DeleteMessage {
+            uid,
+            mid,
+            rid,
+            trash_ttl_ms,
+        } => {
+            let (message, mut room) = changeable_message(t, &uid, &mid, rid.as_ref(), true)?;
             t.remove_message(&message)?;
+            t.put_trash(&Trash {
+                kind: TrashKind::Message,
+                id: message.id.to_string(),
+                rid: message.rid.clone(),
+                uid: None,
+                deleted_at: now,
+                expires_at: now.saturating_add(trash_ttl_ms),
+            })?;
             room.msgs = room.msgs.saturating_sub(1);
             if room.last_message.as_ref().is_some_and(|m| m.id == message.id) {
                 room.last_message = t.last_message(&room.id)?;
@@ -569,17 +698,55 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
         WriteOp::MarkRead { uid, rid } => {
             let (room, sub) = visible_room(t, &uid, &rid)?;
             let mut sub = sub.ok_or_else(|| StoreError::rejected("error-not-allowed", "Not allowed"))?;
-            if sub.read_seq == room.last_seq && sub.open {
+            if sub.read_seq == room.last_seq && sub.open && sub.user_mentions == 0 && sub.group_mentions == 0 && !sub.alert
+            {
                 return Ok(WriteOutput::Unit);
             }
             sub.read_seq = room.last_seq;
             sub.ls = now;
             sub.open = true;
+            sub.user_mentions = 0;
+            sub.group_mentions = 0;
+            sub.alert = false;
             sub.updated_at = now;
-            t.put_sub(&sub)?;
+            t.update_sub(&sub)?;
+            let read_until = read_by_everyone(t, &room, &sub)?;
             t.push_change(Change::SubscriptionUpdated {
                 subscription: sub,
                 room,
+                read_until,
+            })?;
+            Ok(WriteOutput::Unit)
+        }
+        WriteOp::MarkUnread { uid, rid, mid } => {
+            let message = match &mid {
+                Some(mid) => Some(t.message(mid)?.ok_or_else(|| {
+                    StoreError::rejected("error-invalid-message", "Invalid message")
+                })?),
+                None => None,
+            };
+            let rid = match (&message, rid) {
+                (Some(m), _) => m.rid.clone(),
+                (None, Some(rid)) => rid,
+                (None, None) => return Err(StoreError::rejected("error-invalid-room", "Invalid room")),
+            };
+            let (room, sub) = visible_room(t, &uid, &rid).map_err(|_| {
+                StoreError::rejected(if mid.is_some() { "error-invalid-message" } else { "error-invalid-room" }, "Invalid")
+            })?;
+            let mut sub = sub.ok_or_else(|| StoreError::rejected("error-not-allowed", "Not allowed"))?;
+            match &message {
+                Some(m) => {
+                    sub.read_seq = m.seq.saturating_sub(1);
+                    sub.ls = m.ts.saturating_sub(1);
+                }
+                None => sub.alert = true,
+            }
+            sub.updated_at = now;
+            t.update_sub(&sub)?;
+            t.push_change(Change::SubscriptionUpdated {
+                subscription: sub,
+                room,
+                read_until: None,
             })?;
             Ok(WriteOutput::Unit)
         }
@@ -608,6 +775,40 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 status_text: text,
             })?;
             Ok(WriteOutput::User(Box::new(user)))
+        }
+        WriteOp::PutDoc {
+            coll,
+            id,
+            doc,
+            only_if_absent,
+            owner,
+        } => {
+            let existing = t.doc(coll, &id)?;
+            if let (Some(owner), Some(old)) = (&owner, &existing) {
+                if old.get("uid").and_then(serde_json::Value::as_str) != Some(owner.as_str()) {
+                    return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
+                }
+            }
+            match existing {
+                Some(old) if only_if_absent => Ok(WriteOutput::Doc(old)),
+                _ => {
+                    t.put_doc(coll, &id, &doc)?;
+                    Ok(WriteOutput::Doc(doc))
+                }
+            }
+        }
+        WriteOp::DeleteDoc { coll, id, owner } => {
+            let existing = t.doc(coll, &id)?;
+            let mine = existing.as_ref().is_some_and(|d| {
+                owner
+                    .as_ref()
+                    .is_none_or(|o| d.get("uid").and_then(serde_json::Value::as_str) == Some(o.as_str()))
+            });
+            if !mine {
+                return Ok(WriteOutput::Doc(serde_json::Value::Null));
+            }
+            t.delete_doc(coll, &id)?;
+            Ok(WriteOutput::Doc(serde_json::Value::Bool(true)))
         }
     }
 }

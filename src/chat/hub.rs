@@ -24,7 +24,7 @@ use crate::app::error::{AppError, AppResult};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::ddp;
 use crate::protocol::wire::{self, Dates};
-use crate::store::{Change, ChangeRecord, Room, Store, User, UserRef};
+use crate::store::{Change, ChangeRecord, Room, Store, Subscription, User, UserRef};
 
 /// The hub's maps are looked up for every delivery: foldhash (randomly seeded, so keys chosen
 /// by clients cannot be made to collide) instead of SipHash.
@@ -36,6 +36,8 @@ pub const STREAM_NOTIFY_USER: &str = "stream-notify-user";
 pub const STREAM_NOTIFY_ROOM: &str = "stream-notify-room";
 pub const STREAM_NOTIFY_LOGGED: &str = "stream-notify-logged";
 pub const STREAM_USER_PRESENCE: &str = "stream-user-presence";
+pub const STREAM_NOTIFY_ALL: &str = "stream-notify-all";
+pub const STREAM_ROLES: &str = "stream-roles";
 pub const MY_MESSAGES: &str = "__my_messages__";
 
 /// Longest a method waits for its own change to come back through the feed before answering
@@ -196,7 +198,9 @@ struct LocalUser {
     sessions: Vec<SessionId>,
     /// What this shard last told the presence owner: every session here is idle.
     idle_reported: bool,
-    rooms: HashSet<RoomId>,
+    /// The user's subscriptions (their rooms), kept in step with the feed: a new message's
+    /// `subscriptions-changed` carries each member's own counters.
+    rooms: HashMap<RoomId, Subscription>,
     state: LoadState,
 }
 
@@ -308,7 +312,7 @@ impl Hub {
 
     /// Whether the local user `uid` is a member of `rid` as of the changes applied here.
     pub fn is_member(&self, uid: &UserId, rid: &RoomId) -> bool {
-        self.users.borrow().get(uid).is_some_and(|u| u.rooms.contains(rid))
+        self.users.borrow().get(uid).is_some_and(|u| u.rooms.contains_key(rid))
     }
 
     /// Logs `user` in on `session`: on the user's first session on this shard, tells the tailer
@@ -350,7 +354,7 @@ impl Hub {
                         LocalUser {
                             sessions: vec![session.id],
                             idle_reported: false,
-                            rooms: HashSet::default(),
+                            rooms: HashMap::default(),
                             state: LoadState::Loading {
                                 pending: Vec::new(),
                                 waiters: Vec::new(),
@@ -396,9 +400,9 @@ impl Hub {
                 return Ok(());
             };
             let mut members = self.room_members.borrow_mut();
-            for rid in rooms {
-                members.entry(rid.clone()).or_default().insert(user.id.clone());
-                lu.rooms.insert(rid);
+            for sub in rooms {
+                members.entry(sub.rid.clone()).or_default().insert(user.id.clone());
+                lu.rooms.insert(sub.rid.clone(), sub);
             }
             match std::mem::replace(&mut lu.state, LoadState::Ready { synced }) {
                 LoadState::Loading { pending, waiters } => (pending, waiters),
@@ -430,7 +434,7 @@ impl Hub {
             if lu.sessions.is_empty() {
                 if let Some(lu) = users.remove(&user.id) {
                     let mut members = self.room_members.borrow_mut();
-                    for rid in lu.rooms {
+                    for rid in lu.rooms.into_keys() {
                         if let Some(set) = members.get_mut(&rid) {
                             set.remove(&user.id);
                             if set.is_empty() {
@@ -866,24 +870,30 @@ impl Hub {
         }
     }
 
-    /// Keeps local users' room sets in step with membership changes.
+    /// Keeps local users' subscriptions in step with the feed: memberships, read marks, and
+    /// what a new message changes in the sender's and the mentioned members' subscriptions.
     fn apply_membership(&self, rec: &Arc<ChangeRecord>) {
-        let (uid, rid, added) = match &rec.change {
-            Change::MemberAdded { room, subscription } => (&subscription.u.id, &room.id, true),
-            Change::MemberRemoved { room, uid, .. } => (uid, &room.id, false),
-            _ => return,
-        };
-        let mut users = self.users.borrow_mut();
-        let Some(lu) = users.get_mut(uid) else { return };
-        match &mut lu.state {
-            LoadState::Loading { pending, .. } => pending.push(rec.clone()),
-            LoadState::Ready { synced } if rec.seq > *synced => {
-                let mut members = self.room_members.borrow_mut();
-                if added {
-                    lu.rooms.insert(rid.clone());
-                    members.entry(rid.clone()).or_default().insert(uid.clone());
-                } else {
+        match &rec.change {
+            Change::MemberAdded { subscription, .. } | Change::SubscriptionUpdated { subscription, .. } => {
+                let added = matches!(rec.change, Change::MemberAdded { .. });
+                self.with_local_sub(rec, &subscription.u.id, |lu| {
+                    if added {
+                        self.room_members
+                            .borrow_mut()
+                            .entry(subscription.rid.clone())
+                            .or_default()
+                            .insert(subscription.u.id.clone());
+                    }
+                    if added || lu.rooms.contains_key(&subscription.rid) {
+                        lu.rooms.insert(subscription.rid.clone(), subscription.clone());
+                    }
+                });
+            }
+            Change::MemberRemoved { room, uid, .. } => {
+                self.with_local_sub(rec, uid, |lu| {
+                    let rid = &room.id;
                     lu.rooms.remove(rid);
+                    let mut members = self.room_members.borrow_mut();
                     if let Some(set) = members.get_mut(rid) {
                         set.remove(uid);
                         if set.is_empty() {
@@ -904,8 +914,43 @@ impl Hub {
                             }
                         }
                     }
+                });
+            }
+            Change::MessageCreated { message, room } => {
+                // The rules' own bookkeeping, mirrored: the sender has read their message, each
+                // mentioned member has one more mention.
+                self.with_local_sub(rec, &message.u.id, |lu| {
+                    if let Some(sub) = lu.rooms.get_mut(&room.id) {
+                        sub.read_seq = message.seq;
+                        sub.ls = message.ts;
+                    }
+                });
+                for m in &message.mentions {
+                    if m.id != message.u.id {
+                        self.with_local_sub(rec, &m.id, |lu| {
+                            if let Some(sub) = lu.rooms.get_mut(&room.id) {
+                                sub.user_mentions += 1;
+                            }
+                        });
+                    }
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// Runs `f` on the local user `uid` once the change `rec` is theirs to apply: now, or after
+    /// their subscriptions have loaded (changes the load's snapshot already holds are skipped).
+    fn with_local_sub(&self, rec: &Arc<ChangeRecord>, uid: &UserId, f: impl FnOnce(&mut LocalUser)) {
+        let mut users = self.users.borrow_mut();
+        let Some(lu) = users.get_mut(uid) else { return };
+        match &mut lu.state {
+            LoadState::Loading { pending, .. } => {
+                if !pending.last().is_some_and(|p| Arc::ptr_eq(p, rec)) {
+                    pending.push(rec.clone());
+                }
+            }
+            LoadState::Ready { synced } if rec.seq > *synced => f(lu),
             LoadState::Ready { .. } => {}
         }
     }
@@ -1025,6 +1070,13 @@ impl Hub {
                             .get_or_insert_with(|| format!(r#"["updated",{}]"#, wire::room(room, Dates::Ejson)));
                         self.push(s, &notify_user_event(uid, "rooms-changed", args));
                     }
+                    // Each member's own counters moved (unread, alert, mentions): their
+                    // subscription, rendered once per member.
+                    if is_new && *uid != message.u.id && s.wants_user_event(uid, "subscriptions-changed") {
+                        if let Some(frame) = self.member_sub_frame(uid, room) {
+                            self.push(s, &frame);
+                        }
+                    }
                 });
             }
             Change::MessageDeleted { rid, mid, room } => {
@@ -1083,7 +1135,24 @@ impl Hub {
                 }
                 self.room_updated(room, Some(uid));
             }
-            Change::SubscriptionUpdated { subscription, room } => {
+            Change::SubscriptionUpdated {
+                subscription,
+                room,
+                read_until,
+            } => {
+                if let Some(until) = read_until {
+                    let event = format!("{}/messagesRead", room.id);
+                    let frame = Utf8Bytes::from(ddp::stream_event(
+                        STREAM_NOTIFY_ROOM,
+                        &event,
+                        &json!([{ "until": { "$date": until } }]).to_string(),
+                    ));
+                    self.for_member_sessions(&room.id, |_, s| {
+                        if s.wants(STREAM_NOTIFY_ROOM, &event) {
+                            self.push(s, &frame);
+                        }
+                    });
+                }
                 let uid = &subscription.u.id;
                 let sub_json = wire::subscription(subscription, room, Dates::Ejson).to_string();
                 for s in self.user_sessions(uid) {
@@ -1099,6 +1168,20 @@ impl Hub {
             // (`apply_presence`); the raw change is not delivered to sessions.
             Change::UserStatusChanged { .. } => {}
         }
+    }
+}
+
+impl Hub {
+    /// `subscriptions-changed ["updated", sub]` for a local member's subscription of `room`, as
+    /// the feed has left it.
+    fn member_sub_frame(&self, uid: &UserId, room: &Room) -> Option<Utf8Bytes> {
+        let users = self.users.borrow();
+        let sub = users.get(uid)?.rooms.get(&room.id)?;
+        let args = format!(
+            r#"["updated",{}]"#,
+            wire::subscription(sub, room, Dates::Ejson)
+        );
+        Some(notify_user_event(uid, "subscriptions-changed", &args))
     }
 }
 

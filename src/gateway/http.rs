@@ -1,6 +1,7 @@
 //! HTTP/1.1 on every shard, served by hyper with keep-alive (runs on the connection's shard).
-//! Routes: `/health` (and `/live`, `/ready`), `/metrics` (OpenMetrics text), `/api/info`; everything else is a
-//! Rocket.Chat-style JSON 404. The REST API v1 builds on this router.
+//! Routes: `/health` (and `/live`, `/ready`), `/metrics` (OpenMetrics text), `/api/info` and the
+//! REST API v1 (`/api/v1/*`, see [`crate::api::rest`]); everything else is a Rocket.Chat-style
+//! JSON 404.
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -14,9 +15,6 @@ use serde_json::{json, Value};
 
 use super::io::HyperIo;
 use crate::ctx::ShardCtx;
-
-/// The Rocket.Chat version chatd reports compatibility with.
-pub const COMPAT_VERSION: &str = "6.5.0";
 
 /// Serves HTTP/1.1 on one connection from `peer`.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>, peer: std::net::IpAddr) {
@@ -55,7 +53,11 @@ async fn route(req: Request<Incoming>, ctx: &ShardCtx, peer: std::net::IpAddr) -
         (&Method::GET, "/health/live") => super::health::live(ctx),
         (&Method::GET, "/health/ready") => super::health::ready(ctx).await,
         (&Method::GET, "/metrics") => super::metrics::metrics(ctx),
-        (&Method::GET, "/api/info") => info(ctx),
+        (&Method::GET, "/api/info") => {
+            let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+            let body = crate::api::settings::info(ctx, header("x-user-id"), header("x-auth-token")).await;
+            json_response(StatusCode::OK, &body)
+        }
         (_, p) if p.starts_with("/api/v1/") => {
             let started = std::time::Instant::now();
             let forwarded: Vec<&str> = req
@@ -66,7 +68,7 @@ async fn route(req: Request<Incoming>, ctx: &ShardCtx, peer: std::net::IpAddr) -
                 .collect();
             let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
             let ip = super::ratelimit::client_ip(peer, forwarded.as_deref(), ctx.config.rate_limits.trusted_proxies);
-            let resp = super::rest::handle(req, ctx, ip).await;
+            let resp = crate::api::rest::handle(req, ctx, ip).await;
             ctx.hub.stats.rest_seconds.observe_duration(started.elapsed());
             resp
         }
@@ -75,13 +77,4 @@ async fn route(req: Request<Incoming>, ctx: &ShardCtx, peer: std::net::IpAddr) -
             &json!({"success": false, "error": "Resource not found"}),
         ),
     }
-}
-
-/// `GET /api/info`: the compatible version, and the public URL when `root_url` is set.
-fn info(ctx: &ShardCtx) -> Response<Full<Bytes>> {
-    let mut body = json!({"version": COMPAT_VERSION, "minimumClientVersions": {}, "success": true});
-    if let (Some(url), Some(obj)) = (&ctx.config.root_url, body.as_object_mut()) {
-        obj.insert("rootUrl".into(), Value::String(url.clone()));
-    }
-    json_response(StatusCode::OK, &body)
 }

@@ -5,10 +5,8 @@
 mod health;
 pub mod http;
 mod io;
-mod methods;
 mod metrics;
 pub mod ratelimit;
-pub mod rest;
 pub mod session;
 pub mod tls;
 

@@ -166,6 +166,14 @@ impl Default for ConnectionCounters {
     }
 }
 
+/// Who a REST call is counted against: the logged-in user, or the address before login (so a
+/// company behind one NAT address does not share one bucket).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RestKey {
+    User(UserId),
+    Ip(IpAddr),
+}
+
 /// A shard's counters for DDP users and addresses and for REST endpoints.
 #[derive(Default)]
 pub struct ShardCounters {
@@ -173,7 +181,7 @@ pub struct ShardCounters {
     ddp_user: RefCell<Counters<UserId>>,
     ddp_user_name: RefCell<Counters<(UserId, Kind, String)>>,
     own_rules: RefCell<Counters<(UserId, &'static str)>>,
-    rest: RefCell<Counters<(IpAddr, String)>>,
+    rest: RefCell<Counters<(RestKey, String)>>,
 }
 
 /// Methods with a rule of their own (left out of the by-method rules), and whether users who
@@ -272,15 +280,15 @@ impl ShardCounters {
         }
     }
 
-    /// Counts one REST call to `route` (method + endpoint) from `ip`; `None` when REST limits
-    /// are off or the caller is exempt, else the verdict (refused when `!allowed`).
-    pub fn check_rest(&self, rules: &RateLimits, ip: IpAddr, route: &str, now: Instant) -> Option<Verdict> {
+    /// Counts one REST call to `route` (method + endpoint) by `key`; `None` when REST limits
+    /// are off, else the verdict (refused when `!allowed`).
+    pub fn check_rest(&self, rules: &RateLimits, key: RestKey, route: &str, now: Instant) -> Option<Verdict> {
         if !rules.enabled {
             return None;
         }
         self.rest
             .borrow_mut()
-            .hit((ip, route.to_owned()), rules.rest_endpoint, now)
+            .hit((key, route.to_owned()), rules.rest_endpoint, now)
     }
 }
 

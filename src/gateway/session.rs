@@ -3,7 +3,8 @@
 //! task drains the bounded outbound queue, coalescing everything pending into one flush.
 //!
 //! Timers: a server `ping` after `ping_interval` of silence and a close after as long again;
-//! a close if the client has not logged in within `auth_timeout`.
+//! a close if the client has not logged in within `auth_timeout` (when one is set). Method calls
+//! and subscriptions go to the API ([`crate::api`]).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -19,11 +20,12 @@ use tungstenite::{Message, Utf8Bytes};
 
 use super::ratelimit::{self, DdpCall, Kind};
 use crate::ctx::ShardCtx;
-use crate::chat::hub::{SessionHandle, STREAM_USER_PRESENCE};
+use crate::api::ddp::{Conn, DdpAnswer};
+use crate::api::streams;
+use crate::chat::hub::SessionHandle;
 use crate::chat::outbound::{Batch, CloseReason, Outbound};
 use crate::ids::random_id;
 use crate::protocol::ddp::{self, ClientFrame, MeteorError};
-use crate::store::User;
 
 /// After this many malformed frames a connection is closed (abusive client).
 const MAX_BAD_FRAMES: u32 = 50;
@@ -42,12 +44,9 @@ pub struct Session {
     pub handle: Rc<SessionHandle>,
     pub ddp_session: String,
     pub connected: bool,
-    pub user: Option<User>,
-    /// SHA-256 of the token this session logged in with (for `logout`).
-    pub token_hash: Option<String>,
+    /// What the API keeps of this connection (its user, token, waiting subscriptions).
+    pub conn: Conn,
     bad_frames: Rc<Cell<u32>>,
-    /// The client's address (after trusted proxies).
-    pub ip: std::net::IpAddr,
     /// This connection's own rate-limit counters.
     rate: ratelimit::ConnectionCounters,
 }
@@ -112,10 +111,8 @@ async fn serve<S>(
         handle: handle.clone(),
         ddp_session: random_id(),
         connected: false,
-        user: None,
-        token_hash: None,
+        conn: Conn::new(handle.clone(), ip),
         bad_frames: Rc::new(Cell::new(0)),
-        ip,
         rate: Default::default(),
     };
     // Meteor's greeting; clients ignore it, some wait for nothing else before `connect`.
@@ -278,44 +275,36 @@ impl Session {
                     self.push(ddp::updated(&id));
                     return true;
                 }
-                // Possibly large results come as JSON rendered on a reader thread, framed as is.
                 let started = std::time::Instant::now();
-                let res = match self.call_raw(&method, &params).await {
-                    Some(raw) => raw.map(|raw| match raw {
-                        Some(raw) => ddp::result_raw(&id, &raw),
-                        None => ddp::result(&id, None),
-                    }),
-                    None => self.call(&method, params).await.map(|v| ddp::result(&id, v)),
-                };
+                let was_logged_in = self.conn.user.is_some();
+                let res = crate::api::ddp::call(&self.ctx, &mut self.conn, &method, params).await;
                 self.ctx.hub.stats.method_seconds.observe_duration(started.elapsed());
                 match res {
-                    Ok(frame) => self.push(frame),
+                    // Possibly large results come as JSON rendered on a reader thread, framed as is.
+                    Ok(DdpAnswer::Raw(raw)) => self.push(ddp::result_raw(&id, &raw)),
+                    Ok(DdpAnswer::Value(v)) => self.push(ddp::result(&id, v)),
                     Err(e) => {
                         tracing::debug!(method, error = %e.reason, "method failed");
                         self.push(ddp::result_error(&id, &e));
                     }
                 }
                 self.push(ddp::updated(&id));
+                // Subscriptions made before the login run now that there is a user.
+                if !was_logged_in && self.conn.user.is_some() {
+                    streams::run_pending(&self.ctx, &mut self.conn).await;
+                }
                 true
             }
             ClientFrame::Sub { id, name, params } => {
                 let answer = match self.rate_check(Kind::Sub, &name) {
                     Err(v) => Err(v.ddp_error()),
-                    Ok(()) if name == STREAM_USER_PRESENCE => self.subscribe_presence(&id, &params).await.map(Some),
-                    // `None`: a duplicate id, ignored as Meteor does.
-                    Ok(()) => self.subscribe(&id, &name, &params).await.map(|ok| ok.then_some(true)),
+                    Ok(()) => streams::subscribe(&self.ctx, &mut self.conn, &id, &name, params).await,
                 };
-                match answer {
-                    Ok(Some(true)) => self.push(ddp::ready(&id)),
-                    Ok(Some(false)) => self.push(ddp::nosub(&id, None)),
-                    Ok(None) => {}
-                    Err(e) => self.push(ddp::nosub(&id, Some(&e))),
-                }
+                streams::push_answer(&self.conn, &id, answer);
                 true
             }
             ClientFrame::Unsub { id } => {
-                self.handle.remove_sub(&id);
-                self.ctx.hub.clear_presence_watch_if(&self.handle, &id);
+                streams::unsubscribe(&self.ctx, &mut self.conn, &id);
                 self.push(ddp::nosub(&id, None));
                 true
             }
@@ -327,8 +316,8 @@ impl Session {
         let call = DdpCall {
             kind,
             name,
-            ip: self.ip,
-            user: self.user.as_ref().map(|u| (&u.id, ratelimit::privileged(&u.roles))),
+            ip: self.conn.ip,
+            user: self.conn.user.as_ref().map(|u| (&u.id, ratelimit::privileged(&u.roles))),
         };
         let verdict = self
             .ctx
@@ -338,11 +327,6 @@ impl Session {
             tracing::debug!(name, wait_ms = v.reset_in.as_millis() as u64, "call over a rate limit");
         }
         verdict
-    }
-
-    /// Requires a logged-in user.
-    pub fn require_user(&self) -> Result<&User, MeteorError> {
-        self.user.as_ref().ok_or_else(MeteorError::not_logged_in)
     }
 }
 
@@ -391,7 +375,8 @@ impl Reader<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let ping_every = self.ctx.config.ping_interval();
-        let auth_deadline = Instant::now() + Duration::from_secs(self.ctx.config.limits.auth_timeout_secs);
+        let auth_timeout = self.ctx.config.limits.auth_timeout_secs;
+        let auth_deadline = (auth_timeout > 0).then(|| Instant::now() + Duration::from_secs(auth_timeout));
         let mut last_heard = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         loop {
@@ -401,8 +386,8 @@ impl Reader<'_> {
                 Some(at) => at + ping_every,
                 None => last_heard + ping_every,
             };
-            if !logged_in {
-                deadline = deadline.min(auth_deadline);
+            if let (false, Some(auth)) = (logged_in, auth_deadline) {
+                deadline = deadline.min(auth);
             }
             let sleep_for = deadline.saturating_duration_since(now);
             let wake = futures_lite::future::or(
@@ -423,7 +408,7 @@ impl Reader<'_> {
                 Wake::Closing => return,
                 Wake::Timer => {
                     let now = Instant::now();
-                    if self.handle.user().is_none() && now >= auth_deadline {
+                    if self.handle.user().is_none() && auth_deadline.is_some_and(|d| now >= d) {
                         tracing::debug!("closing: not logged in within the auth timeout");
                         self.push(ddp::error("Authentication timeout", None));
                         self.close(4001, "authentication timeout");

@@ -82,6 +82,16 @@ fn bool_of(d: &Document, key: &str) -> Option<bool> {
     }
 }
 
+/// A non-negative count (Rocket.Chat stores counters as int32, int64 or double).
+fn count_of(d: &Document, key: &str) -> Option<u64> {
+    match d.get(key) {
+        Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Double(f)) if *f >= 0.0 => Some(*f as u64),
+        _ => None,
+    }
+}
+
 fn strings_of(v: Option<&Bson>) -> Vec<String> {
     match v {
         Some(Bson::Array(a)) => a
@@ -253,8 +263,26 @@ pub fn room(d: &Document, now: i64) -> Result<Room, Skip> {
     })
 }
 
-/// `rocketchat_subscription` → a chatd subscription. Its read position is the last-seen mark
-/// `ls` (or, without one, when the subscription was made); the store turns it into `read_seq`.
+/// What an imported subscription's `read_seq` holds until the sink has counted its room's
+/// messages: Rocket.Chat's own `unread` count, or this when the document has none.
+pub const UNREAD_UNKNOWN: u64 = i64::MAX as u64;
+
+/// The read position of an imported subscription once its room's messages are known: the
+/// room's last sequence minus Rocket.Chat's own `unread` count (kept as it is: Rocket.Chat does
+/// not count the user's own messages), or, when the document had none, minus the messages
+/// after the last-seen mark `ls`. `times` are the room's message times in order.
+pub fn imported_read_seq(sub: &Subscription, last_seq: u64, times: &[i64]) -> u64 {
+    let unread = if sub.read_seq == UNREAD_UNKNOWN {
+        let seen = times.partition_point(|ts| *ts <= sub.ls.max(0));
+        (times.len() - seen) as u64
+    } else {
+        sub.read_seq.min(times.len() as u64)
+    };
+    last_seq.saturating_sub(unread)
+}
+
+/// `rocketchat_subscription` → a chatd subscription. Its read position is turned into
+/// `read_seq` by the store once the room's messages are in (see [`imported_read_seq`]).
 pub fn subscription(d: &Document, now: i64) -> Result<Subscription, Skip> {
     let id = doc_id(d)?;
     let rid = id_of(d.get("rid")).ok_or_else(|| Skip::new("subscription without rid", id.clone()))?;
@@ -276,9 +304,12 @@ pub fn subscription(d: &Document, now: i64) -> Result<Subscription, Skip> {
         open: bool_of(d, "open").unwrap_or(true),
         ts,
         ls: date_of(d.get("ls")).unwrap_or(ts),
-        read_seq: 0,
+        read_seq: count_of(d, "unread").unwrap_or(UNREAD_UNKNOWN),
         updated_at: date_of(d.get("_updatedAt")).unwrap_or(ts),
         roles: strings_of(d.get("roles")),
+        user_mentions: count_of(d, "userMentions").unwrap_or(0),
+        group_mentions: count_of(d, "groupMentions").unwrap_or(0),
+        alert: bool_of(d, "alert").unwrap_or(false),
     })
 }
 

@@ -264,6 +264,7 @@ pub fn user(u: &User, status: &str, d: Dates, private: bool) -> Value {
 /// A subscription; unread is derived from the room's sequence (O(1), no per-message writes).
 pub fn subscription(s: &Subscription, r: &Room, d: Dates) -> Value {
     let unread = r.last_seq.saturating_sub(s.read_seq).min(r.msgs);
+    let alert = s.alert || unread > 0 || s.user_mentions > 0 || s.group_mentions > 0;
     json!({
         "_id": s.id,
         "rid": s.rid,
@@ -272,10 +273,10 @@ pub fn subscription(s: &Subscription, r: &Room, d: Dates) -> Value {
         "name": s.name,
         "fname": s.fname,
         "open": s.open,
-        "alert": unread > 0,
+        "alert": alert,
         "unread": unread,
-        "userMentions": 0,
-        "groupMentions": 0,
+        "userMentions": s.user_mentions,
+        "groupMentions": s.group_mentions,
         "ts": d.date(s.ts),
         "ls": d.date(s.ls),
         "_updatedAt": d.date(s.updated_at.max(r.updated_at)),

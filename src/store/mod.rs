@@ -260,8 +260,18 @@ pub trait Backend: Send + Sync + 'static {
     fn message(&self, mid: &MessageId) -> StoreResult<Option<Message>>;
     /// A page of a room's messages, newest first, and how many matched (see [`HistoryQuery`]).
     fn history(&self, rid: &RoomId, q: &HistoryQuery) -> StoreResult<(Vec<Message>, u64)>;
-    /// The rooms a user belongs to, and the mark this snapshot reflects.
-    fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)>;
+    /// The user's subscriptions, and the mark this snapshot reflects.
+    fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<Subscription>, Mark)>;
+    /// Messages of a room sent or changed after `after` (ms), in the order of their last
+    /// change (`updated_at`), at most `limit`.
+    fn messages_updated(&self, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<Message>>;
+    /// Messages of a room deleted after `after`, oldest deletion first, at most `limit` (kept
+    /// for the configured retention).
+    fn deleted_messages(&self, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<Trash>>;
+    /// Subscriptions of a user removed after `after`, oldest first, at most `limit`.
+    fn removed_subscriptions(&self, uid: &UserId, after: i64, limit: usize) -> StoreResult<Vec<Trash>>;
+    /// A small document (settings, push tokens).
+    fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>>;
 
     /// Hands a write to the backend's writer without blocking.
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError>;
@@ -379,9 +389,11 @@ pub enum WriteOp {
         uid: UserId,
         rid: RoomId,
     },
+    /// `trash_ttl_ms`: how long the removed subscription's record is kept for syncing clients.
     Leave {
         uid: UserId,
         rid: RoomId,
+        trash_ttl_ms: i64,
     },
     SendMessage {
         uid: UserId,
@@ -397,20 +409,46 @@ pub enum WriteOp {
         rid: Option<RoomId>,
         msg: String,
     },
-    /// `rid`, when given, must be the message's room.
+    /// `rid`, when given, must be the message's room; `trash_ttl_ms`: how long the deletion's
+    /// record is kept for syncing clients.
     DeleteMessage {
         uid: UserId,
         mid: MessageId,
         rid: Option<RoomId>,
+        trash_ttl_ms: i64,
     },
     MarkRead {
         uid: UserId,
         rid: RoomId,
     },
+    /// Marks a room unread for its user: from message `mid` on (`unread` counts from it), or,
+    /// with only `rid`, as a whole (`alert`).
+    MarkUnread {
+        uid: UserId,
+        rid: Option<RoomId>,
+        mid: Option<MessageId>,
+    },
     SetStatus {
         uid: UserId,
         status: String,
         status_text: Option<String>,
+    },
+    /// Stores a small document (a setting, a push token). With `only_if_absent`, an existing
+    /// document is kept and returned instead. With `owner`, an existing document whose `uid`
+    /// is another user's is left alone (`error-not-allowed`).
+    PutDoc {
+        coll: &'static str,
+        id: String,
+        doc: serde_json::Value,
+        only_if_absent: bool,
+        owner: Option<UserId>,
+    },
+    /// Deletes a small document; with `owner`, only one whose `uid` is that user's (anything
+    /// else is answered as missing).
+    DeleteDoc {
+        coll: &'static str,
+        id: String,
+        owner: Option<UserId>,
     },
 }
 
@@ -425,6 +463,9 @@ pub enum WriteOutput {
     /// `SendMessage` re-sent by its author to the same room with an id that already exists:
     /// nothing was written; the stored message.
     Duplicate(Box<Message>),
+    /// The document now stored (`PutDoc`), or whether one was deleted (`DeleteDoc`: `Null`
+    /// when there was none).
+    Doc(serde_json::Value),
 }
 
 /// A durable write's result and the mark at which its effects are visible in the feed.
@@ -698,7 +739,12 @@ impl Store {
         self.read(|b| b.all_memberships()).await
     }
 
-    pub async fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)> {
+    pub async fn doc(&self, coll: &'static str, id: &str) -> StoreResult<Option<serde_json::Value>> {
+        let id = id.to_owned();
+        self.read(move |b| b.doc(coll, &id)).await
+    }
+
+    pub async fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<Subscription>, Mark)> {
         let uid = uid.clone();
         self.read(move |b| b.memberships_of(&uid)).await
     }

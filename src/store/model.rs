@@ -115,6 +115,37 @@ pub struct Subscription {
     pub read_seq: u64,
     pub updated_at: i64,
     pub roles: Vec<String>,
+    /// Messages mentioning this user by name since they last read the room.
+    #[serde(default)]
+    pub user_mentions: u64,
+    /// Messages mentioning `@all` / `@here` since they last read the room.
+    #[serde(default)]
+    pub group_mentions: u64,
+    /// Marked unread by the user (`subscriptions.unread`) until they read the room again.
+    #[serde(default)]
+    pub alert: bool,
+}
+
+/// What a deletion leaves behind for clients that cached the deleted thing: `chat.syncMessages`
+/// reports deleted messages, `subscriptions.get` / `rooms.get` removed subscriptions. Kept until
+/// `expires_at` (the configured retention).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trash {
+    pub kind: TrashKind,
+    /// The message's or the subscription's id.
+    pub id: String,
+    pub rid: RoomId,
+    /// A subscription's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<UserId>,
+    pub deleted_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrashKind {
+    Message,
+    Subscription,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -181,6 +212,9 @@ pub enum Change {
     SubscriptionUpdated {
         subscription: Subscription,
         room: Room,
+        /// After a read: every member has read the room up to this time (`messagesRead`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        read_until: Option<i64>,
     },
     /// A user's chosen status changed.
     UserStatusChanged {

@@ -80,6 +80,10 @@ pub fn backup(db: &Database, out: &Path) -> StoreResult<BackupReport> {
     copy(&snapshot, &txn, MESSAGE_IDS)?;
     copy(&snapshot, &txn, CHANGES)?;
     copy(&snapshot, &txn, META)?;
+    copy(&snapshot, &txn, EDITS)?;
+    copy(&snapshot, &txn, TRASH_MESSAGES)?;
+    copy(&snapshot, &txn, TRASH_SUBS)?;
+    copy(&snapshot, &txn, DOCS)?;
     let change_seq = match snapshot.open_table(META) {
         Ok(t) => redb::ReadableTable::get(&t, META_CHANGE_SEQ)
             .map_err(sf)?

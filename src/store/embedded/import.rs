@@ -226,10 +226,7 @@ impl ImportSink for EmbeddedImport {
                     room.users_count = members.len() as u64;
                     for uid in members {
                         let Some(mut sub) = t.sub(&uid, &rid)? else { continue };
-                        // Unread = messages after the last-seen mark.
-                        let seen = times.partition_point(|ts| *ts <= sub.ls.max(0));
-                        let unread = (times.len() - seen) as u64;
-                        sub.read_seq = room.last_seq.saturating_sub(unread);
+                        sub.read_seq = crate::import::convert::imported_read_seq(&sub, room.last_seq, &times);
                         t.put_sub(&sub)?;
                     }
                     t.put_room(&room)?;

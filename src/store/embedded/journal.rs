@@ -217,6 +217,10 @@ log_source! {
     12 => changes via apply_u64,
     13 => meta,
     14 => room_tails,
+    15 => edits,
+    16 => trash_messages,
+    17 => trash_subs,
+    18 => docs,
 }
 
 /// Applies a record's payload to `t`.

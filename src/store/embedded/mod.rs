@@ -215,8 +215,25 @@ impl Backend for EmbeddedStore {
     fn history(&self, rid: &RoomId, q: &super::HistoryQuery) -> StoreResult<(Vec<super::Message>, u64)> {
         reads::history(&self.db, rid, q)
     }
-    fn memberships_of(&self, uid: &crate::ids::UserId) -> StoreResult<(Vec<RoomId>, super::Mark)> {
+    fn memberships_of(&self, uid: &crate::ids::UserId) -> StoreResult<(Vec<super::Subscription>, super::Mark)> {
         reads::memberships_of(&self.db, uid)
+    }
+    fn messages_updated(&self, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<super::Message>> {
+        reads::messages_updated(&self.db, rid, after, limit)
+    }
+    fn deleted_messages(&self, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<super::Trash>> {
+        reads::deleted_messages(&self.db, rid, after, limit)
+    }
+    fn removed_subscriptions(
+        &self,
+        uid: &crate::ids::UserId,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<super::Trash>> {
+        reads::removed_subscriptions(&self.db, uid, after, limit)
+    }
+    fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>> {
+        reads::doc(&self.db, coll, id)
     }
 
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError> {

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 
 use super::schema::*;
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::store::{HistoryQuery, LoginToken, Mark, Message, Room, StoreResult, Subscription, User};
+use crate::store::{HistoryQuery, LoginToken, Mark, Message, Room, StoreResult, Subscription, Trash, User};
 
 fn read<T>(db: &Database, f: impl FnOnce(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
     let txn = db.begin_read().map_err(sf)?;
@@ -287,20 +287,121 @@ pub fn history(db: &Database, rid: &RoomId, q: &HistoryQuery) -> StoreResult<(Ve
     })
 }
 
-pub fn memberships_of(db: &Database, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)> {
+pub fn memberships_of(db: &Database, uid: &UserId) -> StoreResult<(Vec<Subscription>, Mark)> {
     read(db, |t| {
         let meta = t.open_table(META).map_err(sf)?;
         let seq = meta.get(META_CHANGE_SEQ).map_err(sf)?.map(|v| v.value()).unwrap_or(0);
         let subs = t.open_table(SUBS).map_err(sf)?;
-        let mut rooms = Vec::new();
+        let mut out = Vec::new();
         for entry in subs.range((uid.as_str(), "")..).map_err(sf)? {
-            let (k, _) = entry.map_err(sf)?;
-            let (u, r) = k.value();
-            if u != uid.as_str() {
+            let (k, v) = entry.map_err(sf)?;
+            if k.value().0 != uid.as_str() {
                 break;
             }
-            rooms.push(RoomId::from(r));
+            out.push(dec(v.value())?);
         }
-        Ok((rooms, seq))
+        Ok((out, seq))
+    })
+}
+
+/// Messages of a room changed after `after` (sent, or edited since), oldest change first, at
+/// most `limit`: the messages sent after it that were never edited, merged with the edits
+/// index.
+pub fn messages_updated(db: &Database, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<Message>> {
+    read(db, |t| {
+        let messages = t.open_table(MESSAGES).map_err(sf)?;
+        let edits = t.open_table(EDITS).map_err(sf)?;
+        let ids = t.open_table(MESSAGE_IDS).map_err(sf)?;
+        let from = ts_key(after).saturating_add(1);
+        let mut sent = messages
+            .range((rid.as_str(), from, 0)..(rid.as_str(), u64::MAX, u64::MAX))
+            .map_err(sf)?;
+        let mut edited = edits
+            .range((rid.as_str(), from, "")..(rid.as_str(), u64::MAX, ""))
+            .map_err(sf)?;
+        let mut next_sent = || -> StoreResult<Option<Message>> {
+            for entry in sent.by_ref() {
+                let m: Message = dec(entry.map_err(sf)?.1.value())?;
+                // An edited message is reported by its edit, at its change time.
+                if m.updated_at <= m.ts {
+                    return Ok(Some(m));
+                }
+            }
+            Ok(None)
+        };
+        let mut next_edit = || -> StoreResult<Option<Message>> {
+            for entry in edited.by_ref() {
+                let (k, _) = entry.map_err(sf)?;
+                let mid = k.value().2;
+                let Some(key) = ids.get(mid).map_err(sf)? else { continue };
+                let (r, ts, seq) = key.value();
+                if let Some(v) = messages.get((r, ts, seq)).map_err(sf)? {
+                    return Ok(Some(dec(v.value())?));
+                }
+            }
+            Ok(None)
+        };
+        let mut out = Vec::new();
+        let (mut a, mut b) = (next_sent()?, next_edit()?);
+        while out.len() < limit {
+            let take_a = match (&a, &b) {
+                (Some(x), Some(y)) => x.updated_at <= y.updated_at,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_a {
+                out.extend(a.take());
+                a = next_sent()?;
+            } else {
+                out.extend(b.take());
+                b = next_edit()?;
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Records of `table` under `scope` deleted after `after`, oldest first, at most `limit`.
+fn trash_after(
+    db: &Database,
+    def: TableDefinition<(&str, u64, &str), &[u8]>,
+    scope: &str,
+    after: i64,
+    limit: usize,
+) -> StoreResult<Vec<Trash>> {
+    read(db, |t| {
+        let table = t.open_table(def).map_err(sf)?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((scope, ts_key(after).saturating_add(1), "")..(scope, u64::MAX, ""))
+            .map_err(sf)?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            out.push(dec(entry.map_err(sf)?.1.value())?);
+        }
+        Ok(out)
+    })
+}
+
+pub fn deleted_messages(db: &Database, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<Trash>> {
+    trash_after(db, TRASH_MESSAGES, rid.as_str(), after, limit)
+}
+
+pub fn removed_subscriptions(db: &Database, uid: &UserId, after: i64, limit: usize) -> StoreResult<Vec<Trash>> {
+    trash_after(db, TRASH_SUBS, uid.as_str(), after, limit)
+}
+
+pub fn doc(db: &Database, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>> {
+    read(db, |t| {
+        let table = match t.open_table(DOCS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(sf(e)),
+        };
+        let v = table.get((coll, id)).map_err(sf)?;
+        v.map(|v| dec(v.value())).transpose()
     })
 }

@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::app::rules::Txn;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
-    Change, ChangeRecord, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, User,
+    Change, ChangeRecord, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, Trash, TrashKind,
+    User,
 };
 
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -47,6 +48,15 @@ pub const MESSAGE_IDS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition
 /// change seq → change record.
 pub const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (rid, updated_at, message id) → (): messages changed after they were sent (edits), at their
+/// last change; with the messages sent since a time, what `chat.syncMessages` reports.
+pub const EDITS: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("message_edits");
+/// (rid, deleted_at, message id) → [`Trash`]: deleted messages, for syncing clients.
+pub const TRASH_MESSAGES: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("trash_messages");
+/// (uid, deleted_at, subscription id) → [`Trash`]: removed subscriptions, for syncing clients.
+pub const TRASH_SUBS: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("trash_subscriptions");
+/// (collection, id) → JSON: small documents (settings, push tokens).
+pub const DOCS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("docs");
 pub const META_CHANGE_SEQ: &str = "change_seq";
 /// Number of the last journal group in the store (see [`super::journal`]).
 pub const META_JOURNAL_LSN: &str = "journal_lsn";
@@ -149,6 +159,10 @@ pub struct Tables<'t> {
     pub message_ids: Logged<'t, &'static str, (&'static str, u64, u64)>,
     pub changes: Logged<'t, u64, &'static [u8]>,
     pub meta: Logged<'t, &'static str, u64>,
+    pub edits: Logged<'t, (&'static str, u64, &'static str), ()>,
+    pub trash_messages: Logged<'t, (&'static str, u64, &'static str), &'static [u8]>,
+    pub trash_subs: Logged<'t, (&'static str, u64, &'static str), &'static [u8]>,
+    pub docs: Logged<'t, (&'static str, &'static str), &'static [u8]>,
     /// Change-log head inside this transaction.
     pub seq: u64,
     /// The change records appended in this transaction, kept (journaled transactions only) so
@@ -184,6 +198,10 @@ impl<'t> Tables<'t> {
             message_ids: Logged::new(txn.open_table(MESSAGE_IDS).map_err(sf)?, id::message_ids, journaled),
             changes: Logged::new(txn.open_table(CHANGES).map_err(sf)?, id::changes, journaled),
             meta: Logged::new(txn.open_table(META).map_err(sf)?, id::meta, journaled),
+            edits: Logged::new(txn.open_table(EDITS).map_err(sf)?, id::edits, journaled),
+            trash_messages: Logged::new(txn.open_table(TRASH_MESSAGES).map_err(sf)?, id::trash_messages, journaled),
+            trash_subs: Logged::new(txn.open_table(TRASH_SUBS).map_err(sf)?, id::trash_subs, journaled),
+            docs: Logged::new(txn.open_table(DOCS).map_err(sf)?, id::docs, journaled),
             seq: 0,
             appended: journaled.then(Vec::new),
         };
@@ -266,6 +284,29 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// Key of a message's entry in [`EDITS`], when it changed after it was sent.
+fn edit_key(m: &Message) -> Option<(&str, u64, &str)> {
+    (m.updated_at > m.ts).then(|| (m.rid.as_str(), ts_key(m.updated_at), m.id.as_str()))
+}
+
+/// Drops the records of `table` under `scope` deleted before `before` (expired).
+fn prune_trash(
+    table: &mut Logged<'_, (&'static str, u64, &'static str), &'static [u8]>,
+    scope: &str,
+    before: i64,
+) -> StoreResult<()> {
+    let expired: Vec<(u64, String)> = table
+        .range((scope, 0, "")..(scope, ts_key(before), ""))
+        .map_err(sf)?
+        .map(|e| e.map(|(k, _)| (k.value().1, k.value().2.to_owned())))
+        .collect::<Result<_, _>>()
+        .map_err(sf)?;
+    for (at, id) in expired {
+        table.remove((scope, at, id.as_str())).map_err(sf)?;
+    }
+    Ok(())
+}
+
 impl Txn for Tables<'_> {
     fn user(&self, uid: &UserId) -> StoreResult<Option<User>> {
         self.users
@@ -273,6 +314,10 @@ impl Txn for Tables<'_> {
             .map_err(sf)?
             .map(|v| dec(v.value()))
             .transpose()
+    }
+
+    fn has_users(&self) -> StoreResult<bool> {
+        Ok(self.users.first().map_err(sf)?.is_some())
     }
 
     fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
@@ -392,9 +437,57 @@ impl Txn for Tables<'_> {
         Ok(())
     }
 
+    fn replace_message(&mut self, old: &Message, new: &Message) -> StoreResult<()> {
+        if let Some(key) = edit_key(old) {
+            self.edits.remove(key).map_err(sf)?;
+        }
+        if let Some(key) = edit_key(new) {
+            self.edits.insert(key, ()).map_err(sf)?;
+        }
+        self.put_message(new)
+    }
+
     fn remove_message(&mut self, m: &Message) -> StoreResult<()> {
         self.messages.remove(message_key(m)).map_err(sf)?;
         self.message_ids.remove(m.id.as_str()).map_err(sf)?;
+        if let Some(key) = edit_key(m) {
+            self.edits.remove(key).map_err(sf)?;
+        }
+        Ok(())
+    }
+
+    fn put_trash(&mut self, trash: &Trash) -> StoreResult<()> {
+        let ttl = trash.expires_at.saturating_sub(trash.deleted_at);
+        let record = enc(trash)?;
+        let (table, scope) = match (trash.kind, &trash.uid) {
+            (TrashKind::Message, _) => (&mut self.trash_messages, trash.rid.as_str()),
+            (TrashKind::Subscription, Some(uid)) => (&mut self.trash_subs, uid.as_str()),
+            (TrashKind::Subscription, None) => {
+                return Err(StoreError::Internal("a removed subscription's record without its user".into()))
+            }
+        };
+        prune_trash(table, scope, trash.deleted_at.saturating_sub(ttl))?;
+        table
+            .insert((scope, ts_key(trash.deleted_at), trash.id.as_str()), record.as_slice())
+            .map_err(sf)?;
+        Ok(())
+    }
+
+    fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.docs
+            .get((coll, id))
+            .map_err(sf)?
+            .map(|v| dec(v.value()))
+            .transpose()
+    }
+
+    fn put_doc(&mut self, coll: &str, id: &str, doc: &serde_json::Value) -> StoreResult<()> {
+        self.docs.insert((coll, id), enc(doc)?.as_slice()).map_err(sf)?;
+        Ok(())
+    }
+
+    fn delete_doc(&mut self, coll: &str, id: &str) -> StoreResult<()> {
+        self.docs.remove((coll, id)).map_err(sf)?;
         Ok(())
     }
 

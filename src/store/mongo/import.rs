@@ -383,10 +383,7 @@ impl ImportSink for MongoImport {
             room.users_count = members.len() as u64;
             let mut writes = Vec::new();
             for mut sub in members {
-                // Unread = messages after the last-seen mark.
-                let seen = times.partition_point(|ts| *ts <= sub.ls.max(0));
-                let unread = (times.len() - seen) as u64;
-                sub.read_seq = room.last_seq.saturating_sub(unread);
+                sub.read_seq = crate::import::convert::imported_read_seq(&sub, room.last_seq, &times);
                 let subs = subs.clone();
                 writes.push(async move {
                     subs.update_one(

@@ -657,8 +657,20 @@ impl Backend for MongoStore {
     fn history(&self, rid: &RoomId, q: &super::HistoryQuery) -> StoreResult<(Vec<super::Message>, u64)> {
         self.reads.history(rid, q)
     }
-    fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)> {
+    fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<super::Subscription>, Mark)> {
         self.reads.memberships_of(uid)
+    }
+    fn messages_updated(&self, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<super::Message>> {
+        self.reads.messages_updated(rid, after, limit)
+    }
+    fn deleted_messages(&self, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<super::Trash>> {
+        self.reads.deleted_messages(rid, after, limit)
+    }
+    fn removed_subscriptions(&self, uid: &UserId, after: i64, limit: usize) -> StoreResult<Vec<super::Trash>> {
+        self.reads.removed_subscriptions(uid, after, limit)
+    }
+    fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.reads.doc(coll, id)
     }
 
     fn try_submit(&self, req: WriteRequest) -> Result<(), SubmitError> {

@@ -12,9 +12,11 @@ use mongodb::{Collection, Database};
 use tokio::runtime::Handle;
 
 use super::convert::{from_doc, mark_of};
-use super::schema::{self, MESSAGES, ROOMS, SUBSCRIPTIONS, TOKENS, USERS};
+use super::schema::{self, DOCS, MESSAGES, ROOMS, SUBSCRIPTIONS, TOKENS, TRASH, USERS};
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::store::{HistoryQuery, LoginToken, Mark, Message, Room, StoreError, StoreResult, Subscription, User};
+use crate::store::{
+    HistoryQuery, LoginToken, Mark, Message, Room, StoreError, StoreResult, Subscription, Trash, TrashKind, User,
+};
 
 /// Most ids asked for in one `$in` query.
 const IN_CHUNK: usize = 1000;
@@ -196,28 +198,64 @@ impl Reads {
         Ok((page, total))
     }
 
-    /// The user's rooms, and the cluster time the read saw (a causally consistent session's
-    /// operation time): changes after it are not in the answer.
-    pub fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<RoomId>, Mark)> {
+    /// The user's subscriptions, and the cluster time the read saw (a causally consistent
+    /// session's operation time): changes after it are not in the answer.
+    pub fn memberships_of(&self, uid: &UserId) -> StoreResult<(Vec<Subscription>, Mark)> {
         let c = self.coll(SUBSCRIPTIONS);
         let filter = doc! {"u.id": uid.as_str()};
         let (docs, mark) = self.run(async {
             let mut session = self.db.client().start_session().await?;
-            let mut cursor = c
-                .find(filter)
-                .projection(doc! {"rid": 1, "_id": 0})
-                .session(&mut session)
-                .await?;
+            let mut cursor = c.find(filter).session(&mut session).await?;
             let mut docs = Vec::new();
             while let Some(d) = cursor.next(&mut session).await {
                 docs.push(d?);
             }
             Ok((docs, session.operation_time().map_or(0, mark_of)))
         })?;
-        let rooms = docs
-            .iter()
-            .filter_map(|d| d.get_str("rid").ok().map(RoomId::from))
-            .collect();
-        Ok((rooms, mark))
+        let subs = docs.iter().map(from_doc).collect::<StoreResult<Vec<Subscription>>>()?;
+        Ok((subs, mark))
+    }
+
+    /// Messages of a room changed after `after`, by their last change.
+    pub fn messages_updated(&self, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<Message>> {
+        let opts = FindOptions::builder()
+            .sort(doc! {"updated_at": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .build();
+        self.many(
+            MESSAGES,
+            doc! {"rid": rid.as_str(), "updated_at": {"$gt": after}},
+            opts,
+        )
+    }
+
+    fn trash(&self, filter: Document, limit: usize) -> StoreResult<Vec<Trash>> {
+        let opts = FindOptions::builder()
+            .sort(doc! {"deleted_at": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .build();
+        self.many(TRASH, filter, opts)
+    }
+
+    pub fn deleted_messages(&self, rid: &RoomId, after: i64, limit: usize) -> StoreResult<Vec<Trash>> {
+        let kind = format!("{:?}", TrashKind::Message);
+        self.trash(
+            doc! {"kind": kind, "rid": rid.as_str(), "deleted_at": {"$gt": after}},
+            limit,
+        )
+    }
+
+    pub fn removed_subscriptions(&self, uid: &UserId, after: i64, limit: usize) -> StoreResult<Vec<Trash>> {
+        let kind = format!("{:?}", TrashKind::Subscription);
+        self.trash(
+            doc! {"kind": kind, "uid": uid.as_str(), "deleted_at": {"$gt": after}},
+            limit,
+        )
+    }
+
+    pub fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>> {
+        let c = self.coll(DOCS);
+        let found = self.run(c.find_one(doc! {"_id": schema::doc_key(coll, id)}))?;
+        Ok(found.and_then(|d| d.get("value").cloned()).map(|b| b.into_relaxed_extjson()))
     }
 }

@@ -10,7 +10,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 
 use super::convert::to_doc;
-use crate::store::{ChangeRecord, LoginToken, Message, Room, RoomType, StoreResult, Subscription, User};
+use crate::store::{ChangeRecord, LoginToken, Message, Room, RoomType, StoreResult, Subscription, Trash, User};
 
 pub const USERS: &str = "chatd_users";
 pub const TOKENS: &str = "chatd_tokens";
@@ -23,8 +23,13 @@ pub const CHANGES: &str = "chatd_changes";
 /// The instances registry: one document per host (keyed by its cluster address) with a
 /// heartbeat the host refreshes; readers ignore stale ones by heartbeat age.
 pub const INSTANCES: &str = "chatd_instances";
+/// Deleted messages and removed subscriptions, kept for syncing clients until `expire_at` (a
+/// TTL index removes them then).
+pub const TRASH: &str = "chatd_trash";
+/// Small documents (settings, push tokens): `_id` is `<collection>:<id>`.
+pub const DOCS: &str = "chatd_docs";
 /// Every collection chatd creates.
-pub const ALL: [&str; 7] = [USERS, TOKENS, ROOMS, SUBSCRIPTIONS, MESSAGES, CHANGES, INSTANCES];
+pub const ALL: [&str; 9] = [USERS, TOKENS, ROOMS, SUBSCRIPTIONS, MESSAGES, CHANGES, INSTANCES, TRASH, DOCS];
 /// Instances whose heartbeat is older than this are deleted by MongoDB (garbage collection only:
 /// liveness is judged by heartbeat age when reading).
 pub const INSTANCES_TTL: Duration = Duration::from_secs(300);
@@ -84,7 +89,31 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
                 plain(doc! {"rid": 1, "u.id": 1}, "rid_uid"),
             ],
         ),
-        (MESSAGES, vec![plain(doc! {"rid": 1, "ts": 1, "seq": 1}, "rid_ts_seq")]),
+        (
+            MESSAGES,
+            vec![
+                plain(doc! {"rid": 1, "ts": 1, "seq": 1}, "rid_ts_seq"),
+                plain(doc! {"rid": 1, "updated_at": 1}, "rid_updated_at"),
+            ],
+        ),
+        (
+            TRASH,
+            vec![
+                plain(doc! {"kind": 1, "rid": 1, "deleted_at": 1}, "kind_rid_deleted_at"),
+                plain(doc! {"kind": 1, "uid": 1, "deleted_at": 1}, "kind_uid_deleted_at"),
+                // Per-document expiry: each record carries its own time, so a changed retention
+                // never changes the index.
+                IndexModel::builder()
+                    .keys(doc! {"expire_at": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .name("expire_at_ttl".to_owned())
+                            .expire_after(Duration::from_secs(0))
+                            .build(),
+                    )
+                    .build(),
+            ],
+        ),
         (
             INSTANCES,
             vec![IndexModel::builder()
@@ -185,6 +214,23 @@ pub fn change_doc(record: &ChangeRecord, host: &str, now_ms: i64) -> StoreResult
         "host": host,
         "record": to_doc(record)?,
     })
+}
+
+/// A deletion record: its fields, a `_id` unique per kind and thing, and the expiry date the
+/// TTL index reads.
+pub fn trash_doc(t: &Trash) -> StoreResult<Document> {
+    let mut d = to_doc(t)?;
+    d.insert("_id", format!("{:?}:{}", t.kind, t.id));
+    d.insert(
+        "expire_at",
+        Bson::DateTime(mongodb::bson::DateTime::from_millis(t.expires_at)),
+    );
+    Ok(d)
+}
+
+/// Key of a small document.
+pub fn doc_key(coll: &str, id: &str) -> String {
+    format!("{coll}:{id}")
 }
 
 /// Filter of one subscription.

@@ -13,10 +13,12 @@ use mongodb::{ClientSession, Collection, Database};
 use tokio::runtime::Handle;
 
 use super::convert::from_doc;
-use super::schema::{self, CHANGES, MESSAGES, ROOMS, SUBSCRIPTIONS, TOKENS, USERS};
+use super::schema::{self, CHANGES, DOCS, MESSAGES, ROOMS, SUBSCRIPTIONS, TOKENS, TRASH, USERS};
 use crate::app::rules::Txn;
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::store::{Change, ChangeRecord, LoginToken, Message, Room, StoreError, StoreResult, Subscription, User};
+use crate::store::{
+    Change, ChangeRecord, LoginToken, Message, Room, StoreError, StoreResult, Subscription, Trash, User,
+};
 
 pub struct MongoTxn<'a> {
     rt: &'a Handle,
@@ -120,6 +122,31 @@ fn split_keys(mut doc: Document, keys: &[&str]) -> (Document, Document) {
 impl Txn for MongoTxn<'_> {
     fn user(&self, uid: &UserId) -> StoreResult<Option<User>> {
         self.decoded(USERS, doc! {"_id": uid.as_str()})
+    }
+
+    fn has_users(&self) -> StoreResult<bool> {
+        self.exists(USERS, doc! {})
+    }
+
+    fn put_trash(&mut self, trash: &Trash) -> StoreResult<()> {
+        let d = schema::trash_doc(trash)?;
+        let id = d.get_str("_id").map_err(|e| StoreError::Internal(e.to_string()))?.to_owned();
+        self.replace(TRASH, &id, d)
+    }
+
+    fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>> {
+        let found = self.find_one(DOCS, doc! {"_id": schema::doc_key(coll, id)})?;
+        Ok(found.and_then(|d| d.get("value").cloned()).map(|b| b.into_relaxed_extjson()))
+    }
+
+    fn put_doc(&mut self, coll: &str, id: &str, value: &serde_json::Value) -> StoreResult<()> {
+        let key = schema::doc_key(coll, id);
+        let value = mongodb::bson::to_bson(value).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.replace(DOCS, &key, doc! {"_id": key.as_str(), "value": value})
+    }
+
+    fn delete_doc(&mut self, coll: &str, id: &str) -> StoreResult<()> {
+        self.delete(DOCS, doc! {"_id": schema::doc_key(coll, id)})
     }
 
     fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
