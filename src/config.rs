@@ -472,7 +472,10 @@ impl std::fmt::Debug for Workspace {
         f.debug_struct("Workspace")
             .field("site_name", &self.site_name)
             .field("rocketchat_version", &self.rocketchat_version)
-            .field("supported_versions_token", &self.supported_versions_token.as_ref().map(|_| "<set>"))
+            .field(
+                "supported_versions_token",
+                &self.supported_versions_token.as_ref().map(|_| "<set>"),
+            )
             .field("supported_for_days", &self.supported_for_days)
             .finish()
     }
@@ -821,4 +824,3 @@ mod tests {
             .contains("limits.ping_interval_secs"));
     }
 }
-

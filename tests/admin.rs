@@ -260,3 +260,48 @@ fn a_backup_taken_while_clients_write_restores_every_acknowledged_message() {
         assert_eq!(room_ids(p.addr, &format!("writer{i}"), rid), acked, "room {i}");
     }
 }
+
+#[test]
+fn a_role_without_create_permissions_cannot_create_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The first account is the workspace's admin, as in Rocket.Chat.
+    ok(&user_cmd(&data, "add", "root", &["--password", "root-pw"], ""));
+    ok(&user_cmd(&data, "add", "visitor", &["--password", "visitor-pw"], ""));
+    ok(&user_cmd(
+        &data,
+        "role",
+        "visitor",
+        &["--remove", "user", "--add", "guest"],
+        "",
+    ));
+    let listed = ok(&chatd_with_stdin(
+        &["user", "list", "--json", "--data-dir", data.to_str().unwrap()],
+        "",
+    ));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("\"root\"") && l.contains("\"admin\"")),
+        "{listed}"
+    );
+    let p = ChatdProcess::serve(&data);
+    let mut visitor = Ddp::open(p.addr);
+    visitor.login("visitor", "visitor-pw");
+    // create-c, create-p and create-d are given to users, bots and admins, not guests.
+    for (method, params) in [
+        ("createChannel", json!(["lobby", [], false])),
+        ("createPrivateGroup", json!(["secret", [], false])),
+        ("createDirectMessage", json!(["root"])),
+    ] {
+        let err = visitor.call(method, params).unwrap_err();
+        assert_eq!(err["error"], "error-not-allowed", "{method}: {err}");
+    }
+    let mut root = Ddp::open(p.addr);
+    root.login("root", "root-pw");
+    root.ok("createChannel", json!(["lobby", ["visitor"], false]));
+    // Opening a conversation someone else started needs no permission.
+    let dm = root.ok("createDirectMessage", json!(["visitor"]));
+    let again = visitor.ok("createDirectMessage", json!(["root"]));
+    assert_eq!(dm["rid"], again["rid"]);
+}

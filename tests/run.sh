@@ -2,6 +2,7 @@
 # The one command that runs every test (README "Run the tests"). Safe on a fresh machine:
 # it creates the Python virtualenv with the real published Rocket.Chat clients, then runs
 # formatting, lints and the whole Rust test suite (unit, shards, integration, compatibility).
+# It also installs the published Rocket.Chat bot SDK 0.2 from the npm registry (needs node, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,16 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rocketchat_asy
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
 fi
 export CHATD_TEST_PYTHON="$VENV/bin/python"
+
+# The published Rocket.Chat bot SDK 0.2 (hubot-rocketchat's driver), pinned by its lock file.
+NODE_DIR="${CHATD_TEST_NODE_DIR:-$PWD/target/test-node}"
+if [ ! -d "$NODE_DIR/node_modules/@rocket.chat/sdk" ] || ! cmp -s tests/compat/sdk02/package-lock.json "$NODE_DIR/package-lock.json"; then
+  echo "== installing the Rocket.Chat SDK 0.2 at $NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  cp tests/compat/sdk02/package.json tests/compat/sdk02/package-lock.json "$NODE_DIR/"
+  (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+export CHATD_TEST_NODE_MODULES="$NODE_DIR/node_modules"
 export CHATD_REQUIRE_COMPAT=1
 
 echo "== cargo fmt --check"

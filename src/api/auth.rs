@@ -80,7 +80,13 @@ pub async fn ddp_register(c: &mut Ddp<'_>) -> DdpResult {
     let pass = opt_str(form, "pass")?.ok_or_else(|| MeteorError::match_failed("pass is required"))?;
     let user = c
         .ops()
-        .register("registerUser", username, pass, opt_str(form, "email")?, opt_str(form, "name")?)
+        .register(
+            "registerUser",
+            username,
+            pass,
+            opt_str(form, "email")?,
+            opt_str(form, "name")?,
+        )
         .await?;
     ddp::value(json!(user.id))
 }

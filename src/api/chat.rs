@@ -21,7 +21,11 @@ const MAX_MISSED: usize = 500;
 pub async fn ddp_send(c: &mut Ddp<'_>) -> DdpResult {
     let m = c.obj_at(0, "message")?;
     let rid = opt_str(m, "rid")?.ok_or_else(|| MeteorError::match_failed("rid is required"))?;
-    let (id, text, tmid) = (opt_str(m, "_id")?, opt_str(m, "msg")?.unwrap_or(""), opt_str(m, "tmid")?);
+    let (id, text, tmid) = (
+        opt_str(m, "_id")?,
+        opt_str(m, "msg")?.unwrap_or(""),
+        opt_str(m, "tmid")?,
+    );
     let user = c.user()?;
     let sent = c
         .ops()
@@ -251,9 +255,11 @@ fn cursor_ms(c: &Rest<'_>, key: &str) -> Result<Option<i64>, RestError> {
         .get(key)
         .filter(|v| !v.is_empty())
         .map(|v| {
-            v.trim()
-                .parse::<i64>()
-                .map_err(|_| RestError::invalid(format!("The \"{key}\" query parameter must be a timestamp in milliseconds")))
+            v.trim().parse::<i64>().map_err(|_| {
+                RestError::invalid(format!(
+                    "The \"{key}\" query parameter must be a timestamp in milliseconds"
+                ))
+            })
         })
         .transpose()
 }
@@ -354,7 +360,12 @@ pub async fn sync_messages(c: &Rest<'_>) -> RestResult {
             .collect(),
         RoomChanges::Deleted(list) => list
             .iter()
-            .map(|t| (t.deleted_at, json!({"_id": t.id, "_deletedAt": Dates::Iso.date(t.deleted_at)})))
+            .map(|t| {
+                (
+                    t.deleted_at,
+                    json!({"_id": t.id, "_deletedAt": Dates::Iso.date(t.deleted_at)}),
+                )
+            })
             .collect(),
     };
     let (next_cursor, previous_cursor) = match previous {

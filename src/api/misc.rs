@@ -46,15 +46,23 @@ pub async fn push_token_set(c: &Rest<'_>) -> RestResult {
     let b = &c.body;
     let kind = b.str("type")?;
     if kind != "apn" && kind != "gcm" {
-        return Err(RestError::invalid("The required \"type\" body param is invalid or missing."));
+        return Err(RestError::invalid(
+            "The required \"type\" body param is invalid or missing.",
+        ));
     }
     let value = b.str("value")?;
     let app_name = b.str("appName")?;
     let voip = b.opt_str("voipToken")?;
-    if [value, app_name, voip.unwrap_or("")].iter().any(|f| f.len() > MAX_PUSH_FIELD) {
+    if [value, app_name, voip.unwrap_or("")]
+        .iter()
+        .any(|f| f.len() > MAX_PUSH_FIELD)
+    {
         return Err(RestError::invalid("Push token fields are limited to 4096 bytes"));
     }
-    let id = b.opt_str("id")?.filter(|s| !s.is_empty()).map_or_else(random_id, str::to_owned);
+    let id = b
+        .opt_str("id")?
+        .filter(|s| !s.is_empty())
+        .map_or_else(random_id, str::to_owned);
     let now = now_ms();
     let mut doc = json!({
         "_id": id,
@@ -70,7 +78,14 @@ pub async fn push_token_set(c: &Rest<'_>) -> RestResult {
     }
     let stored = c
         .ops()
-        .put_doc("push.token", PUSH_TOKENS, auth::sha256_hex(value), doc, false, Some(user))
+        .put_doc(
+            "push.token",
+            PUSH_TOKENS,
+            auth::sha256_hex(value),
+            doc,
+            false,
+            Some(user),
+        )
         .await?;
     let at = |k: &str| Dates::Iso.date(stored.get(k).and_then(Value::as_i64).unwrap_or(now));
     Ok(ok(json!({"result": {
@@ -112,11 +127,13 @@ pub async fn method_call_anon(c: &Rest<'_>) -> RestResult {
 /// and answers `{message: "<EJSON {msg: "result", id, result | error}>"}` as Rocket.Chat does.
 async fn bridge(c: &Rest<'_>, user: Option<crate::store::User>) -> RestResult {
     let text = c.body.str("message")?;
-    let call: Value = serde_json::from_str(text)
-        .map_err(|_| RestError::invalid("Param \"message\" must be an EJSON method call"))?;
+    let call: Value =
+        serde_json::from_str(text).map_err(|_| RestError::invalid("Param \"message\" must be an EJSON method call"))?;
     let method = call.get("method").and_then(Value::as_str).unwrap_or(c.tail.as_str());
     if method != c.tail {
-        return Err(RestError::invalid("The method in the message is not the one in the URL"));
+        return Err(RestError::invalid(
+            "The method in the message is not the one in the URL",
+        ));
     }
     let id = call.get("id").cloned().unwrap_or(Value::Null);
     let params = match call.get("params") {

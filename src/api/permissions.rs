@@ -37,7 +37,9 @@ fn permissions_since(since: Option<i64>, d: Dates) -> Vec<Value> {
 pub async fn list_all(c: &Rest<'_>) -> RestResult {
     c.user()?;
     let since = c.query.date("updatedSince")?;
-    Ok(ok(json!({"update": permissions_since(since, Dates::Iso), "remove": []})))
+    Ok(ok(
+        json!({"update": permissions_since(since, Dates::Iso), "remove": []}),
+    ))
 }
 
 /// DDP `permissions/get [{$date}?]`: the list, or `{update, remove}` since a date.

@@ -120,7 +120,6 @@ impl From<AppError> for RestError {
     }
 }
 
-
 /// Query parameters, decoded leniently: some clients send them without percent-encoding, and
 /// Python clients send booleans as `True` / `False` and lists as `key[]=a&key[]=b`.
 pub struct Query(pub HashMap<String, Vec<String>>);
@@ -337,7 +336,6 @@ pub fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-
 /// A successful answer: a JSON value, or JSON text rendered elsewhere (off the shard).
 pub enum Answer {
     Json(Value),
@@ -454,7 +452,11 @@ async fn handle_inner(
     let Some((route, access, handler)) = super::rest_route(&method, &endpoint) else {
         return Err(RestError::not_found());
     };
-    let tail = endpoint.strip_prefix(route).unwrap_or_default().trim_start_matches('/').to_owned();
+    let tail = endpoint
+        .strip_prefix(route)
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_owned();
     let query = Query::parse(req.uri().query());
     let (uid, token) = (
         header(req.headers(), "x-user-id").map(str::to_owned),

@@ -43,7 +43,10 @@ pub async fn ddp_create(c: &mut Ddp<'_>) -> DdpResult {
         Some(_) => return Err(MeteorError::match_failed("readOnly must be a boolean")),
     };
     let user = c.user()?;
-    let room = c.ops().create_room(c.method, user, t, &name, members, read_only).await?;
+    let room = c
+        .ops()
+        .create_room(c.method, user, t, &name, members, read_only)
+        .await?;
     let mut v = wire::room(&room, Dates::Ejson);
     if let Value::Object(o) = &mut v {
         o.insert("rid".into(), json!(room.id));
@@ -63,7 +66,14 @@ pub async fn rest_create(c: &Rest<'_>, t: RoomType) -> RestResult {
     };
     let room = c
         .ops()
-        .create_room(method, user, t, b.str("name")?, b.usernames("members")?, b.opt_bool("readOnly")?)
+        .create_room(
+            method,
+            user,
+            t,
+            b.str("name")?,
+            b.usernames("members")?,
+            b.opt_bool("readOnly")?,
+        )
         .await?;
     Ok(ok(json!({ key: wire::room(&room, Dates::Iso) })))
 }

@@ -94,7 +94,14 @@ pub async fn unique_id(c: &Rest<'_>) -> Result<String, RestError> {
         return Ok(id);
     }
     let stored = ops
-        .put_doc("settings.public", SETTINGS, UNIQUE_ID.into(), json!(random_id()), true, None)
+        .put_doc(
+            "settings.public",
+            SETTINGS,
+            UNIQUE_ID.into(),
+            json!(random_id()),
+            true,
+            None,
+        )
         .await?;
     Ok(stored.as_str().unwrap_or_default().to_owned())
 }
@@ -212,7 +219,12 @@ fn requested_ids(c: &Rest<'_>) -> Result<Option<Vec<String>>, RestError> {
     let mut named = false;
     for list in c.query.0.get("_id").into_iter().flatten() {
         named = true;
-        ids.extend(list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned));
+        ids.extend(
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
     }
     if let Some(q) = c.query.get("query").filter(|q| !q.trim().is_empty()) {
         let parsed: Value =
@@ -228,9 +240,17 @@ fn requested_ids(c: &Rest<'_>) -> Result<Option<Vec<String>>, RestError> {
                     named = true;
                     ids.extend(a.iter().filter_map(Value::as_str).map(str::to_owned));
                 }
-                _ => return Err(RestError::invalid("Param \"query._id\" must be a string or {\"$in\": [...]}")),
+                _ => {
+                    return Err(RestError::invalid(
+                        "Param \"query._id\" must be a string or {\"$in\": [...]}",
+                    ))
+                }
             },
-            Some(_) => return Err(RestError::invalid("Param \"query._id\" must be a string or {\"$in\": [...]}")),
+            Some(_) => {
+                return Err(RestError::invalid(
+                    "Param \"query._id\" must be a string or {\"$in\": [...]}",
+                ))
+            }
         }
     }
     Ok(named.then_some(ids))

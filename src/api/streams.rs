@@ -21,12 +21,11 @@ use crate::protocol::ddp::{self as frames, MeteorError};
 pub enum SubAnswer {
     /// `ready`.
     Ready,
-    /// A duplicate id: `nosub` without an error (Meteor ignores such a sub).
+    /// `nosub` without an error: a duplicate id (Meteor ignores such a sub), or a presence
+    /// subscription that only edited the live one.
     Duplicate,
     /// It waits for a login; answered then.
     Waiting,
-    /// The live presence subscription was only edited: no answer.
-    Silent,
 }
 
 /// Handles one `sub` frame.
@@ -38,6 +37,9 @@ pub async fn subscribe(
     params: Vec<Value>,
 ) -> Result<SubAnswer, MeteorError> {
     if conn.user.is_none() && needs_user(name) {
+        if name != STREAM_USER_PRESENCE && !params.first().is_some_and(Value::is_string) {
+            return Err(MeteorError::match_failed("eventName must be a string"));
+        }
         let cap = ctx.config.limits.max_subscriptions_per_session;
         if conn.pending_subs.len() + conn.handle.sub_count() >= cap {
             return Err(too_many(cap));
@@ -54,7 +56,7 @@ pub async fn subscribe(
             if live {
                 SubAnswer::Ready
             } else {
-                SubAnswer::Silent
+                SubAnswer::Duplicate
             }
         });
     }
@@ -78,7 +80,7 @@ pub fn push_answer(conn: &Conn, id: &str, answer: Result<SubAnswer, MeteorError>
     let frame = match answer {
         Ok(SubAnswer::Ready) => frames::ready(id),
         Ok(SubAnswer::Duplicate) => frames::nosub(id, None),
-        Ok(SubAnswer::Waiting | SubAnswer::Silent) => return,
+        Ok(SubAnswer::Waiting) => return,
         Err(e) => frames::nosub(id, Some(&e)),
     };
     conn.handle.out.push_str(frame);
@@ -91,9 +93,17 @@ pub fn unsubscribe(ctx: &ShardCtx, conn: &mut Conn, id: &str) {
     ctx.hub.clear_presence_watch_if(&conn.handle, id);
 }
 
-/// Streams whose events are about a user's own data (anything but public settings).
+/// Streams that need a logged-in user (everything known but public settings).
 fn needs_user(name: &str) -> bool {
-    name != STREAM_NOTIFY_ALL
+    matches!(
+        name,
+        STREAM_ROOM_MESSAGES
+            | STREAM_NOTIFY_USER
+            | STREAM_NOTIFY_ROOM
+            | STREAM_NOTIFY_LOGGED
+            | STREAM_ROLES
+            | STREAM_USER_PRESENCE
+    )
 }
 
 fn too_many(cap: usize) -> MeteorError {

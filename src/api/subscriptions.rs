@@ -65,7 +65,11 @@ pub async fn rest_read(c: &Rest<'_>) -> RestResult {
     let user = c.user()?;
     let rid = match (c.body.opt_str("rid")?, c.body.opt_str("roomId")?) {
         (Some(r), _) | (None, Some(r)) if !r.is_empty() => r,
-        _ => return Err(RestError::invalid("The required \"rid\" or \"roomId\" param is missing")),
+        _ => {
+            return Err(RestError::invalid(
+                "The required \"rid\" or \"roomId\" param is missing",
+            ))
+        }
     };
     c.ops().mark_read("subscriptions.read", user, RoomId::from(rid)).await?;
     Ok(ok(serde_json::json!({})))

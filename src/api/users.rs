@@ -24,13 +24,7 @@ async fn target_user(c: &Rest<'_>, caller: &User) -> Result<User, RestError> {
         (None, None) => return Ok(caller.clone()),
     }
     .map_err(AppError::from)?;
-    found.ok_or_else(|| {
-        RestError::typed(
-            hyper::StatusCode::BAD_REQUEST,
-            "User not found.",
-            "error-invalid-user",
-        )
-    })
+    found.ok_or_else(|| RestError::typed(hyper::StatusCode::BAD_REQUEST, "User not found.", "error-invalid-user"))
 }
 
 /// `GET users.info?userId|username`.

@@ -3,8 +3,8 @@
 
 pub mod error;
 pub mod login_guard;
-pub mod permissions;
 pub mod ops;
+pub mod permissions;
 pub mod rules;
 
 pub use error::{AppError, AppResult, Code};

@@ -406,7 +406,13 @@ impl<'a> Ops<'a> {
     }
 
     /// Marks a room unread from message `mid` on, or as a whole (`rid` only).
-    pub async fn mark_unread(&self, method: &str, user: &User, rid: Option<RoomId>, mid: Option<MessageId>) -> AppResult<()> {
+    pub async fn mark_unread(
+        &self,
+        method: &str,
+        user: &User,
+        rid: Option<RoomId>,
+        mid: Option<MessageId>,
+    ) -> AppResult<()> {
         self.write(
             method,
             WriteOp::MarkUnread {
@@ -572,7 +578,13 @@ impl<'a> Ops<'a> {
     }
 
     /// Deletes a small document (`owner`: only theirs); whether there was one.
-    pub async fn delete_doc(&self, method: &str, coll: &'static str, id: String, owner: Option<&User>) -> AppResult<bool> {
+    pub async fn delete_doc(
+        &self,
+        method: &str,
+        coll: &'static str,
+        id: String,
+        owner: Option<&User>,
+    ) -> AppResult<bool> {
         let op = WriteOp::DeleteDoc {
             coll,
             id,
@@ -664,11 +676,10 @@ impl<'a> Ops<'a> {
 
     /// What others see of `user`'s presence now: (status, connection status, status text).
     pub async fn presence(&self, user: &User) -> AppResult<PresenceRead> {
-        Ok(self
-            .hub
-            .query_presence(vec![user.id.clone()])
-            .await?
-            .pop()
-            .unwrap_or((Status::Offline, Status::Offline, String::new())))
+        Ok(self.hub.query_presence(vec![user.id.clone()]).await?.pop().unwrap_or((
+            Status::Offline,
+            Status::Offline,
+            String::new(),
+        )))
     }
 }

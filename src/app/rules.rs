@@ -7,8 +7,8 @@
 //! same answer as for a room or message that does not exist, from every write. Runs on a
 //! backend's writer thread.
 
-use crate::ids::{direct_room_id, random_id, MessageId, RoomId, UserId};
 use super::permissions::{self, Permission};
+use crate::ids::{direct_room_id, random_id, MessageId, RoomId, UserId};
 use crate::store::{
     Change, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, Trash, TrashKind, User,
     WriteOp, WriteOutput,
@@ -698,7 +698,11 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
         WriteOp::MarkRead { uid, rid } => {
             let (room, sub) = visible_room(t, &uid, &rid)?;
             let mut sub = sub.ok_or_else(|| StoreError::rejected("error-not-allowed", "Not allowed"))?;
-            if sub.read_seq == room.last_seq && sub.open && sub.user_mentions == 0 && sub.group_mentions == 0 && !sub.alert
+            if sub.read_seq == room.last_seq
+                && sub.open
+                && sub.user_mentions == 0
+                && sub.group_mentions == 0
+                && !sub.alert
             {
                 return Ok(WriteOutput::Unit);
             }
@@ -720,9 +724,10 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
         }
         WriteOp::MarkUnread { uid, rid, mid } => {
             let message = match &mid {
-                Some(mid) => Some(t.message(mid)?.ok_or_else(|| {
-                    StoreError::rejected("error-invalid-message", "Invalid message")
-                })?),
+                Some(mid) => Some(
+                    t.message(mid)?
+                        .ok_or_else(|| StoreError::rejected("error-invalid-message", "Invalid message"))?,
+                ),
                 None => None,
             };
             let rid = match (&message, rid) {
@@ -731,7 +736,14 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 (None, None) => return Err(StoreError::rejected("error-invalid-room", "Invalid room")),
             };
             let (room, sub) = visible_room(t, &uid, &rid).map_err(|_| {
-                StoreError::rejected(if mid.is_some() { "error-invalid-message" } else { "error-invalid-room" }, "Invalid")
+                StoreError::rejected(
+                    if mid.is_some() {
+                        "error-invalid-message"
+                    } else {
+                        "error-invalid-room"
+                    },
+                    "Invalid",
+                )
             })?;
             let mut sub = sub.ok_or_else(|| StoreError::rejected("error-not-allowed", "Not allowed"))?;
             match &message {

@@ -1177,10 +1177,7 @@ impl Hub {
     fn member_sub_frame(&self, uid: &UserId, room: &Room) -> Option<Utf8Bytes> {
         let users = self.users.borrow();
         let sub = users.get(uid)?.rooms.get(&room.id)?;
-        let args = format!(
-            r#"["updated",{}]"#,
-            wire::subscription(sub, room, Dates::Ejson)
-        );
+        let args = format!(r#"["updated",{}]"#, wire::subscription(sub, room, Dates::Ejson));
         Some(notify_user_event(uid, "subscriptions-changed", &args))
     }
 }

@@ -15,8 +15,8 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::http::json_response;
-use crate::ctx::ShardCtx;
 use crate::chat::TAILER_SHARD;
+use crate::ctx::ShardCtx;
 
 /// What every shard and the tailer say, and what is wrong.
 struct Report {

@@ -455,5 +455,4 @@ mod tests {
         assert_eq!(d.login_failures_per_user, rule(10, 300_000));
         assert_eq!(d.login_failures_per_ip, rule(50, 300_000));
     }
-
 }

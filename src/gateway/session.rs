@@ -19,11 +19,11 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
 use super::ratelimit::{self, DdpCall, Kind};
-use crate::ctx::ShardCtx;
 use crate::api::ddp::{Conn, DdpAnswer};
 use crate::api::streams;
 use crate::chat::hub::SessionHandle;
 use crate::chat::outbound::{Batch, CloseReason, Outbound};
+use crate::ctx::ShardCtx;
 use crate::ids::random_id;
 use crate::protocol::ddp::{self, ClientFrame, MeteorError};
 
@@ -317,7 +317,11 @@ impl Session {
             kind,
             name,
             ip: self.conn.ip,
-            user: self.conn.user.as_ref().map(|u| (&u.id, ratelimit::privileged(&u.roles))),
+            user: self
+                .conn
+                .user
+                .as_ref()
+                .map(|u| (&u.id, ratelimit::privileged(&u.roles))),
         };
         let verdict = self
             .ctx

@@ -43,7 +43,16 @@ pub trait ImportSink {
     /// Recomputes what depends on everything: room counters and last messages, and each
     /// subscription's read position from its last-seen time.
     fn finish(&mut self) -> StoreResult<()>;
+    /// Stores workspace settings carried over (`(id, value)`, see [`IMPORTED_SETTINGS`]).
+    fn put_settings(&mut self, settings: &[(String, serde_json::Value)]) -> StoreResult<()>;
 }
+
+/// Rocket.Chat settings carried over: the workspace's id (the apps send it to Rocket.Chat's
+/// cloud) and its signed supported-versions token (served in `/api/info`).
+pub const IMPORTED_SETTINGS: &[&str] = &[
+    crate::api::settings::UNIQUE_ID,
+    crate::api::settings::SUPPORTED_VERSIONS_TOKEN,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -87,6 +96,7 @@ impl CollectionReport {
 
 #[derive(Debug, Default)]
 pub struct Report {
+    pub settings: CollectionReport,
     pub users: CollectionReport,
     pub rooms: CollectionReport,
     pub subscriptions: CollectionReport,
@@ -100,6 +110,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut out = String::new();
         for (name, c) in [
+            ("rocketchat_settings", &self.settings),
             ("users", &self.users),
             ("rocketchat_room", &self.rooms),
             ("rocketchat_subscription", &self.subscriptions),
@@ -189,6 +200,24 @@ pub fn run(source: &Source, sink: &mut dyn ImportSink, token_ttl_days: u64) -> R
     let ttl_ms = i64::try_from(token_ttl_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
     let mut report = Report::default();
     let (mut users, mut rooms) = sink.existing_ids()?;
+
+    stream(
+        source,
+        "rocketchat_settings",
+        &mut report.settings,
+        BATCH,
+        |d, _| {
+            let id = d.get_str("_id").ok()?;
+            let value = d.get_str("value").ok()?;
+            (IMPORTED_SETTINGS.contains(&id) && !value.is_empty())
+                .then(|| (id.to_owned(), serde_json::Value::String(value.to_owned())))
+        },
+        |batch, r| {
+            sink.put_settings(&batch)?;
+            r.imported += batch.len() as u64;
+            Ok(())
+        },
+    )?;
 
     stream(
         source,

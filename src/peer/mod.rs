@@ -393,7 +393,6 @@ impl Peers {
         self.broadcast(&frame, false);
     }
 
-
     /// This host's whole presence state, as frames.
     fn snapshot_frames(&self) -> Vec<Vec<u8>> {
         let all = self.owner.local_snapshot();

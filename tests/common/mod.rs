@@ -444,6 +444,23 @@ pub fn compat_python() -> Option<std::path::PathBuf> {
     }
 }
 
+/// The `node_modules` folder holding the published Rocket.Chat bot SDK 0.2 (`tests/run.sh` installs
+/// `tests/compat/sdk02` there and sets `CHATD_TEST_NODE_MODULES`). Skipped loudly without it,
+/// unless `CHATD_REQUIRE_COMPAT=1` makes that a failure.
+pub fn compat_node_modules() -> Option<std::path::PathBuf> {
+    match std::env::var_os("CHATD_TEST_NODE_MODULES") {
+        Some(p) if !p.is_empty() => Some(p.into()),
+        _ => {
+            assert!(
+                std::env::var("CHATD_REQUIRE_COMPAT").as_deref() != Ok("1"),
+                "CHATD_TEST_NODE_MODULES is not set but compatibility tests are required"
+            );
+            eprintln!("SKIPPED: SDK 0.2 compatibility test (CHATD_TEST_NODE_MODULES not set; run `bash tests/run.sh`)");
+            None
+        }
+    }
+}
+
 /// Runs a script from `tests/compat/` with the test virtualenv's Python; panics with its output
 /// unless it exits successfully within `limit`.
 pub fn run_compat_script(python: &std::path::Path, script: &str, args: &[String], limit: Duration) -> String {

@@ -197,6 +197,15 @@ impl ImportSink for EmbeddedImport {
         Ok(duplicates)
     }
 
+    fn put_settings(&mut self, settings: &[(String, serde_json::Value)]) -> StoreResult<()> {
+        write(&self.db, |t| {
+            for (id, value) in settings {
+                t.put_doc(crate::api::settings::SETTINGS, id, value)?;
+            }
+            Ok(())
+        })
+    }
+
     fn finish(&mut self) -> StoreResult<()> {
         let rooms: Vec<String> = self.touched.drain().collect();
         for chunk in rooms.chunks(FINISH_ROOMS_PER_TXN) {

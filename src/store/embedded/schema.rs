@@ -199,7 +199,11 @@ impl<'t> Tables<'t> {
             changes: Logged::new(txn.open_table(CHANGES).map_err(sf)?, id::changes, journaled),
             meta: Logged::new(txn.open_table(META).map_err(sf)?, id::meta, journaled),
             edits: Logged::new(txn.open_table(EDITS).map_err(sf)?, id::edits, journaled),
-            trash_messages: Logged::new(txn.open_table(TRASH_MESSAGES).map_err(sf)?, id::trash_messages, journaled),
+            trash_messages: Logged::new(
+                txn.open_table(TRASH_MESSAGES).map_err(sf)?,
+                id::trash_messages,
+                journaled,
+            ),
             trash_subs: Logged::new(txn.open_table(TRASH_SUBS).map_err(sf)?, id::trash_subs, journaled),
             docs: Logged::new(txn.open_table(DOCS).map_err(sf)?, id::docs, journaled),
             seq: 0,
@@ -463,7 +467,9 @@ impl Txn for Tables<'_> {
             (TrashKind::Message, _) => (&mut self.trash_messages, trash.rid.as_str()),
             (TrashKind::Subscription, Some(uid)) => (&mut self.trash_subs, uid.as_str()),
             (TrashKind::Subscription, None) => {
-                return Err(StoreError::Internal("a removed subscription's record without its user".into()))
+                return Err(StoreError::Internal(
+                    "a removed subscription's record without its user".into(),
+                ))
             }
         };
         prune_trash(table, scope, trash.deleted_at.saturating_sub(ttl))?;

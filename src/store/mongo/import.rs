@@ -249,6 +249,17 @@ impl ImportSink for MongoImport {
         Ok(out)
     }
 
+    fn put_settings(&mut self, settings: &[(String, serde_json::Value)]) -> StoreResult<()> {
+        let docs: Collection<Document> = self.db().collection(schema::DOCS);
+        let mut writes = Vec::new();
+        for (id, value) in settings {
+            let key = schema::doc_key(crate::api::settings::SETTINGS, id);
+            let value = mongodb::bson::to_bson(value).map_err(|e| StoreError::Internal(e.to_string()))?;
+            writes.push(upsert(docs.clone(), key.clone(), doc! {"_id": key, "value": value}));
+        }
+        self.run_all(writes)
+    }
+
     fn put_subscriptions(&mut self, batch: &[Subscription]) -> StoreResult<()> {
         let subs: Collection<Document> = self.db().collection(SUBSCRIPTIONS);
         let mut writes = Vec::new();

@@ -222,11 +222,7 @@ impl Reads {
             .sort(doc! {"updated_at": 1})
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .build();
-        self.many(
-            MESSAGES,
-            doc! {"rid": rid.as_str(), "updated_at": {"$gt": after}},
-            opts,
-        )
+        self.many(MESSAGES, doc! {"rid": rid.as_str(), "updated_at": {"$gt": after}}, opts)
     }
 
     fn trash(&self, filter: Document, limit: usize) -> StoreResult<Vec<Trash>> {
@@ -256,6 +252,8 @@ impl Reads {
     pub fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>> {
         let c = self.coll(DOCS);
         let found = self.run(c.find_one(doc! {"_id": schema::doc_key(coll, id)}))?;
-        Ok(found.and_then(|d| d.get("value").cloned()).map(|b| b.into_relaxed_extjson()))
+        Ok(found
+            .and_then(|d| d.get("value").cloned())
+            .map(|b| b.into_relaxed_extjson()))
     }
 }

@@ -29,7 +29,17 @@ pub const TRASH: &str = "chatd_trash";
 /// Small documents (settings, push tokens): `_id` is `<collection>:<id>`.
 pub const DOCS: &str = "chatd_docs";
 /// Every collection chatd creates.
-pub const ALL: [&str; 9] = [USERS, TOKENS, ROOMS, SUBSCRIPTIONS, MESSAGES, CHANGES, INSTANCES, TRASH, DOCS];
+pub const ALL: [&str; 9] = [
+    USERS,
+    TOKENS,
+    ROOMS,
+    SUBSCRIPTIONS,
+    MESSAGES,
+    CHANGES,
+    INSTANCES,
+    TRASH,
+    DOCS,
+];
 /// Instances whose heartbeat is older than this are deleted by MongoDB (garbage collection only:
 /// liveness is judged by heartbeat age when reading).
 pub const INSTANCES_TTL: Duration = Duration::from_secs(300);

@@ -130,13 +130,18 @@ impl Txn for MongoTxn<'_> {
 
     fn put_trash(&mut self, trash: &Trash) -> StoreResult<()> {
         let d = schema::trash_doc(trash)?;
-        let id = d.get_str("_id").map_err(|e| StoreError::Internal(e.to_string()))?.to_owned();
+        let id = d
+            .get_str("_id")
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .to_owned();
         self.replace(TRASH, &id, d)
     }
 
     fn doc(&self, coll: &str, id: &str) -> StoreResult<Option<serde_json::Value>> {
         let found = self.find_one(DOCS, doc! {"_id": schema::doc_key(coll, id)})?;
-        Ok(found.and_then(|d| d.get("value").cloned()).map(|b| b.into_relaxed_extjson()))
+        Ok(found
+            .and_then(|d| d.get("value").cloned())
+            .map(|b| b.into_relaxed_extjson()))
     }
 
     fn put_doc(&mut self, coll: &str, id: &str, value: &serde_json::Value) -> StoreResult<()> {
