@@ -342,6 +342,27 @@ fn the_mobile_app_starts_up_syncs_and_reopens_a_room() {
         (json!(0), json!(false))
     );
 
+    // The mentions list, in the 7.0+ form and the older `query` form; starred and pinned lists
+    // are empty.
+    let sort = pct(r#"{"ts":-1}"#);
+    let (status, mentions) = app.get(&format!(
+        "groups.messages?roomId={rid}&offset=0&sort={sort}&mentionIds={uid}"
+    ));
+    assert_eq!(status, 200, "{mentions}");
+    let legacy_query = pct(&json!({"mentions._id": {"$in": [uid]}}).to_string());
+    let (_, mentions_legacy) = app.get(&format!(
+        "groups.messages?roomId={rid}&offset=0&sort={sort}&query={legacy_query}"
+    ));
+    assert_eq!(mentions["messages"], mentions_legacy["messages"]);
+    assert_eq!(mentions["total"], 1);
+    assert_eq!(mentions["messages"][0]["msg"], "@alice have a look");
+    let (_, starred) = app.get(&format!(
+        "groups.messages?roomId={rid}&offset=0&sort={sort}&starredIds={uid}"
+    ));
+    assert_eq!(starred["messages"], json!([]));
+    let (_, everything) = app.get(&format!("groups.messages?roomId={rid}"));
+    assert_eq!(everything["total"], 2);
+
     // 10. Away: the app closes; bob edits one message, deletes another, sends a new one.
     let last_open = chatd::ids::now_ms();
     drop(ddp);

@@ -756,3 +756,139 @@ fn the_change_feed_carries_every_change_in_order_after_its_write() {
         assert!(feed.next_batch(100, Duration::from_millis(20)).unwrap().is_empty());
     }
 }
+
+#[test]
+fn changes_deletions_and_removals_are_kept_for_syncing_clients() {
+    each(|s| {
+        let root = user(s, "root");
+        let alice = user(s, "alice");
+        let bob = user(s, "bob");
+        let b = s.backend();
+        // The first user of a store administers it; later ones are users.
+        assert_eq!(root.roles, ["admin", "user"]);
+        assert_eq!(alice.roles, ["user"]);
+        let room = room(s, RoomType::Private, "sync", &alice, &["bob"]);
+        let start = chatd::ids::now_ms() - 1;
+        let m: Vec<Message> = (0..4)
+            .map(|i| sent(send(s, &alice, &room.id, None, &format!("m{i}"))))
+            .collect();
+        // A mention counts on the mentioned member's subscription until they read the room.
+        sent(send(s, &alice, &room.id, None, "@bob look"));
+        assert_eq!(b.subscription(&bob.id, &room.id).unwrap().unwrap().user_mentions, 1);
+        let edit = |mid: &MessageId, text: &str| {
+            w(
+                s,
+                WriteOp::UpdateMessage {
+                    uid: alice.id.clone(),
+                    mid: mid.clone(),
+                    rid: Some(room.id.clone()),
+                    msg: text.into(),
+                },
+            )
+            .unwrap()
+        };
+        edit(&m[1].id, "m1 edited");
+        edit(&m[0].id, "m0 edited");
+        edit(&m[1].id, "m1 edited again");
+        w(
+            s,
+            WriteOp::DeleteMessage {
+                uid: alice.id.clone(),
+                mid: m[2].id.clone(),
+                rid: None,
+                trash_ttl_ms: DAY_MS,
+            },
+        )
+        .unwrap();
+        // Changed after `start`, in the order of their last change; each message once.
+        let changed: Vec<String> = b
+            .messages_updated(&room.id, start, 100)
+            .unwrap()
+            .iter()
+            .map(|m| m.msg.clone())
+            .collect();
+        assert_eq!(
+            changed,
+            ["m3", "@bob look", "m0 edited", "m1 edited again"],
+            "{changed:?}"
+        );
+        let times: Vec<i64> = b
+            .messages_updated(&room.id, start, 100)
+            .unwrap()
+            .iter()
+            .map(|m| m.updated_at)
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        // After a time, and paged.
+        let after_first = b.messages_updated(&room.id, times[0], 100).unwrap();
+        assert_eq!(after_first.len(), 3);
+        assert_eq!(b.messages_updated(&room.id, start, 2).unwrap().len(), 2);
+        let deleted = b.deleted_messages(&room.id, start, 10).unwrap();
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(deleted[0].id, m[2].id.as_str());
+        assert!(b
+            .deleted_messages(&room.id, deleted[0].deleted_at, 10)
+            .unwrap()
+            .is_empty());
+        assert!(b
+            .messages_updated(&room.id, start, 100)
+            .unwrap()
+            .iter()
+            .all(|x| x.id != m[2].id));
+        // Leaving leaves a record of the subscription for its user.
+        let sub_id = b.subscription(&bob.id, &room.id).unwrap().unwrap().id;
+        w(
+            s,
+            WriteOp::Leave {
+                uid: bob.id.clone(),
+                rid: room.id.clone(),
+                trash_ttl_ms: DAY_MS,
+            },
+        )
+        .unwrap();
+        let removed = b.removed_subscriptions(&bob.id, start, 10).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!((removed[0].id.as_str(), &removed[0].rid), (sub_id.as_str(), &room.id));
+        assert!(b.removed_subscriptions(&alice.id, start, 10).unwrap().is_empty());
+        // Small documents: stored, kept when asked to, owned.
+        let put = |id: &str, doc: serde_json::Value, only_if_absent: bool, owner: Option<&User>| {
+            w(
+                s,
+                WriteOp::PutDoc {
+                    coll: "test",
+                    id: id.into(),
+                    doc,
+                    only_if_absent,
+                    owner: owner.map(|u| u.id.clone()),
+                },
+            )
+        };
+        put("a", serde_json::json!({"uid": alice.id, "v": 1}), false, Some(&alice)).unwrap();
+        match put("a", serde_json::json!({"v": 2}), true, None).unwrap().output {
+            WriteOutput::Doc(d) => assert_eq!(d["v"], 1, "kept"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            code(put("a", serde_json::json!({"v": 3}), false, Some(&bob))),
+            "error-not-allowed"
+        );
+        assert_eq!(b.doc("test", "a").unwrap().unwrap()["v"], 1);
+        let del = |owner: &User| match w(
+            s,
+            WriteOp::DeleteDoc {
+                coll: "test",
+                id: "a".into(),
+                owner: Some(owner.id.clone()),
+            },
+        )
+        .unwrap()
+        .output
+        {
+            WriteOutput::Doc(d) => d,
+            other => panic!("{other:?}"),
+        };
+        assert!(del(&bob).is_null(), "another user's document is not theirs to delete");
+        assert_eq!(del(&alice), serde_json::json!(true));
+        assert!(b.doc("test", "a").unwrap().is_none());
+    });
+}

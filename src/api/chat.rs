@@ -407,3 +407,111 @@ pub async fn sync_messages(c: &Rest<'_>) -> RestResult {
         }
     })))
 }
+
+/// Which messages a `<type>.messages` call asks for.
+enum MessageFilter {
+    All,
+    /// Mentioning the user (`mentionIds=<uid>`; before 7.0 `query={"mentions._id":{"$in":[uid]}}`).
+    Mentions(String),
+    /// Starred by the user (`starredIds=<uid>`; `{"starred._id":{"$in":[uid]}}`).
+    Starred(String),
+    /// Pinned (`pinned=true`; `{"pinned":true}`).
+    Pinned,
+}
+
+impl MessageFilter {
+    fn from_query(c: &Rest<'_>) -> Result<Self, RestError> {
+        let q = &c.query;
+        if let Some(uid) = q.get("mentionIds").filter(|v| !v.is_empty()) {
+            return Ok(Self::Mentions(uid.to_owned()));
+        }
+        if let Some(uid) = q.get("starredIds").filter(|v| !v.is_empty()) {
+            return Ok(Self::Starred(uid.to_owned()));
+        }
+        if q.flag("pinned")? {
+            return Ok(Self::Pinned);
+        }
+        let Some(raw) = q.get("query").filter(|v| !v.trim().is_empty()) else {
+            return Ok(Self::All);
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(raw).map_err(|_| RestError::invalid("Param \"query\" must be a JSON object"))?;
+        let first_id = |key: &str| {
+            v.get(key)
+                .and_then(|o| o.get("$in"))
+                .and_then(|a| a.get(0))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        if let Some(uid) = first_id("mentions._id") {
+            Ok(Self::Mentions(uid))
+        } else if let Some(uid) = first_id("starred._id") {
+            Ok(Self::Starred(uid))
+        } else if v.get("pinned") == Some(&serde_json::Value::Bool(true)) {
+            Ok(Self::Pinned)
+        } else {
+            Err(RestError::invalid(
+                "Param \"query\" may select mentions._id, starred._id or pinned",
+            ))
+        }
+    }
+
+    fn keeps(&self, m: &crate::store::Message) -> bool {
+        match self {
+            Self::All => true,
+            Self::Mentions(uid) => m.mentions.iter().any(|u| u.id.as_str() == uid),
+            Self::Starred(uid) => m
+                .extra
+                .get("starred")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|s| s.get("_id").and_then(serde_json::Value::as_str) == Some(uid))
+                }),
+            Self::Pinned => m.extra.get("pinned") == Some(&serde_json::Value::Bool(true)),
+        }
+    }
+}
+
+/// REST `GET channels|groups|im.messages?roomId&offset&count[&mentionIds|starredIds|pinned|query]`:
+/// a room's messages newest first, all or those the filter keeps (both the 7.0+ and the older
+/// `query` forms the apps send for their mentions, starred and pinned lists).
+async fn room_messages(c: &Rest<'_>, t: RoomType) -> RestResult {
+    let user = c.user()?;
+    let Some(rid) = c.query.get("roomId").filter(|r| !r.is_empty()) else {
+        return Err(RestError::invalid("The required \"roomId\" query param is missing"));
+    };
+    let filter = MessageFilter::from_query(c)?;
+    let (offset, count) = c.query.page()?;
+    let found = c
+        .ops()
+        .messages_where(
+            "messages",
+            user,
+            &RoomId::from(rid),
+            t,
+            move |m| filter.keeps(m),
+            offset,
+            count,
+        )
+        .await?;
+    let Some((page, total)) = found else {
+        return Err(RestError::room_not_found());
+    };
+    let list: Vec<_> = page.iter().map(|m| wire::WireMessage(m, Dates::Iso)).collect();
+    Ok(ok(
+        json!({"messages": list, "count": list.len(), "offset": offset, "total": total}),
+    ))
+}
+
+pub async fn channels_messages(c: &Rest<'_>) -> RestResult {
+    room_messages(c, RoomType::Channel).await
+}
+
+pub async fn groups_messages(c: &Rest<'_>) -> RestResult {
+    room_messages(c, RoomType::Private).await
+}
+
+pub async fn im_messages(c: &Rest<'_>) -> RestResult {
+    room_messages(c, RoomType::Direct).await
+}

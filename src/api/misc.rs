@@ -13,7 +13,6 @@ use crate::auth;
 use crate::chat::hub::SessionHandle;
 use crate::chat::outbound::Outbound;
 use crate::ids::{now_ms, random_id};
-use crate::protocol::ddp::MeteorError;
 use crate::protocol::wire::Dates;
 
 /// Where push tokens are stored (keyed by the SHA-256 of the token's value).
@@ -157,11 +156,7 @@ async fn bridge(c: &Rest<'_>, user: Option<crate::store::User>) -> RestResult {
             let v: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
             json!({"msg": "result", "id": id, "result": v})
         }
-        Err(e) => json!({"msg": "result", "id": id, "error": error_json(&e)}),
+        Err(e) => json!({"msg": "result", "id": id, "error": e.to_json()}),
     };
     Ok(ok(json!({"message": reply.to_string()})))
-}
-
-fn error_json(e: &MeteorError) -> Value {
-    e.to_json()
 }

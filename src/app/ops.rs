@@ -18,6 +18,11 @@ use crate::store::{
     HistoryQuery, LoginToken, Message, Room, RoomType, StoreError, User, WriteOp, WriteOutcome, WriteOutput,
 };
 
+/// Most messages a filtered message list (mentions, starred, pinned) searches, newest first.
+const MAX_FILTER_SCAN: usize = 50_000;
+/// Messages read per step of that search.
+const FILTER_CHUNK: usize = 1_000;
+
 /// Most removals one listing reports (a user leaves rooms rarely; a cap keeps the answer bounded).
 const MAX_REMOVALS: usize = 10_000;
 
@@ -544,6 +549,57 @@ impl<'a> Ops<'a> {
                 } else {
                     RoomChanges::Deleted(b.deleted_messages(&rid, after, limit)?)
                 }))
+            })
+            .await
+            .map_err(|e| AppError::from(e).with_method(method))
+    }
+
+    /// Messages of a room the user may read (of type `kind`) that `keep` selects, newest first:
+    /// one page and how many there are. The room is read newest first on a reader thread, at most
+    /// [`MAX_FILTER_SCAN`] messages (older ones are not searched). `None`: hidden or missing.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn messages_where(
+        &self,
+        method: &str,
+        user: &User,
+        rid: &RoomId,
+        kind: RoomType,
+        keep: impl Fn(&Message) -> bool + Send + 'static,
+        offset: usize,
+        count: usize,
+    ) -> AppResult<Option<(Vec<Message>, usize)>> {
+        let room = self.room(rid).await?;
+        match self.visible_room(user, room).await? {
+            Some(r) if r.t == kind => {}
+            _ => return Ok(None),
+        }
+        let rid = rid.clone();
+        self.hub
+            .store
+            .read(move |b| {
+                let mut page = Vec::new();
+                let (mut total, mut scanned) = (0usize, 0usize);
+                let mut latest = None;
+                while scanned < MAX_FILTER_SCAN {
+                    let q = HistoryQuery {
+                        latest,
+                        limit: FILTER_CHUNK,
+                        ..HistoryQuery::default()
+                    };
+                    let (chunk, _) = b.history(&rid, &q)?;
+                    let Some(last) = chunk.last() else { break };
+                    latest = Some(last.ts);
+                    scanned += chunk.len();
+                    for m in chunk {
+                        if keep(&m) {
+                            if total >= offset && page.len() < count {
+                                page.push(m);
+                            }
+                            total += 1;
+                        }
+                    }
+                }
+                Ok(Some((page, total)))
             })
             .await
             .map_err(|e| AppError::from(e).with_method(method))

@@ -652,8 +652,10 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             message.msg = msg;
             message.edited_at = Some(now);
             message.edited_by = Some(editor.user_ref());
-            // Never earlier than its creation or an earlier change: sync cursors move forward.
-            message.updated_at = now.max(old.updated_at + 1);
+            // Later than the message's earlier change and than every message of the room (whose
+            // times may run ahead of the clock in a burst): a client that has seen any of them
+            // and syncs from that time sees this edit.
+            message.updated_at = now.max(old.updated_at + 1).max(room.lm.unwrap_or(0) + 1);
             t.replace_message(&old, &message)?;
             if room.last_message.as_ref().is_some_and(|m| m.id == message.id) {
                 room.last_message = Some(message.clone());

@@ -431,14 +431,19 @@ pub fn login_and_locate(server: &TestServer, username: &str) -> Placed {
 /// (`tests/run.sh` sets `CHATD_TEST_PYTHON`). Without it the compatibility tests are skipped with a
 /// loud message, unless `CHATD_REQUIRE_COMPAT=1` (set by `tests/run.sh`) makes that a failure.
 pub fn compat_python() -> Option<std::path::PathBuf> {
-    match std::env::var_os("CHATD_TEST_PYTHON") {
+    compat_path("CHATD_TEST_PYTHON", "compatibility test")
+}
+
+/// A path a compatibility test needs from `tests/run.sh` (`var`), or `None` (skipped loudly).
+fn compat_path(var: &str, what: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(var) {
         Some(p) if !p.is_empty() => Some(p.into()),
         _ => {
             assert!(
                 std::env::var("CHATD_REQUIRE_COMPAT").as_deref() != Ok("1"),
-                "CHATD_TEST_PYTHON is not set but compatibility tests are required"
+                "{var} is not set but compatibility tests are required"
             );
-            eprintln!("SKIPPED: compatibility test (CHATD_TEST_PYTHON not set; run `bash tests/run.sh`)");
+            eprintln!("SKIPPED: {what} ({var} not set; run `bash tests/run.sh`)");
             None
         }
     }
@@ -448,17 +453,7 @@ pub fn compat_python() -> Option<std::path::PathBuf> {
 /// `tests/compat/sdk02` there and sets `CHATD_TEST_NODE_MODULES`). Skipped loudly without it,
 /// unless `CHATD_REQUIRE_COMPAT=1` makes that a failure.
 pub fn compat_node_modules() -> Option<std::path::PathBuf> {
-    match std::env::var_os("CHATD_TEST_NODE_MODULES") {
-        Some(p) if !p.is_empty() => Some(p.into()),
-        _ => {
-            assert!(
-                std::env::var("CHATD_REQUIRE_COMPAT").as_deref() != Ok("1"),
-                "CHATD_TEST_NODE_MODULES is not set but compatibility tests are required"
-            );
-            eprintln!("SKIPPED: SDK 0.2 compatibility test (CHATD_TEST_NODE_MODULES not set; run `bash tests/run.sh`)");
-            None
-        }
-    }
+    compat_path("CHATD_TEST_NODE_MODULES", "SDK 0.2 compatibility test")
 }
 
 /// Runs a script from `tests/compat/` with the test virtualenv's Python; panics with its output
