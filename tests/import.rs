@@ -73,20 +73,27 @@ fn build_dump() -> Dump {
             }
             d
         };
+    // Rocket.Chat's own counters are kept as they are: it does not count the user's own
+    // messages (two of the three after alice's mark in GENERAL are hers).
+    let mut s1 = sub(
+        "s1",
+        "GENERAL",
+        ALICE,
+        "alice",
+        "c",
+        "general",
+        Some(t0 + 2_000),
+        vec![],
+    );
+    s1.insert("unread", 1);
+    s1.insert("userMentions", 1);
+    s1.insert("alert", true);
+    let mut s3 = sub("s3", SECRET, ALICE, "alice", "p", "secret", Some(t0), vec!["owner"]);
+    s3.insert("unread", 0i64);
     let subs = vec![
-        // alice has seen GENERAL up to its second message: three unread.
-        sub(
-            "s1",
-            "GENERAL",
-            ALICE,
-            "alice",
-            "c",
-            "general",
-            Some(t0 + 2_000),
-            vec![],
-        ),
+        s1,
         sub("s2", "GENERAL", BOB, "bob", "c", "general", Some(t0 + 100_000), vec![]),
-        sub("s3", SECRET, ALICE, "alice", "p", "secret", Some(t0), vec!["owner"]),
+        s3,
         sub("s4", &dm_id(), ALICE, "alice", "d", "bob", None, vec![]),
         sub("s5", &dm_id(), BOB, "bob", "d", "alice", Some(t0 + 100_000), vec![]),
         sub("s6", "GENERAL", CAROL, "carol", "c", "general", None, vec![]),
@@ -147,6 +154,12 @@ fn build_dump() -> Dump {
         doc! {"_id": "no-ts", "rid": "GENERAL", "msg": "x", "u": {"_id": ALICE}},
     ];
     write_bson(&db.join("rocketchat_message.bson"), &messages, false);
+    let settings = vec![
+        doc! {"_id": "uniqueID", "value": "rc-workspace-unique-id", "public": true},
+        doc! {"_id": "Cloud_Workspace_Supported_Versions_Token", "value": "eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl"},
+        doc! {"_id": "Site_Name", "value": "Not carried over"},
+    ];
+    write_bson(&db.join("rocketchat_settings.bson"), &settings, false);
     Dump { dir, t0 }
 }
 
@@ -203,6 +216,10 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
     );
     assert!(stdout.contains("hidden (edit history or deleted)"), "{stdout}");
     assert!(stdout.contains("message without ts"), "{stdout}");
+    assert!(
+        summary_line(&stdout, "rocketchat_settings").contains("imported         2"),
+        "{stdout}"
+    );
 
     // A second run writes nothing new.
     let again = import(dump.dir.path(), data.path());
@@ -215,6 +232,22 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
     assert!(stdout2.contains("8 × already in the store"), "{stdout2}");
 
     let server = ChatdProcess::serve(data.path());
+    // The workspace's id and its signed supported-versions token came along.
+    let http = Http::new(server.addr);
+    let (_, info) = http.get("/api/info");
+    assert_eq!(
+        info["supportedVersions"]["signed"],
+        "eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl"
+    );
+    let (_, unique) = http.get("settings.public?_id=uniqueID,Site_Name");
+    assert_eq!(
+        unique["settings"][1],
+        json!({"_id": "uniqueID", "value": "rc-workspace-unique-id"})
+    );
+    assert_eq!(
+        unique["settings"][0]["value"], "chatd",
+        "other settings are chatd's own"
+    );
     // Old passwords work (and keep working once rehashed to Argon2id).
     for _ in 0..2 {
         let mut alice = Ddp::open(server.addr);
@@ -267,12 +300,22 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
         "ghost"
     );
 
-    // Membership from subscriptions; read positions from `ls`: 3 of 5 unread for alice.
+    // Membership from subscriptions; Rocket.Chat's own unread counts (and mentions, alert) as
+    // they were.
     let subs = alice.ok("subscriptions/get", json!([]));
     let subs = subs.as_array().unwrap();
     let find = |rid: &str| subs.iter().find(|s| s["rid"] == rid).cloned();
-    assert_eq!(find("GENERAL").unwrap()["unread"], 3, "{subs:?}");
-    assert_eq!(find(SECRET).unwrap()["unread"], 1);
+    let general = find("GENERAL").unwrap();
+    assert_eq!(
+        (
+            general["unread"].clone(),
+            general["userMentions"].clone(),
+            general["alert"].clone()
+        ),
+        (json!(1), json!(1), json!(true)),
+        "{subs:?}"
+    );
+    assert_eq!(find(SECRET).unwrap()["unread"], 0, "her own message is not unread");
     assert_eq!(
         find(&dm_id()).unwrap()["unread"],
         2,
