@@ -557,3 +557,48 @@ fn subscriptions_made_before_a_resume_login_run_once_it_logs_in() {
     assert_eq!(refused["error"]["error"], "not-allowed");
     bot.ok("logout", json!([]));
 }
+
+#[test]
+fn the_rest_bridge_runs_ddp_methods() {
+    let server = TestServer::start();
+    let _admin = user(server.addr, "admin");
+    let mut watcher = user(server.addr, "watcher");
+    watcher.sub("stream-room-messages", json!(["GENERAL", false])).unwrap();
+    let mut app = Http::new(server.addr);
+    let call = |method: &str, params: Value| json!({"message": json!({"msg": "method", "id": "42", "method": method, "params": params}).to_string()});
+    let result = |v: &Value| -> Value { serde_json::from_str(v["message"].as_str().unwrap()).unwrap() };
+    // A login through method.callAnon, as the apps send it when the server advertises the bridge.
+    let (status, login) = app.post(
+        "method.callAnon/login",
+        &call(
+            "login",
+            json!([{"user": {"username": "watcher"}, "password": "watcher-pw"}]),
+        ),
+    );
+    assert_eq!(status, 200, "{login}");
+    let login = result(&login);
+    assert_eq!(
+        (login["msg"].clone(), login["id"].clone()),
+        (json!("result"), json!("42"))
+    );
+    let token = login["result"]["token"].as_str().unwrap().to_owned();
+    app.auth = Some((login["result"]["id"].as_str().unwrap().to_owned(), token));
+    // A method that needs the login, through method.call: it acts as the caller.
+    let (status, sent) = app.post(
+        "method.call/sendMessage",
+        &call("sendMessage", json!([{"rid": "GENERAL", "msg": "over the bridge"}, ""])),
+    );
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(result(&sent)["result"]["msg"], "over the bridge");
+    assert_eq!(watcher.next_message()["msg"], "over the bridge");
+    // Errors come back inside the message; anonymous callers are not logged in.
+    let (_, err) = app.post(
+        "method.callAnon/sendMessage",
+        &call("sendMessage", json!([{"rid": "GENERAL", "msg": "x"}])),
+    );
+    assert!(result(&err)["error"].is_object(), "{err}");
+    let (status, _) = app.post("method.call/login", &call("sendMessage", json!([])));
+    assert_eq!(status, 400, "the method named must be the URL's");
+    let (_, missing) = app.post("method.call/noSuchMethod", &call("noSuchMethod", json!([])));
+    assert_eq!(result(&missing)["error"]["error"], 404);
+}

@@ -22,7 +22,7 @@ pub const GENERAL_ROOM_ID: &str = "GENERAL";
 const MAX_MENTIONS: usize = 32;
 /// Largest room whose read receipts (`messagesRead`: when every member has read) are worked
 /// out on each read; in larger rooms that scan of every member's subscription is not made.
-pub const MAX_READ_RECEIPT_MEMBERS: u64 = 200;
+pub const MAX_READ_RECEIPT_MEMBERS: u64 = 32;
 
 /// Record-level access to one backend transaction. Reads see this transaction's own writes.
 pub trait Txn {
