@@ -361,7 +361,7 @@ pub struct Rest<'a> {
     pub body: Body,
     /// The client's address (after trusted proxies).
     pub ip: std::net::IpAddr,
-    /// The caller, on endpoints that need one (or that were sent credentials that hold).
+    /// The caller, on endpoints that need one.
     pub user: Option<User>,
     /// The caller's raw token (logout).
     pub token: Option<String>,

@@ -1030,6 +1030,7 @@ impl Hub {
                 let mut mine: Option<Utf8Bytes> = None;
                 let mut notification: Option<String> = None;
                 let mut room_args: Option<String> = None;
+                let mut counters: Vec<(UserId, Rc<SessionHandle>)> = Vec::new();
                 let direct = room.t == crate::store::RoomType::Direct;
                 self.for_member_sessions(&room.id, |uid, s| {
                     if s.wants(STREAM_ROOM_MESSAGES, room.id.as_str()) {
@@ -1070,14 +1071,17 @@ impl Hub {
                             .get_or_insert_with(|| format!(r#"["updated",{}]"#, wire::room(room, Dates::Ejson)));
                         self.push(s, &notify_user_event(uid, "rooms-changed", args));
                     }
-                    // Each member's own counters moved (unread, alert, mentions): their
-                    // subscription, rendered once per member.
                     if is_new && *uid != message.u.id && s.wants_user_event(uid, "subscriptions-changed") {
-                        if let Some(frame) = self.member_sub_frame(uid, room) {
-                            self.push(s, &frame);
-                        }
+                        counters.push((uid.clone(), s.clone()));
                     }
                 });
+                // Each member's own counters moved (unread, alert, mentions): their subscription,
+                // rendered per member, after every member has the message itself.
+                for (uid, s) in counters {
+                    if let Some(frame) = self.member_sub_frame(&uid, room) {
+                        self.push(&s, &frame);
+                    }
+                }
             }
             Change::MessageDeleted { rid, mid, room } => {
                 let members = self.member_sessions(rid);

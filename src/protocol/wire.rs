@@ -263,25 +263,36 @@ pub fn user(u: &User, status: &str, d: Dates, private: bool) -> Value {
 
 /// A subscription; unread is derived from the room's sequence (O(1), no per-message writes).
 pub fn subscription(s: &Subscription, r: &Room, d: Dates) -> Value {
-    let unread = r.last_seq.saturating_sub(s.read_seq).min(r.msgs);
-    let alert = s.alert || unread > 0 || s.user_mentions > 0 || s.group_mentions > 0;
-    json!({
-        "_id": s.id,
-        "rid": s.rid,
-        "u": {"_id": s.u.id, "username": s.u.username, "name": s.u.name},
-        "t": s.t.code(),
-        "name": s.name,
-        "fname": s.fname,
-        "open": s.open,
-        "alert": alert,
-        "unread": unread,
-        "userMentions": s.user_mentions,
-        "groupMentions": s.group_mentions,
-        "ts": d.date(s.ts),
-        "ls": d.date(s.ls),
-        "_updatedAt": d.date(s.updated_at.max(r.updated_at)),
-        "roles": s.roles,
-    })
+    serde_json::to_value(WireSubscription(s, r, d)).unwrap_or(Value::Null)
+}
+
+/// A subscription as clients read it, serialized straight to JSON text (a new message sends one
+/// to every member listening, each with their own counters).
+pub struct WireSubscription<'a>(pub &'a Subscription, pub &'a Room, pub Dates);
+
+impl Serialize for WireSubscription<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let (s, r, d) = (self.0, self.1, self.2);
+        let unread = r.last_seq.saturating_sub(s.read_seq).min(r.msgs);
+        let alert = s.alert || unread > 0 || s.user_mentions > 0 || s.group_mentions > 0;
+        let mut o = ser.serialize_map(Some(15))?;
+        o.serialize_entry("_id", &s.id)?;
+        o.serialize_entry("rid", &s.rid)?;
+        o.serialize_entry("u", &Ref(&s.u, true))?;
+        o.serialize_entry("t", s.t.code())?;
+        o.serialize_entry("name", &s.name)?;
+        o.serialize_entry("fname", &s.fname)?;
+        o.serialize_entry("open", &s.open)?;
+        o.serialize_entry("alert", &alert)?;
+        o.serialize_entry("unread", &unread)?;
+        o.serialize_entry("userMentions", &s.user_mentions)?;
+        o.serialize_entry("groupMentions", &s.group_mentions)?;
+        o.serialize_entry("ts", &Date(s.ts, d))?;
+        o.serialize_entry("ls", &Date(s.ls, d))?;
+        o.serialize_entry("_updatedAt", &Date(s.updated_at.max(r.updated_at), d))?;
+        o.serialize_entry("roles", &s.roles)?;
+        o.end()
+    }
 }
 
 #[cfg(test)]
@@ -335,5 +346,48 @@ mod tests {
             iso_form.contains(r#""attachments":[{"ts":"1970-01-01T00:00:00.005Z","title":"t"}]"#),
             "{iso_form}"
         );
+    }
+
+    #[test]
+    fn subscriptions_carry_their_own_counters() {
+        let u = UserRef {
+            id: "u1".into(),
+            username: "ann".into(),
+            name: "Ann".into(),
+        };
+        let mut room = crate::app::rules::general_room(1_000);
+        (room.last_seq, room.msgs, room.updated_at) = (10, 9, 5_000);
+        let sub = Subscription {
+            id: "s1".into(),
+            rid: room.id.clone(),
+            u,
+            t: RoomType::Channel,
+            name: "general".into(),
+            fname: "general".into(),
+            open: true,
+            ts: 1_000,
+            ls: 2_000,
+            read_seq: 7,
+            updated_at: 3_000,
+            roles: vec!["owner".into()],
+            user_mentions: 2,
+            group_mentions: 0,
+            alert: false,
+        };
+        let v: Value =
+            serde_json::from_str(&serde_json::to_string(&WireSubscription(&sub, &room, Dates::Ejson)).unwrap())
+                .unwrap();
+        assert_eq!(v["unread"], 3);
+        assert_eq!(v["userMentions"], 2);
+        assert_eq!(v["alert"], true);
+        assert_eq!(v["_updatedAt"], json!({"$date": 5_000}));
+        assert_eq!(v["u"], json!({"_id": "u1", "username": "ann", "name": "Ann"}));
+        assert_eq!(subscription(&sub, &room, Dates::Iso)["ls"], "1970-01-01T00:00:02.000Z");
+        let read = Subscription {
+            read_seq: 10,
+            user_mentions: 0,
+            ..sub
+        };
+        assert_eq!(subscription(&read, &room, Dates::Ejson)["alert"], false);
     }
 }
