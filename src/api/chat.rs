@@ -301,15 +301,12 @@ pub async fn sync_messages(c: &Rest<'_>) -> RestResult {
                 "error-cursor-and-lastUpdate-conflict",
             ));
         }
-        let ops = c.ops();
-        let Some(RoomChanges::Updated(mut updated)) = ops
-            .room_changes("chat.syncMessages", user, &rid, since, MAX_SYNC, true)
-            .await?
-        else {
-            return Err(hidden());
-        };
-        let Some(RoomChanges::Deleted(mut deleted)) = ops
-            .room_changes("chat.syncMessages", user, &rid, since, MAX_SYNC, false)
+        let Some(RoomChanges {
+            mut updated,
+            mut deleted,
+        }) = c
+            .ops()
+            .room_changes("chat.syncMessages", user, &rid, since, MAX_SYNC, true, true)
             .await?
         else {
             return Err(hidden());
@@ -347,18 +344,21 @@ pub async fn sync_messages(c: &Rest<'_>) -> RestResult {
     let fetch = if previous.is_some() { MAX_SYNC } else { count + 1 };
     let Some(changes) = c
         .ops()
-        .room_changes("chat.syncMessages", user, &rid, after, fetch, updated)
+        .room_changes("chat.syncMessages", user, &rid, after, fetch, updated, !updated)
         .await?
     else {
         return Err(hidden());
     };
     // (time, rendered) in ascending time.
-    let mut items: Vec<(i64, serde_json::Value)> = match changes {
-        RoomChanges::Updated(list) => list
+    let mut items: Vec<(i64, serde_json::Value)> = if updated {
+        changes
+            .updated
             .iter()
             .map(|m| (m.updated_at, wire::message(m, Dates::Iso)))
-            .collect(),
-        RoomChanges::Deleted(list) => list
+            .collect()
+    } else {
+        changes
+            .deleted
             .iter()
             .map(|t| {
                 (
@@ -366,7 +366,7 @@ pub async fn sync_messages(c: &Rest<'_>) -> RestResult {
                     json!({"_id": t.id, "_deletedAt": Dates::Iso.date(t.deleted_at)}),
                 )
             })
-            .collect(),
+            .collect()
     };
     let (next_cursor, previous_cursor) = match previous {
         Some(before) => {

@@ -26,10 +26,12 @@ const FILTER_CHUNK: usize = 1_000;
 /// Most removals one listing reports (a user leaves rooms rarely; a cap keeps the answer bounded).
 const MAX_REMOVALS: usize = 10_000;
 
-/// What changed in a room since a time (see [`Ops::room_changes`]).
-pub enum RoomChanges {
-    Updated(Vec<Message>),
-    Deleted(Vec<crate::store::Trash>),
+/// What changed in a room since a time (see [`Ops::room_changes`]): messages sent or edited,
+/// oldest change first, and messages deleted, oldest first (each empty unless asked for).
+#[derive(Default)]
+pub struct RoomChanges {
+    pub updated: Vec<Message>,
+    pub deleted: Vec<crate::store::Trash>,
 }
 
 /// How a password login names its user.
@@ -504,12 +506,12 @@ impl<'a> Ops<'a> {
                 let removed: Vec<Value> = match since {
                     None => Vec::new(),
                     Some(t) => {
+                        let now = now_ms();
                         let gone = b.removed_subscriptions(&uid, t, MAX_REMOVALS)?;
-                        let mut seen = std::collections::HashSet::new();
+                        // Rooms: each left room once, unless the user is back in it.
+                        let mut seen: std::collections::HashSet<&RoomId> = subs.iter().map(|(s, _)| &s.rid).collect();
                         gone.iter()
-                            .filter(|g| {
-                                !rooms || (!subs.iter().any(|(s, _)| s.rid == g.rid) && seen.insert(g.rid.clone()))
-                            })
+                            .filter(|g| g.expires_at > now && (!rooms || seen.insert(&g.rid)))
                             .map(|g| {
                                 let id = if rooms { g.rid.as_str() } else { g.id.as_str() };
                                 serde_json::json!({"_id": id, "_deletedAt": d.date(g.deleted_at)})
@@ -525,8 +527,10 @@ impl<'a> Ops<'a> {
     }
 
     /// What changed in a room the user may read since `after` (ms): the messages sent or
-    /// changed after it (`updated: true`) or deleted after it, oldest change first, at most
-    /// `limit` (`None` when the room is hidden or missing, indistinguishably).
+    /// changed after it (when `updated`) and those deleted after it (when `deleted`), at most
+    /// `limit` of each, in one read. `None`: the room is hidden or missing (indistinguishably).
+    /// Deletion records past their retention are left out.
+    #[allow(clippy::too_many_arguments)]
     pub async fn room_changes(
         &self,
         method: &str,
@@ -535,20 +539,26 @@ impl<'a> Ops<'a> {
         after: i64,
         limit: usize,
         updated: bool,
+        deleted: bool,
     ) -> AppResult<Option<RoomChanges>> {
         let room = self.room(rid).await?;
         if self.visible_room(user, room).await?.is_none() {
             return Ok(None);
         }
         let rid = rid.clone();
+        let now = now_ms();
         self.hub
             .store
             .read(move |b| {
-                Ok(Some(if updated {
-                    RoomChanges::Updated(b.messages_updated(&rid, after, limit)?)
-                } else {
-                    RoomChanges::Deleted(b.deleted_messages(&rid, after, limit)?)
-                }))
+                let mut changes = RoomChanges::default();
+                if updated {
+                    changes.updated = b.messages_updated(&rid, after, limit)?;
+                }
+                if deleted {
+                    changes.deleted = b.deleted_messages(&rid, after, limit)?;
+                    changes.deleted.retain(|t| t.expires_at > now);
+                }
+                Ok(Some(changes))
             })
             .await
             .map_err(|e| AppError::from(e).with_method(method))

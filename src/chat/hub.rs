@@ -1101,7 +1101,8 @@ impl Hub {
             Change::MemberAdded { room, subscription } => {
                 let uid = &subscription.u.id;
                 let room_json = wire::room(room, Dates::Ejson).to_string();
-                let sub_json = wire::subscription(subscription, room, Dates::Ejson).to_string();
+                let sub_json = serde_json::to_string(&wire::WireSubscription(subscription, room, Dates::Ejson))
+                    .unwrap_or_default();
                 for s in self.user_sessions(uid) {
                     if s.wants_user_event(uid, "subscriptions-changed") {
                         self.push(
@@ -1158,7 +1159,8 @@ impl Hub {
                     });
                 }
                 let uid = &subscription.u.id;
-                let sub_json = wire::subscription(subscription, room, Dates::Ejson).to_string();
+                let sub_json = serde_json::to_string(&wire::WireSubscription(subscription, room, Dates::Ejson))
+                    .unwrap_or_default();
                 for s in self.user_sessions(uid) {
                     if s.wants_user_event(uid, "subscriptions-changed") {
                         self.push(
@@ -1181,8 +1183,12 @@ impl Hub {
     fn member_sub_frame(&self, uid: &UserId, room: &Room) -> Option<Utf8Bytes> {
         let users = self.users.borrow();
         let sub = users.get(uid)?.rooms.get(&room.id)?;
-        let args = format!(r#"["updated",{}]"#, wire::subscription(sub, room, Dates::Ejson));
-        Some(notify_user_event(uid, "subscriptions-changed", &args))
+        let sub = serde_json::to_string(&wire::WireSubscription(sub, room, Dates::Ejson)).ok()?;
+        Some(notify_user_event(
+            uid,
+            "subscriptions-changed",
+            &format!(r#"["updated",{sub}]"#),
+        ))
     }
 }
 
