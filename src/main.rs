@@ -322,7 +322,8 @@ fn import_rocketchat(args: ImportArgs) -> anyhow::Result<()> {
     let mut sink: Box<dyn import::ImportSink> = match &args.into_mongo_url {
         Some(url) => {
             let store = admin::open_mongo(url, args.data_dir.clone(), args.mongo_connect_timeout)?;
-            Box::new(chatd::store::mongo::import::MongoImport::new(store))
+            let at = chatd::store::mongo::redacted_url(url);
+            Box::new(chatd::store::mongo::import::MongoImport::new(store, &at)?)
         }
         None => Box::new(chatd::store::embedded::import::EmbeddedImport::open(&args.data_dir)?),
     };

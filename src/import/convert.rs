@@ -20,6 +20,22 @@ pub struct ImportedUser {
     pub tokens_dropped: u64,
 }
 
+/// A user imported again (a re-run) who is already in chatd: chatd owns what it may have changed
+/// since the first run (a password changed or rehashed to Argon2 at login, roles, deactivation,
+/// the chosen status), so those stay; profile fields come from Rocket.Chat again.
+pub fn rerun_user(imported: &User, existing: &User) -> User {
+    let mut u = imported.clone();
+    if existing.password_hash.starts_with("$argon2") || imported.password_hash.is_empty() {
+        u.password_hash.clone_from(&existing.password_hash);
+    }
+    u.roles.clone_from(&existing.roles);
+    u.active = existing.active;
+    u.status.clone_from(&existing.status);
+    u.status_text.clone_from(&existing.status_text);
+    u.created_at = existing.created_at;
+    u
+}
+
 /// Why a document was skipped: a short kind (counted) and a detail (shown for the first few).
 #[derive(Debug)]
 pub struct Skip {

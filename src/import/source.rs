@@ -5,6 +5,7 @@
 //! Runs on the importer's thread (the live reader drives a current-thread tokio runtime there).
 
 use std::fs::File;
+use std::future::IntoFuture;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -98,7 +99,7 @@ impl Source {
     ) -> Result<bool, SourceError> {
         match self {
             Source::Dump(dir) => read_dump(dir, collection, each),
-            Source::Mongo { runtime, db } => runtime.block_on(read_live(db, collection, each)),
+            Source::Mongo { runtime, db } => read_live(runtime, db, collection, each),
         }
     }
 }
@@ -180,33 +181,110 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-async fn read_live(
+/// Hands each item of `stream` to `each`, polling the stream on `runtime` one item at a time so
+/// that `each` itself runs outside any runtime: a sink may block on its own runtime there
+/// (blocking on a runtime from inside another one panics).
+pub fn drain_outside<T, S>(
+    runtime: &tokio::runtime::Runtime,
+    mut stream: S,
+    mut each: impl FnMut(T) -> std::ops::ControlFlow<()>,
+) where
+    S: futures::Stream<Item = T> + Unpin,
+{
+    while let Some(item) = runtime.block_on(stream.next()) {
+        if each(item).is_break() {
+            return;
+        }
+    }
+}
+
+fn read_live(
+    runtime: &tokio::runtime::Runtime,
     db: &mongodb::Database,
     collection: &str,
     each: &mut dyn FnMut(Result<Document, String>),
 ) -> Result<bool, SourceError> {
-    let names = db
-        .list_collection_names()
-        .await
+    let names = runtime
+        .block_on(db.list_collection_names().into_future())
         .map_err(|e| SourceError::Mongo(e.to_string()))?;
     if !names.iter().any(|n| n == collection) {
         return Ok(false);
     }
     let coll = db.collection::<bson::RawDocumentBuf>(collection);
-    let total = coll.estimated_document_count().await.unwrap_or(0);
+    let total = runtime
+        .block_on(coll.estimated_document_count().into_future())
+        .unwrap_or(0);
     let pb = bar(total, collection, "pos");
-    let mut cursor = coll
-        .find(bson::doc! {})
-        .await
+    // The sink may take minutes over one batch while this cursor waits: without this the
+    // server would close it after 10 idle minutes (CursorNotFound on the next getMore).
+    let cursor = runtime
+        .block_on(async { coll.find(bson::doc! {}).no_cursor_timeout(true).await })
         .map_err(|e| SourceError::Mongo(e.to_string()))?;
-    while let Some(next) = cursor.next().await {
+    let mut failure = None;
+    drain_outside(runtime, cursor, |next| {
         pb.inc(1);
         match next {
-            Ok(raw) => each(raw.to_document().map_err(|e| e.to_string())),
+            Ok(raw) => {
+                each(raw.to_document().map_err(|e| e.to_string()));
+                std::ops::ControlFlow::Continue(())
+            }
             // A cursor error is the server's or the network's, not one record's: stop.
-            Err(e) => return Err(SourceError::Mongo(e.to_string())),
+            Err(e) => {
+                failure = Some(SourceError::Mongo(e.to_string()));
+                std::ops::ControlFlow::Break(())
+            }
         }
-    }
+    });
     pb.finish_and_clear();
-    Ok(true)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The live source's shape: items polled on a current-thread runtime, handed to a sink that
+    /// blocks on another (multi-thread) runtime, as the MongoDB sink does at each batch.
+    #[test]
+    fn a_sink_may_block_on_its_own_runtime_inside_the_callback() {
+        let source_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sink_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let items = futures::stream::iter(0..25u32);
+        let mut flushed = Vec::new();
+        let mut batch = Vec::new();
+        drain_outside(&source_rt, items, |i| {
+            batch.push(i);
+            if batch.len() == 10 {
+                // What `MongoImport` does: `Handle::block_on` of the store's runtime.
+                let sum = sink_rt.handle().block_on(async { batch.iter().sum::<u32>() });
+                flushed.push(sum);
+                batch.clear();
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        assert_eq!(flushed, [45, 145]);
+        assert_eq!(batch.len(), 5);
+        // A break stops the draining.
+        let mut seen = 0;
+        drain_outside(&source_rt, futures::stream::iter(0..100), |_| {
+            seen += 1;
+            if seen == 3 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(seen, 3);
+    }
 }

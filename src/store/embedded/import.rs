@@ -91,7 +91,10 @@ impl ImportSink for EmbeddedImport {
                         continue;
                     }
                 }
-                t.put_user(u)?;
+                match t.user(&u.id)? {
+                    Some(existing) => t.put_user(&crate::import::convert::rerun_user(u, &existing))?,
+                    None => t.put_user(u)?,
+                }
                 for email in iu.emails.iter().skip(1) {
                     t.index_email(email, &u.id)?;
                 }

@@ -1,7 +1,8 @@
 //! The MongoDB backend's side of `chatd import rocketchat`: bulk upserts into chatd's collections
-//! (servers may keep running: nothing goes to the change log, so they see imported data on their
-//! next read; a starting server loads its routing from the collections). Ids are kept and every
-//! write is an upsert, so a second run duplicates nothing. Runs on the importer's thread, which
+//! while every chatd host is stopped (refused otherwise: see [`MongoImport::new`]); a starting
+//! host loads its routing from the collections. Ids are kept and every write is an upsert, so a
+//! second run duplicates nothing (and keeps what chatd owns of a user, see
+//! [`crate::import::convert::rerun_user`]). Runs on the importer's thread, which
 //! blocks on the store's tokio runtime; up to [`CONCURRENCY`] writes are in flight at once.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +20,7 @@ use super::schema::{self, MESSAGES, ROOMS, SUBSCRIPTIONS, TOKENS, USERS};
 use super::{describe, MongoStore};
 use crate::import::convert::{ImportedUser, Skip};
 use crate::import::ImportSink;
-use crate::store::{Message, Room, StoreError, StoreResult, Subscription};
+use crate::store::{Message, Room, StoreError, StoreResult, Subscription, User};
 
 /// Writes in flight at once.
 const CONCURRENCY: usize = 32;
@@ -39,12 +40,25 @@ pub struct MongoImport {
 }
 
 impl MongoImport {
-    pub fn new(store: Arc<MongoStore>) -> Self {
-        Self {
+    /// Refuses while chatd hosts serve the database: an import writes no change records (hosts
+    /// would not route imported memberships), numbers messages from counters live sends also
+    /// move, and rewrites whole room documents.
+    pub fn new(store: Arc<MongoStore>, at: &str) -> Result<Self, super::MongoOpenError> {
+        let running = store.running_hosts().map_err(|e| super::MongoOpenError::Failed {
+            at: at.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !running.is_empty() {
+            return Err(super::MongoOpenError::InUse {
+                at: at.to_owned(),
+                hosts: running.join(", "),
+            });
+        }
+        Ok(Self {
             store,
             tallies: HashMap::new(),
             touched: HashSet::new(),
-        }
+        })
     }
 
     fn db(&self) -> Database {
@@ -119,15 +133,20 @@ impl ImportSink for MongoImport {
             .iter()
             .flat_map(|u| u.emails.iter().map(|e| e.to_lowercase()))
             .collect();
+        let ids: Vec<&str> = batch.iter().map(|u| u.user.id.as_str()).collect();
         let holders = self.find_all(
             USERS,
-            doc! {"$or": [{"username_lower": {"$in": &names}}, {"emails_lower": {"$in": &emails}}]},
-            Some(doc! {"_id": 1, "username_lower": 1, "emails_lower": 1}),
+            doc! {"$or": [{"_id": {"$in": &ids}}, {"username_lower": {"$in": &names}}, {"emails_lower": {"$in": &emails}}]},
+            None,
         )?;
         let mut name_holder: HashMap<String, String> = HashMap::new();
         let mut email_holder: HashMap<String, String> = HashMap::new();
+        let mut existing: HashMap<String, User> = HashMap::new();
         for h in &holders {
             let id = h.get_str("_id").unwrap_or_default().to_owned();
+            if ids.contains(&id.as_str()) {
+                existing.insert(id.clone(), from_doc(h)?);
+            }
             if let Ok(n) = h.get_str("username_lower") {
                 name_holder.insert(n.to_owned(), id.clone());
             }
@@ -163,7 +182,10 @@ impl ImportSink for MongoImport {
             for e in &mine {
                 email_holder.insert(e.clone(), u.id.0.clone());
             }
-            let mut user = u.clone();
+            let mut user = match existing.get(u.id.as_str()) {
+                Some(e) => crate::import::convert::rerun_user(u, e),
+                None => u.clone(),
+            };
             if user.email.as_ref().is_some_and(|e| !mine.contains(&e.to_lowercase())) {
                 user.email = None;
             }

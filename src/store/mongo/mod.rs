@@ -99,6 +99,8 @@ pub enum MongoOpenError {
     NotReplicaSet { at: String },
     #[error("MongoDB at {at}: {reason}")]
     Failed { at: String, reason: String },
+    #[error("MongoDB at {at} is in use by running chatd hosts ({hosts}): stop every host first (an import into a running cluster is not safe)")]
+    InUse { at: String, hosts: String },
 }
 
 /// A URL's hosts and database, without credentials or options (safe to log).
@@ -357,7 +359,11 @@ async fn registry(
                 coll.update_one(
                     doc! {"_id": &me.addr},
                     doc! {
-                        "$set": {"host": format!("{:016x}", me.host), "pid": std::process::id()},
+                        "$set": {
+                            "host": format!("{:016x}", me.host),
+                            "pid": std::process::id(),
+                            "every_ms": i64::try_from(every.as_millis()).unwrap_or(i64::MAX),
+                        },
                         "$currentDate": {"heartbeat": true},
                         "$setOnInsert": {"started": mongodb::bson::DateTime::now()},
                     },
@@ -366,17 +372,7 @@ async fn registry(
                 .await?;
             }
             // Liveness by the server's clock, so hosts' clocks need not agree.
-            let live: Vec<Document> = futures::TryStreamExt::try_collect(
-                coll.find(doc! {"$expr": {"$gt": ["$heartbeat", {"$subtract": ["$$NOW", stale_ms]}]}})
-                    .projection(doc! {"_id": 1})
-                    .await?,
-            )
-            .await?;
-            mongodb::error::Result::Ok(
-                live.iter()
-                    .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-                    .collect::<Vec<String>>(),
-            )
+            live_hosts(&coll, stale_ms).await
         };
         match beat.await {
             Ok(list) => {
@@ -395,6 +391,24 @@ async fn registry(
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// The addresses of the hosts whose heartbeat is younger than `stale_ms` by the server's clock.
+/// Read with local read concern: during a majority-commit stall (a secondary down in a
+/// primary-secondary-arbiter set) heartbeats land on the primary but never become majority
+/// committed, and a majority read would report every live host gone.
+async fn live_hosts(coll: &mongodb::Collection<Document>, stale_ms: i64) -> mongodb::error::Result<Vec<String>> {
+    let live: Vec<Document> = futures::TryStreamExt::try_collect(
+        coll.find(doc! {"$expr": {"$gt": ["$heartbeat", {"$subtract": ["$$NOW", stale_ms]}]}})
+            .projection(doc! {"_id": 1})
+            .read_concern(ReadConcern::local())
+            .await?,
+    )
+    .await?;
+    Ok(live
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+        .collect())
 }
 
 /// Pings the server every [`PROBE_EVERY`] (each ping bounded by the server-selection timeout).
@@ -602,6 +616,28 @@ fn abort(rt: &Handle, session: &mut ClientSession, cause: &mongodb::error::Error
 }
 
 impl MongoStore {
+    /// Hosts serving this database now (heartbeats younger than three of their own intervals),
+    /// as `"addr"` strings: what an import checks before it writes.
+    pub fn running_hosts(&self) -> StoreResult<Vec<String>> {
+        let coll = self.reads.db.collection::<Document>(schema::INSTANCES);
+        self.reads.run(async move {
+            let live: Vec<Document> = futures::TryStreamExt::try_collect(
+                coll.find(doc! {"$expr": {"$gt": [
+                    "$heartbeat",
+                    {"$subtract": ["$$NOW", {"$multiply": [{"$ifNull": ["$every_ms", 2000_i64]}, i64::from(STALE_BEATS)]}]},
+                ]}})
+                .projection(doc! {"_id": 1})
+                .read_concern(ReadConcern::local())
+                .await?,
+            )
+            .await?;
+            Ok(live
+                .iter()
+                .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+                .collect())
+        })
+    }
+
     /// Drops chatd's database (tests and tooling; never called by the server).
     pub fn drop_database(&self) -> StoreResult<()> {
         let db = self.reads.db.clone();
