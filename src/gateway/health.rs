@@ -59,6 +59,11 @@ async fn report(ctx: &ShardCtx) -> Report {
         problems.push("store unreachable".into());
     } else if !st.feed_open {
         problems.push("change feed reconnecting".into());
+    } else if let Some(age) = st
+        .feed_poll_age_ms
+        .filter(|age| *age >= ctx.config.health.feed_stall_secs.saturating_mul(1000))
+    {
+        problems.push(format!("change stream not answering for {} s", age / 1000));
     }
     let head = store.head();
     let tailer = ctx.all_stats.get(TAILER_SHARD);

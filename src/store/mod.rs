@@ -145,6 +145,9 @@ pub struct BackendStatus {
     pub feed_bad_events: u64,
     pub feed_history_lost: u64,
     pub feed_resumes: u64,
+    /// Milliseconds since the open change stream last answered a poll (`None`: no stream to
+    /// poll, or a backend without one). An open stream answers at least every half second.
+    pub feed_poll_age_ms: Option<u64>,
 }
 
 /// Where a write's outcome goes.

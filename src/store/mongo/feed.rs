@@ -4,37 +4,48 @@
 //! oplog, not in memory).
 //!
 //! The following logic is a state machine over [`StreamIo`] (the driver, or a script in tests):
-//! - every error drops the stream and re-opens it after a jittered exponential back-off, resuming
-//!   after the last event's token (or after an invalidate with `startAfter`), forever, logging
-//!   once per change of state;
-//! - a lost history (the resume point left the oplog: codes 286, 280, 260, 136) re-opens from
-//!   now and hands the shards a [`FeedEntry::HistoryLost`] (they tell clients to reconnect and
-//!   reload); counted, never retried in a loop;
-//! - an event that does not decode is counted, logged with its id, handed on as
-//!   [`FeedEntry::Undecodable`] and passed: never a crash, never a silent drop.
+//! - after every poll, empty ones included, the resume point becomes the stream's own resume
+//!   token: the last event's, or the post-batch token the server sends with an empty batch (the
+//!   oplog position it has scanned to), so a resume never rescans what was already passed;
+//! - every error drops the stream and re-opens it after a jittered exponential back-off from
+//!   that point (after an invalidate, with `startAfter`), forever, logging once per change of
+//!   state; a cursor the driver reports closed is re-opened the same way;
+//! - a lost history (the resume point left the oplog: codes 286, 280, 260, 136) and an event too
+//!   large to read (10334) re-open from now; once the new stream is open, the shards get a
+//!   [`FeedEntry::HistoryLost`] (they reload their routing and tell clients to reconnect and
+//!   reload), so nothing committed between the reload and the new stream is missed;
+//! - an event that does not decode (even as BSON) is counted, logged with its token, handed on as
+//!   [`FeedEntry::Undecodable`] and passed: the driver's token is already past it.
 //!
 //! Driver futures are always awaited to completion (`next_if_any`, bounded by the stream's
 //! `maxAwaitTimeMS`): dropping one midway can leave the driver's stream in a state that panics.
-//! The resume token is persisted per host in a file in the data directory ([`TokenFile`]) after
-//! the tailer has handed a change to the shards, so a restart neither skips nor repeats.
+//! Each completed poll is timed ([`FeedStats::last_poll_ms`]), so a `getMore` hung on a dead
+//! connection shows in `/health` within seconds instead of going unnoticed.
+//!
+//! A host starts its stream at the cluster time its store opened, never at a position saved by
+//! an earlier run: no session survives a restart, and replaying old changes would show them to
+//! clients that connected after it as new.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{self, doc, Bson, Document, Timestamp};
+use mongodb::bson::{self, doc, Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
 use mongodb::Database;
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use super::convert::{from_doc, mark_of, position_of_token, token_of_position};
+use super::convert::{from_doc, mark_of, position_of_token};
 use super::schema::{ALL, CHANGES};
 use crate::ids::now_ms;
 use crate::store::{ChangeFeed, ChangeRecord, FeedEntry, FeedItem, FeedPosition, Mark, StoreError, StoreResult};
+
+/// An open stream answers at least every [`MAX_AWAIT`]; this long without a completed poll
+/// means it hangs (a `getMore` on a dead connection): `/health` reports it.
+pub const POLL_STALE: Duration = Duration::from_secs(10);
 
 /// First pause after a failure; doubled per failure up to [`BACKOFF_MAX`], with jitter.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -49,6 +60,10 @@ pub const QUEUE_EVENTS: usize = 4096;
 /// gone (ChangeStreamHistoryLost 286, CappedPositionLost 136), the token is unusable
 /// (InvalidResumeToken 260), or the server refuses to go on (ChangeStreamFatalError 280).
 pub const HISTORY_LOST_CODES: [i32; 4] = [286, 136, 260, 280];
+/// BSONObjectTooLarge: an event over 16 MB cannot be returned, and resuming before it fails the
+/// same way forever; the feed goes on from now, as after a lost history. (chatd bounds its own
+/// change documents well below this: only a foreign writer can cause it.)
+pub const EVENT_TOO_LARGE: i32 = 10334;
 
 /// Where a stream starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,17 +93,27 @@ impl Fault {
         }
     }
 
+    /// The stream cannot go on from where it is: it restarts from now.
     pub fn history_lost(&self) -> bool {
-        self.code.is_some_and(|c| HISTORY_LOST_CODES.contains(&c))
+        self.code
+            .is_some_and(|c| HISTORY_LOST_CODES.contains(&c) || c == EVENT_TOO_LARGE)
     }
 }
+
+/// One event as read: a document, or why its bytes are not one.
+pub type RawEvent = Result<Document, String>;
 
 /// What the state machine needs from a change stream.
 pub trait StreamIo: Send {
     type Stream: Send;
     fn open(&mut self, start: &Start) -> impl Future<Output = Result<Self::Stream, Fault>> + Send;
     /// At most one round trip: the next event, or `None` when the server had nothing new.
-    fn next(&mut self, stream: &mut Self::Stream) -> impl Future<Output = Result<Option<Document>, Fault>> + Send;
+    fn next(&mut self, stream: &mut Self::Stream) -> impl Future<Output = Result<Option<RawEvent>, Fault>> + Send;
+    /// Where the stream stands: the last event's token, or the post-batch token of the last
+    /// (possibly empty) batch; `None` before the server has sent one.
+    fn token(&self, stream: &Self::Stream) -> Option<Bson>;
+    /// Whether the cursor can still return events (a closed one answers `None` forever).
+    fn alive(&self, stream: &Self::Stream) -> bool;
     fn pause(&mut self, d: Duration) -> impl Future<Output = ()> + Send;
 }
 
@@ -106,6 +131,24 @@ pub struct FeedStats {
     pub lag_ms: AtomicU64,
     /// Mark of the newest event seen (moves the store's head).
     pub last_mark: AtomicU64,
+    /// Wall-clock milliseconds when a poll (or an open) last completed.
+    pub last_poll_ms: AtomicU64,
+}
+
+impl FeedStats {
+    fn polled(&self) {
+        self.last_poll_ms
+            .store(u64::try_from(now_ms()).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the open stream last answered (`None` while no stream is open).
+    pub fn poll_age_ms(&self) -> Option<u64> {
+        if !self.open.load(Ordering::Acquire) {
+            return None;
+        }
+        let last = self.last_poll_ms.load(Ordering::Relaxed);
+        Some(u64::try_from(now_ms()).unwrap_or(0).saturating_sub(last))
+    }
 }
 
 /// What one change event means to chatd.
@@ -208,24 +251,35 @@ pub async fn follow<I: StreamIo>(mut io: I, mut start: Start, out: mpsc::Sender<
     let mut backoff = Backoff::default();
     let mut failing: Option<Option<i32>> = None;
     let mut last_mark: Mark = 0;
+    // A lost history waiting to be announced once the new stream is open.
+    let mut lost = false;
     while !out.is_closed() {
         let fault = match io.open(&start).await {
             Ok(mut stream) => {
+                stats.polled();
                 stats.open.store(true, Ordering::Release);
                 if failing.take().is_some() {
                     tracing::info!("change stream open again");
                 }
-                match pump(
-                    &mut io,
-                    &mut stream,
-                    &mut start,
-                    &out,
-                    &stats,
-                    &mut backoff,
-                    &mut last_mark,
-                )
-                .await
-                {
+                if let Some(t) = io.token(&stream) {
+                    start = Start::After(t);
+                }
+                if std::mem::take(&mut lost) {
+                    // The new stream holds every change from here on: now the shards may
+                    // reload what they route by.
+                    let item = FeedItem {
+                        mark: last_mark,
+                        position: io
+                            .token(&stream)
+                            .and_then(|t| position_of_token(&t).ok())
+                            .unwrap_or(FeedPosition(Vec::new())),
+                        entry: FeedEntry::HistoryLost,
+                    };
+                    if out.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                match pump(&mut io, &mut stream, &mut start, &out, &stats, &mut backoff, &mut last_mark).await {
                     Pumped::Closed => return,
                     Pumped::Invalidated => continue,
                     Pumped::Failed(f) => f,
@@ -239,17 +293,10 @@ pub async fn follow<I: StreamIo>(mut io: I, mut start: Start, out: mpsc::Sender<
             tracing::error!(
                 code = fault.code,
                 error = %fault.message,
-                "change stream history lost: changes were missed; starting from now and telling clients to reload"
+                "change stream cannot resume: changes were missed; starting from now and telling clients to reload"
             );
             start = Start::Now;
-            let item = FeedItem {
-                mark: last_mark,
-                position: FeedPosition(Vec::new()),
-                entry: FeedEntry::HistoryLost,
-            };
-            if out.send(item).await.is_err() {
-                return;
-            }
+            lost = true;
         } else {
             stats.resumes.fetch_add(1, Ordering::Relaxed);
             if failing != Some(fault.code) {
@@ -280,13 +327,36 @@ async fn pump<I: StreamIo>(
         if out.is_closed() {
             return Pumped::Closed;
         }
-        let ev = match io.next(stream).await {
+        let polled = io.next(stream).await;
+        stats.polled();
+        let ev = match polled {
             Ok(Some(ev)) => ev,
-            Ok(None) => continue,
+            Ok(None) => {
+                // An empty batch still moves the resume point (its post-batch token).
+                if let Some(t) = io.token(stream) {
+                    *start = Start::After(t);
+                }
+                if !io.alive(stream) {
+                    return Pumped::Failed(Fault {
+                        code: None,
+                        message: "the change stream's cursor was closed".into(),
+                    });
+                }
+                continue;
+            }
             Err(f) => return Pumped::Failed(f),
         };
         backoff.reset();
-        let ev = decode_event(&ev);
+        let ev = match ev {
+            Ok(doc) => decode_event(&doc),
+            // Not even BSON: the driver's token is already past it.
+            Err(reason) => Event {
+                token: io.token(stream),
+                cluster_time: None,
+                wall_ms: None,
+                decoded: Decoded::Bad(reason),
+            },
+        };
         if let Some(ts) = ev.cluster_time {
             *last_mark = (*last_mark).max(mark_of(ts));
             stats.last_mark.fetch_max(*last_mark, Ordering::AcqRel);
@@ -337,8 +407,8 @@ async fn pump<I: StreamIo>(
     }
 }
 
-/// The driver behind [`StreamIo`]: `db.watch()` with chatd's pipeline, events as raw documents
-/// (decoded by [`decode_event`], so a bad document never fails the stream).
+/// The driver behind [`StreamIo`]: `db.watch()` with chatd's pipeline, events as raw BSON
+/// (decoded by chatd, so a bad document never fails the stream).
 pub struct DriverIo {
     pub db: Database,
 }
@@ -361,9 +431,18 @@ fn resume_token(token: &Bson) -> Result<ResumeToken, Fault> {
 }
 
 impl StreamIo for DriverIo {
-    type Stream = ChangeStream<Document>;
+    type Stream = ChangeStream<RawDocumentBuf>;
 
     async fn open(&mut self, start: &Start) -> Result<Self::Stream, Fault> {
+        if matches!(start, Start::AfterInvalidate(_)) {
+            // The database was dropped: its collections, indexes and GENERAL are gone.
+            super::schema::ensure(&self.db)
+                .await
+                .map_err(|e| Fault::from_driver(&e))?;
+            super::bootstrap_general(&self.db)
+                .await
+                .map_err(|e| Fault::from_driver(&e))?;
+        }
         let watch = self
             .db
             .watch()
@@ -378,12 +457,28 @@ impl StreamIo for DriverIo {
         };
         watch
             .await
-            .map(|s| s.with_type::<Document>())
+            .map(|s| s.with_type::<RawDocumentBuf>())
             .map_err(|e| Fault::from_driver(&e))
     }
 
-    async fn next(&mut self, stream: &mut Self::Stream) -> Result<Option<Document>, Fault> {
-        stream.next_if_any().await.map_err(|e| Fault::from_driver(&e))
+    async fn next(&mut self, stream: &mut Self::Stream) -> Result<Option<RawEvent>, Fault> {
+        match stream.next_if_any().await {
+            Ok(Some(raw)) => Ok(Some(raw.to_document().map_err(|e| e.to_string()))),
+            Ok(None) => Ok(None),
+            // The driver moved its token past the event before failing to read it.
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::BsonDeserialization(_)) => {
+                Ok(Some(Err(super::describe(&e))))
+            }
+            Err(e) => Err(Fault::from_driver(&e)),
+        }
+    }
+
+    fn token(&self, stream: &Self::Stream) -> Option<Bson> {
+        stream.resume_token().and_then(|t| bson::to_bson(&t).ok())
+    }
+
+    fn alive(&self, stream: &Self::Stream) -> bool {
+        stream.is_alive()
     }
 
     async fn pause(&mut self, d: Duration) {
@@ -391,92 +486,24 @@ impl StreamIo for DriverIo {
     }
 }
 
-/// The per-host file holding the last delivered resume token, with the database it belongs to
-/// (a token of another database is ignored). Replaced atomically (write, fsync, rename).
-#[derive(Debug, Clone)]
-pub struct TokenFile {
-    path: PathBuf,
-    database: String,
+/// Removes the position file older versions kept in the data directory (a host no longer
+/// resumes from an earlier run's position).
+pub fn remove_old_position_file(dir: &std::path::Path) {
+    let _ = std::fs::remove_file(dir.join("mongodb-feed-position"));
 }
 
-impl TokenFile {
-    pub fn new(dir: &Path, database: &str) -> Self {
-        Self {
-            path: dir.join("mongodb-feed-position"),
-            database: database.to_owned(),
-        }
-    }
-
-    /// The saved token, if there is one for this database.
-    pub fn load(&self) -> Option<Bson> {
-        let bytes = std::fs::read(&self.path).ok()?;
-        let doc: Document = match bson::from_slice(&bytes) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "feed position file unreadable; starting from now");
-                return None;
-            }
-        };
-        if doc.get_str("database").ok() != Some(self.database.as_str()) {
-            tracing::warn!(path = %self.path.display(), "feed position belongs to another database; starting from now");
-            return None;
-        }
-        doc.get("token").cloned()
-    }
-
-    /// Saves `position` (an empty one removes the file: start from now next time).
-    pub fn save(&self, position: &FeedPosition) -> StoreResult<()> {
-        let fail = |e: std::io::Error| StoreError::Failed(format!("saving the feed position: {e}"));
-        let Some(token) = token_of_position(position) else {
-            return match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(e)),
-                _ => Ok(()),
-            };
-        };
-        let doc = doc! {"database": self.database.as_str(), "token": token, "saved_at": now_ms()};
-        let bytes = bson::to_vec(&doc).map_err(|e| StoreError::Internal(format!("encoding the feed position: {e}")))?;
-        let tmp = self.path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-            f.write_all(&bytes).map_err(fail)?;
-            f.sync_all().map_err(fail)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(fail)?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The feed thread's end: items from the [`follow`] task, and the token file.
+/// The feed thread's end: items from the [`follow`] task.
 pub struct MongoFeed {
     rt: tokio::runtime::Handle,
     rx: mpsc::Receiver<FeedItem>,
-    file: TokenFile,
-    last_saved: Option<FeedPosition>,
 }
 
 impl MongoFeed {
     /// Starts the [`follow`] task on `rt` from `start`.
-    pub fn start(
-        rt: tokio::runtime::Handle,
-        io: impl StreamIo + 'static,
-        start: Start,
-        file: TokenFile,
-        stats: Arc<FeedStats>,
-    ) -> Self {
+    pub fn start(rt: tokio::runtime::Handle, io: impl StreamIo + 'static, start: Start, stats: Arc<FeedStats>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
         rt.spawn(follow(io, start, tx, stats));
-        Self {
-            rt,
-            rx,
-            file,
-            last_saved: None,
-        }
+        Self { rt, rx }
     }
 }
 
@@ -497,15 +524,6 @@ impl ChangeFeed for MongoFeed {
             }
         }
         Ok(out)
-    }
-
-    fn persist(&mut self, position: &FeedPosition) -> StoreResult<()> {
-        if self.last_saved.as_ref() == Some(position) {
-            return Ok(());
-        }
-        self.file.save(position)?;
-        self.last_saved = Some(position.clone());
-        Ok(())
     }
 }
 
@@ -601,8 +619,17 @@ mod tests {
     }
 
     enum Step {
-        Open(Result<(), Fault>),
-        Next(Result<Option<Document>, Fault>),
+        /// An open; `Ok(Some(t))`: the server's first batch carried post-batch token `t`.
+        Open(Result<Option<&'static str>, Fault>),
+        /// A poll returning an event (its `_id` becomes the stream's token).
+        Event(Document),
+        /// A poll returning bytes that are not a document; the driver's token moved to `t`.
+        Garbled(&'static str),
+        /// An empty batch, with the post-batch token the server sent, if any.
+        Empty(Option<&'static str>),
+        /// An empty answer from a cursor the driver has closed.
+        Closed,
+        Fail(Fault),
     }
 
     #[derive(Default)]
@@ -611,10 +638,14 @@ mod tests {
         pauses: Vec<Duration>,
     }
 
-    /// A change stream that follows a script, recording how it was opened and paused.
+    /// A change stream that follows a script the way the driver behaves (its cached token
+    /// moves with every event and every batch's post-batch token), recording how it was
+    /// opened and paused.
     struct Script {
         steps: VecDeque<Step>,
         log: Arc<Mutex<Log>>,
+        token: Option<Bson>,
+        alive: bool,
     }
 
     impl StreamIo for Script {
@@ -622,23 +653,51 @@ mod tests {
 
         async fn open(&mut self, start: &Start) -> Result<(), Fault> {
             self.log.lock().unwrap().opens.push(start.clone());
+            self.alive = true;
+            self.token = None;
             match self.steps.pop_front() {
-                Some(Step::Open(r)) => r,
-                Some(Step::Next(_)) => panic!("the script expected a poll, not an open"),
+                Some(Step::Open(r)) => r.map(|t| self.token = t.map(token)),
+                Some(_) => panic!("the script expected a poll, not an open"),
                 // Out of script: the stream stays open and quiet.
                 None => Ok(()),
             }
         }
 
-        async fn next(&mut self, _: &mut ()) -> Result<Option<Document>, Fault> {
+        async fn next(&mut self, _: &mut ()) -> Result<Option<RawEvent>, Fault> {
             match self.steps.pop_front() {
-                Some(Step::Next(r)) => r,
+                Some(Step::Event(d)) => {
+                    self.token = d.get("_id").cloned();
+                    Ok(Some(Ok(d)))
+                }
+                Some(Step::Garbled(t)) => {
+                    self.token = Some(token(t));
+                    Ok(Some(Err("invalid UTF-8 in a string".into())))
+                }
+                Some(Step::Empty(t)) => {
+                    if let Some(t) = t {
+                        self.token = Some(token(t));
+                    }
+                    Ok(None)
+                }
+                Some(Step::Closed) => {
+                    self.alive = false;
+                    Ok(None)
+                }
+                Some(Step::Fail(f)) => Err(f),
                 Some(Step::Open(_)) => panic!("the script expected an open, not a poll"),
                 None => {
                     tokio::task::yield_now().await;
                     Ok(None)
                 }
             }
+        }
+
+        fn token(&self, _: &()) -> Option<Bson> {
+            self.token.clone()
+        }
+
+        fn alive(&self, _: &()) -> bool {
+            self.alive
         }
 
         async fn pause(&mut self, d: Duration) {
@@ -665,6 +724,8 @@ mod tests {
         let io = Script {
             steps: steps.into(),
             log: log.clone(),
+            token: None,
+            alive: true,
         };
         let got = rt.block_on(async {
             let (tx, mut rx) = mpsc::channel(QUEUE_EVENTS);
@@ -704,15 +765,16 @@ mod tests {
         let (items, log, stats) = drive(
             Start::At(t0),
             vec![
-                Step::Open(Ok(())),
-                Step::Next(Ok(Some(insert("t1", 10, record("away"))))),
-                Step::Next(Ok(None)),
+                Step::Open(Ok(None)),
+                Step::Event(insert("t1", 10, record("away"))),
+                // An empty batch from a server that sends no post-batch token.
+                Step::Empty(None),
                 // A network error on getMore, then the server is still being elected.
-                Step::Next(Err(fault(None))),
+                Step::Fail(fault(None)),
                 Step::Open(Err(fault(Some(10107)))),
                 Step::Open(Err(fault(Some(216)))),
-                Step::Open(Ok(())),
-                Step::Next(Ok(Some(insert("t2", 11, record("busy"))))),
+                Step::Open(Ok(None)),
+                Step::Event(insert("t2", 11, record("busy"))),
             ],
             2,
         );
@@ -734,25 +796,77 @@ mod tests {
             assert!(*pause <= step && *pause >= step / 2, "{pause:?} for a {step:?} step");
         }
         // The positions handed on are the events' tokens; marks follow cluster times.
-        assert_eq!(token_of_position(&items[1].position), Some(token("t2")));
+        assert_eq!(
+            crate::store::mongo::convert::token_of_position(&items[1].position),
+            Some(token("t2"))
+        );
         assert!(items[0].mark < items[1].mark);
         assert_eq!(stats.events.load(Ordering::Relaxed), 2);
         assert!(stats.open.load(Ordering::Relaxed));
+        assert!(stats.poll_age_ms().is_some_and(|age| age < 10_000));
     }
 
     #[test]
-    fn lost_history_restarts_from_now_once_and_tells_the_shards() {
-        // At start, the saved token has left the oplog.
+    fn empty_batches_move_the_resume_point_to_their_post_batch_token() {
+        let t0 = Timestamp { time: 1, increment: 0 };
+        let (items, log, _) = drive(
+            Start::At(t0),
+            vec![
+                // The first batch's post-batch token is already past `t0`.
+                Step::Open(Ok(Some("pb0"))),
+                Step::Fail(fault(None)),
+                Step::Open(Ok(None)),
+                Step::Event(insert("e1", 10, record("away"))),
+                // A quiet spell: the server scanned on (other hosts' heartbeats, TTL deletes).
+                Step::Empty(Some("pb1")),
+                Step::Empty(Some("pb2")),
+                Step::Fail(fault(Some(6))),
+                Step::Open(Ok(None)),
+                Step::Event(insert("e2", 20, record("busy"))),
+            ],
+            2,
+        );
+        assert_eq!(items.iter().map(status_of).collect::<Vec<_>>(), ["away", "busy"]);
+        assert_eq!(
+            log.opens,
+            [Start::At(t0), Start::After(token("pb0")), Start::After(token("pb2"))],
+            "a resume starts where the server had scanned to, not at the last chat event"
+        );
+    }
+
+    #[test]
+    fn a_closed_cursor_is_reopened_not_polled_forever() {
+        let (items, log, stats) = drive(
+            Start::Now,
+            vec![
+                Step::Open(Ok(Some("o1"))),
+                Step::Closed,
+                Step::Open(Ok(None)),
+                Step::Event(insert("k1", 5, record("online"))),
+            ],
+            1,
+        );
+        assert_eq!(status_of(&items[0]), "online");
+        assert_eq!(log.opens, [Start::Now, Start::After(token("o1"))]);
+        assert_eq!(stats.resumes.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn lost_history_restarts_from_now_and_tells_the_shards_once_the_new_stream_is_open() {
+        // At start, the resume point has left the oplog.
         let (items, log, stats) = drive(
             Start::After(token("old")),
             vec![
                 Step::Open(Err(fault(Some(286)))),
-                Step::Open(Ok(())),
-                Step::Next(Ok(Some(insert("n1", 50, record("online"))))),
-                // While running: the stream fell behind the oplog.
-                Step::Next(Err(fault(Some(286)))),
-                Step::Open(Ok(())),
-                Step::Next(Ok(Some(insert("n2", 60, record("away"))))),
+                Step::Open(Ok(Some("s1"))),
+                Step::Event(insert("n1", 50, record("online"))),
+                // While running: the stream fell behind the oplog, and the server is then
+                // unreachable for a while.
+                Step::Fail(fault(Some(286))),
+                Step::Open(Err(fault(None))),
+                Step::Open(Err(fault(None))),
+                Step::Open(Ok(Some("s2"))),
+                Step::Event(insert("n2", 60, record("away"))),
             ],
             4,
         );
@@ -760,11 +874,33 @@ mod tests {
             items.iter().map(status_of).collect::<Vec<_>>(),
             ["history lost", "online", "history lost", "away"]
         );
-        assert_eq!(log.opens, [Start::After(token("old")), Start::Now, Start::Now]);
+        assert_eq!(
+            log.opens,
+            [Start::After(token("old")), Start::Now, Start::Now, Start::Now, Start::Now]
+        );
+        // Each announcement carries the new stream's starting point: it was made after that
+        // stream existed, so the shards' reload cannot miss a change made in between.
+        let pos = |i: usize| crate::store::mongo::convert::token_of_position(&items[i].position);
+        assert_eq!(pos(0), Some(token("s1")));
+        assert_eq!(pos(2), Some(token("s2")));
         assert_eq!(stats.history_lost.load(Ordering::Relaxed), 2);
-        assert_eq!(stats.resumes.load(Ordering::Relaxed), 0);
-        // Nothing to resume from after a loss: the saved position is cleared.
-        assert!(items[0].position.0.is_empty());
+        assert_eq!(stats.resumes.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn an_event_too_large_to_read_is_skipped_by_restarting_from_now() {
+        let (items, log, _) = drive(
+            Start::Now,
+            vec![
+                Step::Open(Ok(Some("a"))),
+                Step::Fail(fault(Some(EVENT_TOO_LARGE))),
+                Step::Open(Ok(Some("b"))),
+                Step::Event(insert("x1", 5, record("away"))),
+            ],
+            2,
+        );
+        assert_eq!(items.iter().map(status_of).collect::<Vec<_>>(), ["history lost", "away"]);
+        assert_eq!(log.opens, [Start::Now, Start::Now]);
     }
 
     #[test]
@@ -772,21 +908,28 @@ mod tests {
         let (items, log, stats) = drive(
             Start::Now,
             vec![
-                Step::Open(Ok(())),
-                Step::Next(Ok(Some(insert("b1", 7, doc! {"change": 5})))),
-                Step::Next(Ok(Some(insert("b2", 8, record("away"))))),
-                Step::Next(Err(fault(Some(91)))),
-                Step::Open(Ok(())),
-                Step::Next(Ok(Some(insert("b3", 9, record("busy"))))),
+                Step::Open(Ok(None)),
+                Step::Event(insert("b1", 7, doc! {"change": 5})),
+                // Bytes that are not even a document: the driver's token is past them.
+                Step::Garbled("g1"),
+                Step::Event(insert("b2", 8, record("away"))),
+                Step::Garbled("g2"),
+                Step::Fail(fault(Some(91))),
+                Step::Open(Ok(None)),
+                Step::Event(insert("b3", 9, record("busy"))),
             ],
-            3,
+            5,
         );
         assert_eq!(
             items.iter().map(status_of).collect::<Vec<_>>(),
-            ["undecodable", "away", "busy"]
+            ["undecodable", "undecodable", "away", "undecodable", "busy"]
         );
-        assert_eq!(stats.bad_events.load(Ordering::Relaxed), 1);
-        assert_eq!(log.opens, [Start::Now, Start::After(token("b2"))]);
+        assert_eq!(stats.bad_events.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            log.opens,
+            [Start::Now, Start::After(token("g2"))],
+            "the reopen starts after the unreadable event, not before it"
+        );
     }
 
     #[test]
@@ -794,10 +937,10 @@ mod tests {
         let (items, log, _) = drive(
             Start::Now,
             vec![
-                Step::Open(Ok(())),
-                Step::Next(Ok(Some(doc! {"_id": token("inv"), "operationType": "invalidate"}))),
-                Step::Open(Ok(())),
-                Step::Next(Ok(Some(insert("c1", 3, record("online"))))),
+                Step::Open(Ok(None)),
+                Step::Event(doc! {"_id": token("inv"), "operationType": "invalidate"}),
+                Step::Open(Ok(None)),
+                Step::Event(insert("c1", 3, record("online"))),
             ],
             1,
         );
@@ -820,24 +963,5 @@ mod tests {
         assert!(pauses[19] >= BACKOFF_MAX / 2);
         b.reset();
         assert!(b.step() <= BACKOFF_MIN);
-    }
-
-    #[test]
-    fn the_token_file_round_trips_and_ignores_what_is_not_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = TokenFile::new(dir.path(), "chatd");
-        assert_eq!(file.load(), None);
-        file.save(&position_of_token(&token("p1")).unwrap()).unwrap();
-        assert_eq!(file.load(), Some(token("p1")));
-        file.save(&position_of_token(&token("p2")).unwrap()).unwrap();
-        assert_eq!(file.load(), Some(token("p2")));
-        // Another database's token is not resumed from.
-        assert_eq!(TokenFile::new(dir.path(), "other").load(), None);
-        // An empty position (after lost history) clears it.
-        file.save(&FeedPosition(Vec::new())).unwrap();
-        assert_eq!(file.load(), None);
-        // A damaged file reads as nothing.
-        std::fs::write(dir.path().join("mongodb-feed-position"), b"garbage").unwrap();
-        assert_eq!(file.load(), None);
     }
 }

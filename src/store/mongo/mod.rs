@@ -43,7 +43,7 @@ use super::{
 };
 use crate::app::rules::{self, GENERAL_ROOM_ID};
 use crate::ids::{now_ms, MessageId, RoomId, UserId};
-use feed::{DriverIo, FeedStats, MongoFeed, Start, TokenFile};
+use feed::{DriverIo, FeedStats, MongoFeed, Start};
 use reads::Reads;
 use txn::MongoTxn;
 
@@ -185,7 +185,7 @@ pub struct MongoStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Mark of the newest commit this host made.
     head: Arc<AtomicU64>,
-    feed_start: Mutex<Option<(Start, TokenFile)>>,
+    feed_start: Mutex<Option<Start>>,
     feed_stats: Arc<FeedStats>,
     reach: Arc<Reachability>,
     stopping: Arc<AtomicBool>,
@@ -246,7 +246,7 @@ async fn connect(url: String, database: Option<String>, timeout: Duration) -> Re
 }
 
 /// Creates the GENERAL channel when missing (several hosts may race: the loser's upsert finds it).
-async fn bootstrap_general(db: &Database) -> mongodb::error::Result<()> {
+pub(super) async fn bootstrap_general(db: &Database) -> mongodb::error::Result<()> {
     let room = rules::general_room(now_ms());
     let mut fields = match schema::room_doc(&room, true) {
         Ok(d) => d,
@@ -294,14 +294,9 @@ impl MongoStore {
             }
         };
         let Connected { client, db, opened_at } = connected;
-        let file = TokenFile::new(&opts.data_dir, db.name());
-        if let Err(e) = std::fs::create_dir_all(&opts.data_dir) {
-            return Err(failed(format!("data directory {}: {e}", opts.data_dir.display())));
-        }
-        let start = match file.load() {
-            Some(token) => Start::After(token),
-            None => opened_at.map_or(Start::Now, Start::At),
-        };
+        feed::remove_old_position_file(&opts.data_dir);
+        // From the open, never from an earlier run's position: see the feed's docs.
+        let start = opened_at.map_or(Start::Now, Start::At);
         let head = Arc::new(AtomicU64::new(opened_at.map_or(0, convert::mark_of)));
         let (tx, rx) = crossbeam_channel::bounded(WRITE_QUEUE_CAPACITY);
         let writer = Writer {
@@ -329,7 +324,7 @@ impl MongoStore {
             tx,
             writer: Mutex::new(Some(writer)),
             head,
-            feed_start: Mutex::new(Some((start, file))),
+            feed_start: Mutex::new(Some(start)),
             feed_stats: Arc::new(FeedStats::default()),
             reach,
             stopping,
@@ -591,7 +586,12 @@ impl Writer {
             }
         }
         let mark = session.operation_time().map_or(0, convert::mark_of);
-        self.head.fetch_max(mark, Ordering::AcqRel);
+        // The head moves only with changes the feed will carry: a commit without one (a login,
+        // a read-only group's no-op oplog entry) would leave the head ahead of every event, and
+        // `/health` would report the feed stalled until some chat change happened.
+        if outputs.iter().any(|r| matches!(r, Ok((_, true)))) {
+            self.head.fetch_max(mark, Ordering::AcqRel);
+        }
         Attempt::Done(
             outputs
                 .into_iter()
@@ -724,7 +724,7 @@ impl Backend for MongoStore {
     }
 
     fn take_feed(&self) -> Option<Box<dyn ChangeFeed>> {
-        let (start, file) = self.feed_start.lock().ok()?.take()?;
+        let start = self.feed_start.lock().ok()?.take()?;
         let io = DriverIo {
             db: self.reads.db.clone(),
         };
@@ -732,7 +732,6 @@ impl Backend for MongoStore {
             self.rt.clone(),
             io,
             start,
-            file,
             self.feed_stats.clone(),
         )))
     }
@@ -758,6 +757,7 @@ impl Backend for MongoStore {
             feed_bad_events: s.bad_events.load(Ordering::Relaxed),
             feed_history_lost: s.history_lost.load(Ordering::Relaxed),
             feed_resumes: s.resumes.load(Ordering::Relaxed),
+            feed_poll_age_ms: s.poll_age_ms(),
         }
     }
 
