@@ -719,6 +719,7 @@ impl Config {
             connect_timeout: Duration::from_secs(self.store.mongo_connect_timeout_secs),
             data_dir: self.data_dir.clone(),
             host,
+            readers: self.store_readers.max(crate::server::MONGO_MIN_READERS),
         })
     }
 

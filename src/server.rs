@@ -81,7 +81,7 @@ struct HostShared {
 }
 
 /// Reader threads at least, with MongoDB (each read waits on a network round trip).
-const MONGO_MIN_READERS: usize = 8;
+pub(crate) const MONGO_MIN_READERS: usize = 8;
 
 /// Raises the open-file limit to the hard limit (each connection is a file descriptor).
 pub fn raise_fd_limit() {

@@ -123,6 +123,7 @@ fn hosts_sharing_mongodb_deliver_messages_across_hosts_and_find_each_other() {
         connect_timeout: Duration::from_secs(10),
         data_dir: root.path().join("cleanup"),
         host: "cleanup".into(),
+        readers: 1,
     })
     .unwrap();
     cleanup.drop_database().unwrap();

@@ -23,6 +23,8 @@ struct Under {
     name: &'static str,
     store: Store,
     mongo: Option<std::sync::Arc<MongoStore>>,
+    /// The MongoDB URL and database, to reach the documents behind the store's back.
+    raw: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,6 +44,7 @@ fn backends() -> Vec<Under> {
         name: "embedded",
         store: embedded,
         mongo: None,
+        raw: None,
         _dir: dir,
     }];
     match std::env::var("CHATD_TEST_MONGO_URL") {
@@ -53,12 +56,15 @@ fn backends() -> Vec<Under> {
                 connect_timeout: Duration::from_secs(10),
                 data_dir: dir.path().to_owned(),
                 host: "conformance".into(),
+                readers: 4,
             };
+            let raw = Some((opts.url.clone(), opts.database.clone().unwrap()));
             let mongo = MongoStore::open(&opts).unwrap();
             out.push(Under {
                 name: "mongodb",
                 store: Store::new(mongo.clone(), 4).unwrap(),
                 mongo: Some(mongo),
+                raw,
                 _dir: dir,
             });
         }
@@ -664,9 +670,11 @@ fn listings_history_pages_and_memberships() {
         assert_eq!(b.channels_page(0, 0).unwrap().1, 6);
         let subs = b.subscriptions_of(&alice.id).unwrap();
         assert_eq!(subs.len(), 7);
+        // The read's mark covers every change in its answer: it is at or after the last write.
+        let before = b.head();
         let (rooms, mark) = b.memberships_of(&alice.id).unwrap();
         assert_eq!(rooms.len(), 7);
-        assert!(mark <= b.head());
+        assert!(mark >= before);
         assert!(b
             .all_memberships()
             .unwrap()
@@ -891,4 +899,180 @@ fn changes_deletions_and_removals_are_kept_for_syncing_clients() {
         assert_eq!(del(&alice), serde_json::json!(true));
         assert!(b.doc("test", "a").unwrap().is_none());
     });
+}
+
+#[test]
+fn writes_that_change_nothing_the_feed_carries_leave_the_head_where_it_is() {
+    // A head moved by a login would sit ahead of every change event: `/health` would call the
+    // feed stalled on a quiet cluster (review finding 2).
+    each(|s| {
+        let alice = user(s, "alice");
+        let r = room(s, RoomType::Channel, "lobby", &alice, &[]);
+        sent(send(s, &alice, &r.id, None, "hello"));
+        let head = s.head();
+        let token = LoginToken {
+            uid: alice.id.clone(),
+            created_at: chatd::ids::now_ms(),
+            expires_at: chatd::ids::now_ms() + DAY_MS,
+        };
+        w(
+            s,
+            WriteOp::CreateToken {
+                token_hash: "ab".repeat(32),
+                token,
+            },
+        )
+        .unwrap();
+        w(
+            s,
+            WriteOp::DeleteToken {
+                token_hash: "ab".repeat(32),
+            },
+        )
+        .unwrap();
+        // Reading a room already read changes nothing.
+        w(
+            s,
+            WriteOp::MarkRead {
+                uid: alice.id.clone(),
+                rid: r.id.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(s.head(), head);
+    });
+}
+
+/// The store's database as the driver sees it, for tests that change documents behind its back.
+fn raw_db(url: &str, db: &str) -> (tokio::runtime::Runtime, mongodb::Database) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(mongodb::Client::with_uri_str(url)).unwrap();
+    let db = client.database(db);
+    (rt, db)
+}
+
+fn mongo_only(test: impl Fn(&Under, &str, &str)) {
+    let mut ran = false;
+    for b in backends() {
+        if let Some((url, db)) = b.raw.clone() {
+            test(&b, &url, &db);
+            ran = true;
+        }
+    }
+    if !ran {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: a MongoDB-only conformance test — CHATD_TEST_MONGO_URL is not set ***\n"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_document_fails_only_the_requests_that_touch_it() {
+    mongo_only(|under, url, db| {
+        let s = &under.store;
+        let alice = user(s, "alice");
+        let rooms: Vec<Room> = (0..10)
+            .map(|i| room(s, RoomType::Channel, &format!("room{i}"), &alice, &[]))
+            .collect();
+        let (rt, raw) = raw_db(url, db);
+        let coll = raw.collection::<mongodb::bson::Document>("chatd_rooms");
+        // An operator's hand edit that is no longer a room type; and one that only looks odd
+        // (a counter stored as a double, a date as a BSON date), which still reads.
+        rt.block_on(async {
+            coll.update_one(
+                mongodb::bson::doc! {"_id": rooms[0].id.as_str()},
+                mongodb::bson::doc! {"$set": {"t": 42}},
+            )
+            .await
+        })
+        .unwrap();
+        rt.block_on(async {
+            coll.update_one(
+                mongodb::bson::doc! {"_id": rooms[1].id.as_str()},
+                mongodb::bson::doc! {"$set": {"msgs": 5.0, "updated_at": mongodb::bson::DateTime::now()}},
+            )
+            .await
+        })
+        .unwrap();
+        // Ten sends at once: the writer groups what arrives together.
+        let results: Vec<Result<WriteOutcome, StoreError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = rooms
+                .iter()
+                .map(|r| scope.spawn(|| send(s, &alice, &r.id, None, "hi")))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results[0].is_err(), "the damaged room cannot take a message");
+        for (i, r) in results.iter().enumerate().skip(1) {
+            assert!(r.is_ok(), "room{i}: {:?}", r.as_ref().err());
+        }
+        assert_eq!(s.backend().room(&rooms[1].id).unwrap().unwrap().msgs, 6);
+    });
+}
+
+#[test]
+fn an_expiry_changed_by_an_operator_or_another_version_is_set_again_at_open() {
+    let Some(url) = std::env::var("CHATD_TEST_MONGO_URL").ok().filter(|u| !u.is_empty()) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: TTL index change at open — CHATD_TEST_MONGO_URL is not set ***\n"
+        );
+        return;
+    };
+    let name = format!("chatd_test_{}", chatd::ids::random_id());
+    let (rt, raw) = raw_db(&url, &name);
+    let model = mongodb::IndexModel::builder()
+        .keys(mongodb::bson::doc! {"heartbeat": 1})
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .name("heartbeat_ttl".to_owned())
+                .expire_after(Duration::from_secs(60))
+                .build(),
+        )
+        .build();
+    rt.block_on(async {
+        raw.collection::<mongodb::bson::Document>("chatd_instances")
+            .create_index(model)
+            .await
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = MongoStore::open(&MongoOptions {
+        url,
+        database: Some(name),
+        connect_timeout: Duration::from_secs(10),
+        data_dir: dir.path().to_owned(),
+        host: "ttl".into(),
+        readers: 1,
+    })
+    .expect("a changed TTL does not stop a host from starting");
+    let indexes: Vec<mongodb::bson::Document> = rt
+        .block_on(async {
+            use futures::TryStreamExt;
+            raw.collection::<mongodb::bson::Document>("chatd_instances")
+                .list_indexes()
+                .await?
+                .map_ok(|m| mongodb::bson::to_document(&m).unwrap())
+                .try_collect()
+                .await
+        })
+        .unwrap();
+    let ttl = indexes
+        .iter()
+        .find(|i| i.get_document("options").ok().and_then(|o| o.get_str("name").ok()) == Some("heartbeat_ttl"))
+        .and_then(|i| i.get_document("options").ok()?.get("expireAfterSeconds").cloned());
+    assert!(
+        matches!(
+            ttl,
+            Some(mongodb::bson::Bson::Int64(300)) | Some(mongodb::bson::Bson::Int32(300))
+        ),
+        "{indexes:?}"
+    );
+    store.drop_database().unwrap();
+    chatd::store::Backend::close(&*store);
 }

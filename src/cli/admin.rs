@@ -122,6 +122,7 @@ pub fn open_mongo(url: &str, data_dir: PathBuf, timeout_secs: u64) -> Result<Arc
         connect_timeout: std::time::Duration::from_secs(timeout_secs),
         data_dir,
         host: "chatd-cli".into(),
+        readers: 1,
     })
 }
 

@@ -106,7 +106,34 @@ pub fn to_doc<T: Serialize>(record: &T) -> StoreResult<Document> {
 /// ignored by the record types. A document that does not decode is chatd's fault.
 pub fn from_doc<T: DeserializeOwned>(doc: &Document) -> StoreResult<T> {
     let json = Value::Object(doc_to_json_map(doc, 0));
-    serde_json::from_value(json).map_err(|e| StoreError::Internal(format!("decoding a stored document: {e}")))
+    match serde_json::from_value(json.clone()) {
+        Ok(v) => Ok(v),
+        // A document an operator edited by hand: mongosh stores `{$set: {msgs: 5}}` as a
+        // double and `new Date()` as a BSON date where chatd keeps integers. Read those as the
+        // integers they mean rather than failing every write that touches the document.
+        Err(first) => serde_json::from_value(lenient(json))
+            .map_err(|_| StoreError::Internal(format!("decoding a stored document: {first}"))),
+    }
+}
+
+/// `json` with integral floats as integers and `{"$date": ms}` as `ms`.
+fn lenient(json: Value) -> Value {
+    match json {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(lenient).collect()),
+        Value::Object(map) => {
+            if let (1, Some(Value::Number(ms))) = (map.len(), map.get("$date")) {
+                if let Some(ms) = ms.as_i64() {
+                    return Value::from(ms);
+                }
+            }
+            Value::Object(map.into_iter().map(|(k, v)| (k, lenient(v))).collect())
+        }
+        other => other,
+    }
 }
 
 /// The mark of a cluster time: seconds in the high half, the increment in the low half, so marks
@@ -200,6 +227,25 @@ mod tests {
         let mut bad = Document::new();
         bad.insert("id", 5);
         assert!(matches!(from_doc::<UserRef>(&bad), Err(StoreError::Internal(_))));
+    }
+
+    #[test]
+    fn hand_edited_counters_and_dates_still_decode() {
+        use crate::store::Room;
+        let room: Room = crate::app::rules::general_room(1_700_000_000_000);
+        let mut doc = to_doc(&room).unwrap();
+        // What `db.chatd_rooms.updateOne({}, {$set: {msgs: 5, updated_at: new Date()}})` stores.
+        doc.insert("msgs", Bson::Double(5.0));
+        doc.insert(
+            "updated_at",
+            Bson::DateTime(bson::DateTime::from_millis(1_700_000_000_999)),
+        );
+        let back: Room = from_doc(&doc).unwrap();
+        assert_eq!(back.msgs, 5);
+        assert_eq!(back.updated_at, 1_700_000_000_999);
+        // A fraction is not an integer: still refused, as an error.
+        doc.insert("msgs", Bson::Double(5.5));
+        assert!(matches!(from_doc::<Room>(&doc), Err(StoreError::Internal(_))));
     }
 
     #[test]

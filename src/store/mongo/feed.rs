@@ -190,6 +190,9 @@ pub fn decode_event(ev: &Document) -> Event {
             Ok(full) => match full.get_document("record") {
                 Ok(record) => match from_doc::<ChangeRecord>(record) {
                     Ok(mut rec) => {
+                        if full.get_bool("last_is_message").unwrap_or(false) {
+                            super::schema::restore_last_message(&mut rec);
+                        }
                         rec.seq = cluster_time.map_or(0, mark_of);
                         Decoded::Change(Box::new(rec))
                     }
@@ -279,7 +282,17 @@ pub async fn follow<I: StreamIo>(mut io: I, mut start: Start, out: mpsc::Sender<
                         return;
                     }
                 }
-                match pump(&mut io, &mut stream, &mut start, &out, &stats, &mut backoff, &mut last_mark).await {
+                match pump(
+                    &mut io,
+                    &mut stream,
+                    &mut start,
+                    &out,
+                    &stats,
+                    &mut backoff,
+                    &mut last_mark,
+                )
+                .await
+                {
                     Pumped::Closed => return,
                     Pumped::Invalidated => continue,
                     Pumped::Failed(f) => f,
@@ -876,7 +889,13 @@ mod tests {
         );
         assert_eq!(
             log.opens,
-            [Start::After(token("old")), Start::Now, Start::Now, Start::Now, Start::Now]
+            [
+                Start::After(token("old")),
+                Start::Now,
+                Start::Now,
+                Start::Now,
+                Start::Now
+            ]
         );
         // Each announcement carries the new stream's starting point: it was made after that
         // stream existed, so the shards' reload cannot miss a change made in between.
@@ -899,7 +918,10 @@ mod tests {
             ],
             2,
         );
-        assert_eq!(items.iter().map(status_of).collect::<Vec<_>>(), ["history lost", "away"]);
+        assert_eq!(
+            items.iter().map(status_of).collect::<Vec<_>>(),
+            ["history lost", "away"]
+        );
         assert_eq!(log.opens, [Start::Now, Start::Now]);
     }
 
@@ -947,6 +969,51 @@ mod tests {
         assert_eq!(status_of(&items[0]), "online");
         assert_eq!(log.opens, [Start::Now, Start::AfterInvalidate(token("inv"))]);
         assert!(log.pauses.is_empty(), "an invalidate is not a failure");
+    }
+
+    #[test]
+    fn a_message_that_is_its_rooms_last_travels_once_and_comes_back_whole() {
+        use crate::store::Message;
+        let mut room = crate::app::rules::general_room(1_000);
+        let message: Message = serde_json::from_value(serde_json::json!({
+            "id": "m1", "rid": "GENERAL", "msg": "hello", "ts": 2_000,
+            "u": {"id": "u1", "username": "ann", "name": "Ann"},
+            "updated_at": 2_000, "seq": 1,
+        }))
+        .unwrap();
+        room.last_message = Some(message.clone());
+        let rec = ChangeRecord {
+            seq: 0,
+            change: Change::MessageCreated {
+                message: message.clone(),
+                room: room.clone(),
+            },
+        };
+        let stored = crate::store::mongo::schema::change_doc(&rec, "h1", 0).unwrap();
+        assert!(stored.get_bool("last_is_message").unwrap());
+        let slim = bson::to_vec(&stored).unwrap().len();
+        let full = bson::to_vec(&doc! {"record": to_doc(&rec).unwrap()}).unwrap().len();
+        assert!(slim < full, "{slim} bytes stored against {full}");
+        let mut ev = insert("l1", 9, Document::new());
+        ev.insert("fullDocument", stored);
+        match decode_event(&ev).decoded {
+            Decoded::Change(back) => match &back.change {
+                Change::MessageCreated { room: r, .. } => {
+                    assert_eq!(r.last_message.as_ref().map(|m| m.msg.as_str()), Some("hello"))
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // An edit of an older message keeps the room's own last message.
+        let mut older = message.clone();
+        older.id = crate::ids::MessageId::from("m0");
+        let rec = ChangeRecord {
+            seq: 0,
+            change: Change::MessageUpdated { message: older, room },
+        };
+        let stored = crate::store::mongo::schema::change_doc(&rec, "h1", 0).unwrap();
+        assert!(stored.get("last_is_message").is_none());
     }
 
     #[test]

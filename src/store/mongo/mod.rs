@@ -19,6 +19,7 @@ pub mod import;
 mod reads;
 pub mod schema;
 mod txn;
+mod work;
 
 use std::future::IntoFuture;
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ const COMMIT_ATTEMPTS: u32 = 3;
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Driver worker threads.
 const RUNTIME_THREADS: usize = 2;
+/// The server's CommandNotFound.
+const COMMAND_NOT_FOUND: i32 = 59;
 
 /// What the backend needs to start.
 #[derive(Clone)]
@@ -78,6 +81,8 @@ pub struct MongoOptions {
     pub data_dir: PathBuf,
     /// This host's name, recorded with each change it writes.
     pub host: String,
+    /// Reader threads that may each hold a connection (sizes the connection pool).
+    pub readers: usize,
 }
 
 impl std::fmt::Debug for MongoOptions {
@@ -201,29 +206,52 @@ struct Connected {
     opened_at: Option<Timestamp>,
 }
 
-async fn connect(url: String, database: Option<String>, timeout: Duration) -> Result<Connected, MongoOpenError> {
-    let at = redacted_url(&url);
-    let mut o = ClientOptions::parse(&url)
-        .await
-        .map_err(|e| MongoOpenError::Url(describe(&e)))?;
+/// Connections besides the readers': the writer, the change stream's `getMore` (held up to
+/// half a second), the probe, the registry, and the driver's own monitoring.
+const POOL_EXTRA: usize = 8;
+
+/// chatd's settings over what the URL says: timeouts, majority durability, primary reads, and a
+/// pool with a connection for every thread that may hold one at once (the driver's default of
+/// 10 would queue reads under load); a `maxPoolSize` in the URL wins.
+fn tune(o: &mut ClientOptions, timeout: Duration, readers: usize) {
     o.app_name = Some("chatd".into());
     o.server_selection_timeout = Some(timeout);
     o.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
     o.write_concern = Some(majority_journaled());
     o.read_concern = Some(ReadConcern::majority());
     o.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+    if o.max_pool_size.is_none() {
+        o.max_pool_size = Some(u32::try_from(readers + POOL_EXTRA).unwrap_or(u32::MAX));
+    }
+}
+
+async fn connect(
+    url: String,
+    database: Option<String>,
+    timeout: Duration,
+    readers: usize,
+) -> Result<Connected, MongoOpenError> {
+    let at = redacted_url(&url);
+    let mut o = ClientOptions::parse(&url)
+        .await
+        .map_err(|e| MongoOpenError::Url(describe(&e)))?;
+    tune(&mut o, timeout, readers);
     let name = database
         .or_else(|| o.default_database.clone())
         .unwrap_or_else(|| "chatd".into());
     let client = Client::with_options(o).map_err(|e| MongoOpenError::Url(describe(&e)))?;
     let db = client.database(&name);
-    let hello = db
-        .run_command(doc! {"hello": 1})
-        .await
-        .map_err(|e| MongoOpenError::Unreachable {
-            at: at.clone(),
-            reason: describe(&e),
-        })?;
+    let unreachable = |e: mongodb::error::Error| MongoOpenError::Unreachable {
+        at: at.clone(),
+        reason: describe(&e),
+    };
+    // `hello` exists from 4.4.2 (and 5.0); 4.4.0 and 4.4.1 know it as `isMaster`.
+    let hello = match db.run_command(doc! {"hello": 1}).await {
+        Err(e) if error_code(&e) == Some(COMMAND_NOT_FOUND) => {
+            db.run_command(doc! {"isMaster": 1}).await.map_err(unreachable)?
+        }
+        other => other.map_err(unreachable)?,
+    };
     if hello.get_str("setName").is_err() && hello.get_str("msg").ok() != Some("isdbgrid") {
         return Err(MongoOpenError::NotReplicaSet { at });
     }
@@ -279,7 +307,12 @@ impl MongoStore {
         let rt = runtime.handle().clone();
         // The driver's own timeouts bound the attempt; the outer one is a backstop. The work is
         // spawned and only the join handle is timed out (never a driver future).
-        let task = rt.spawn(connect(opts.url.clone(), opts.database.clone(), opts.connect_timeout));
+        let task = rt.spawn(connect(
+            opts.url.clone(),
+            opts.database.clone(),
+            opts.connect_timeout,
+            opts.readers,
+        ));
         let joined =
             rt.block_on(async { tokio::time::timeout(opts.connect_timeout + Duration::from_secs(2), task).await });
         let connected = match joined {
@@ -299,20 +332,23 @@ impl MongoStore {
         let start = opened_at.map_or(Start::Now, Start::At);
         let head = Arc::new(AtomicU64::new(opened_at.map_or(0, convert::mark_of)));
         let (tx, rx) = crossbeam_channel::bounded(WRITE_QUEUE_CAPACITY);
+        let reach = Arc::new(Reachability::default());
+        reach.up.store(true, Ordering::Release);
         let writer = Writer {
             rt: rt.clone(),
             client: client.clone(),
             db: db.clone(),
             host: opts.host.clone(),
             head: head.clone(),
+            reach: reach.clone(),
             session: None,
         };
         let writer = std::thread::Builder::new()
             .name("chatd-mongo-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                writer.run(rx);
+            })
             .map_err(|e| failed(e.to_string()))?;
-        let reach = Arc::new(Reachability::default());
-        reach.up.store(true, Ordering::Release);
         let stopping = Arc::new(AtomicBool::new(false));
         rt.spawn(probe(db.clone(), reach.clone(), stopping.clone()));
         tracing::info!(at = %at, database = db.name(), "MongoDB store open");
@@ -406,10 +442,17 @@ async fn live_hosts(coll: &mongodb::Collection<Document>, stale_ms: i64) -> mong
         .collect())
 }
 
-/// Pings the server every [`PROBE_EVERY`] (each ping bounded by the server-selection timeout).
+/// Pings the replica set every [`PROBE_EVERY`] (each ping bounded by the server-selection
+/// timeout). Any member answering counts: during an election (about ten seconds without a
+/// primary) writes wait, but websockets, typing and cached reads go on, and a load balancer that
+/// took every host out at once would leave no host at all.
 async fn probe(db: Database, reach: Arc<Reachability>, stopping: Arc<AtomicBool>) {
+    let any_member = SelectionCriteria::ReadPreference(ReadPreference::Nearest { options: None });
     while !stopping.load(Ordering::Acquire) {
-        let result = db.run_command(doc! {"ping": 1}).await;
+        let result = db
+            .run_command(doc! {"ping": 1})
+            .selection_criteria(any_member.clone())
+            .await;
         let was = reach.up.swap(result.is_ok(), Ordering::AcqRel);
         match result {
             Ok(_) if !was => tracing::info!("MongoDB reachable again"),
@@ -435,6 +478,9 @@ struct Writer {
     db: Database,
     host: String,
     head: Arc<AtomicU64>,
+    /// The probe's view: while MongoDB is unreachable, queued writes fail at once instead of
+    /// each group waiting out a server selection.
+    reach: Arc<Reachability>,
     /// Made on first use, and again after a failure that may have broken it.
     session: Option<ClientSession>,
 }
@@ -446,8 +492,23 @@ enum Attempt {
     Failed(mongodb::error::Error),
 }
 
+/// What a writer thread did, returned when it stops (tests).
+#[derive(Debug, Default, PartialEq)]
+pub struct WriterReport {
+    /// Requests whose client had stopped waiting before their turn: not applied.
+    pub cancelled: u64,
+    /// Requests failed at once because MongoDB was unreachable.
+    pub failed_fast: u64,
+}
+
+/// Whether a failure is MongoDB being unreachable (no server could be selected).
+fn unreachable_error(e: &mongodb::error::Error) -> bool {
+    matches!(e.kind.as_ref(), ErrorKind::ServerSelection { .. })
+}
+
 impl Writer {
-    fn run(mut self, rx: Receiver<WriterMsg>) {
+    fn run(mut self, rx: Receiver<WriterMsg>) -> WriterReport {
+        let mut report = WriterReport::default();
         let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP);
         let mut stop = false;
         while !stop {
@@ -455,7 +516,20 @@ impl Writer {
                 break;
             };
             stop = last;
+            // A client that stopped waiting was told "outcome unknown"; applying its write now,
+            // late, would turn a re-send without a client id into a duplicate.
+            let before = batch.len();
+            batch.retain(|r| !r.reply.is_canceled());
+            report.cancelled += (before - batch.len()) as u64;
             if batch.is_empty() {
+                continue;
+            }
+            if !self.reach.up.load(Ordering::Acquire) {
+                report.failed_fast += batch.len() as u64;
+                let failure = StoreError::Failed("MongoDB is unreachable".into());
+                for req in batch.drain(..) {
+                    let _ = req.reply.send(Err(failure.clone()));
+                }
                 continue;
             }
             let started = std::time::Instant::now();
@@ -466,17 +540,23 @@ impl Writer {
             }
         }
         tracing::debug!("MongoDB writer stopped");
+        report
     }
 
-    /// Applies `batch` in one transaction, retrying transient failures; when a group fails
-    /// otherwise (e.g. a unique index refused one request), each request is tried alone.
+    /// Applies `batch` in one transaction, retrying transient failures. A group that fails
+    /// otherwise (a unique index refused one request, a stored document that does not decode,
+    /// a change over the size limit, conflicts that outlasted the retries) is split and its
+    /// halves tried apart, down to single requests: one bad request never fails the others.
+    /// Only an unreachable MongoDB fails a whole group at once.
     fn commit_group(&mut self, batch: &[WriteRequest]) -> Vec<StoreResult<WriteOutcome>> {
         match self.with_retries(batch) {
             Ok(results) => results,
-            Err(e) if batch.len() > 1 && error_code(&e) == Some(schema::DUPLICATE_KEY) => batch
-                .iter()
-                .flat_map(|r| self.commit_group(std::slice::from_ref(r)))
-                .collect(),
+            Err(e) if batch.len() > 1 && !unreachable_error(&e) => {
+                let (a, b) = batch.split_at(batch.len() / 2);
+                let mut out = self.commit_group(a);
+                out.extend(self.commit_group(b));
+                out
+            }
             Err(e) => {
                 let failure = StoreError::Failed(describe(&e));
                 tracing::error!(error = %failure, requests = batch.len(), "MongoDB transaction failed; requests rejected");
@@ -497,13 +577,13 @@ impl Writer {
                 Attempt::Done(results) => return Ok(results),
                 Attempt::Failed(e) => e,
             };
-            if matches!(error.kind.as_ref(), ErrorKind::ServerSelection { .. }) {
+            let unreachable = unreachable_error(&error);
+            if unreachable {
                 // Its transaction was not aborted (no server to tell): start afresh next time.
                 self.session = None;
             }
             // A duplicate key on a lone request: another host just wrote the same unique name;
             // once more, the rules see it and refuse cleanly.
-            let unreachable = matches!(error.kind.as_ref(), ErrorKind::ServerSelection { .. });
             let again = (error.contains_label(TRANSIENT_TRANSACTION_ERROR) && !unreachable)
                 || (batch.len() == 1 && error_code(&error) == Some(schema::DUPLICATE_KEY) && attempt < 3);
             if !again || attempt >= TRANSIENT_ATTEMPTS || started.elapsed() >= TRANSIENT_BUDGET {
@@ -525,6 +605,8 @@ impl Writer {
         }
     }
 
+    /// One transaction: the group's reads by key in one query per collection, the rules, every
+    /// write in one command per collection, the commit (see [`work`]).
     fn attempt(&mut self, batch: &[WriteRequest]) -> Attempt {
         let rt = self.rt.clone();
         let db = self.db.clone();
@@ -547,31 +629,49 @@ impl Writer {
         }
         let now = now_ms();
         let mut outputs = Vec::with_capacity(batch.len());
-        let failure = {
+        let (failure, wrote) = {
             let mut t = MongoTxn::new(&rt, &db, session, &host, now);
-            let mut failure = None;
-            for req in batch {
-                let before = t.pushed;
-                match rules::apply(&mut t, req.op.clone(), now) {
-                    Ok(output) => outputs.push(Ok((output, t.pushed > before))),
-                    // A refused request wrote nothing (the rules check before writing).
-                    Err(e @ StoreError::Rejected { .. }) => outputs.push(Err(e)),
-                    Err(e) => {
-                        failure = Some(
-                            t.last_error
-                                .borrow_mut()
-                                .take()
-                                .unwrap_or_else(|| mongodb::error::Error::custom(e.to_string())),
-                        );
-                        break;
+            let ops: Vec<&super::WriteOp> = batch.iter().map(|r| &r.op).collect();
+            let mut failure = t.prefetch(&ops).err();
+            if failure.is_none() {
+                for req in batch {
+                    let before = t.pushed;
+                    match rules::apply(&mut t, req.op.clone(), now) {
+                        Ok(output) => outputs.push(Ok((output, t.pushed > before))),
+                        // A refused request wrote nothing (the rules check before writing).
+                        Err(e @ StoreError::Rejected { .. }) => outputs.push(Err(e)),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
                     }
                 }
             }
-            failure
+            if failure.is_none() {
+                failure = t.flush().err();
+            }
+            let failure = failure.map(|e| {
+                t.last_error
+                    .borrow_mut()
+                    .take()
+                    .unwrap_or_else(|| mongodb::error::Error::custom(e.to_string()))
+            });
+            (failure, t.sent.get() > 0)
         };
         if let Some(e) = failure {
             abort(&rt, session, &e);
             return Attempt::Failed(e);
+        }
+        if !wrote {
+            // Nothing was written: ending the transaction without a commit spares the no-op
+            // oplog entry (and the majority wait) a read-only commit costs.
+            let _ = rt.block_on(session.abort_transaction().into_future());
+            return Attempt::Done(
+                outputs
+                    .into_iter()
+                    .map(|r| r.map(|(output, _)| WriteOutcome { output, mark: 0 }))
+                    .collect(),
+            );
         }
         let mut tries = 0;
         loop {
@@ -587,8 +687,8 @@ impl Writer {
         }
         let mark = session.operation_time().map_or(0, convert::mark_of);
         // The head moves only with changes the feed will carry: a commit without one (a login,
-        // a read-only group's no-op oplog entry) would leave the head ahead of every event, and
-        // `/health` would report the feed stalled until some chat change happened.
+        // a logout, a rehash) would leave the head ahead of every event, and `/health` would
+        // report the feed stalled until some chat change happened.
         if outputs.iter().any(|r| matches!(r, Ok((_, true)))) {
             self.head.fetch_max(mark, Ordering::AcqRel);
         }
@@ -795,6 +895,101 @@ impl Backend for MongoStore {
             // Lets the driver end its sessions and cursors, within a bound.
             let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await });
             runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::store::WriteOp;
+    use futures::channel::oneshot;
+    use mongodb::options::ServerAddress;
+
+    #[test]
+    fn the_pool_holds_a_connection_for_every_thread_that_may_wait_on_one() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut o = rt
+            .block_on(ClientOptions::parse("mongodb://a:27017,b:27017/chatd?replicaSet=rs0").into_future())
+            .unwrap();
+        tune(&mut o, Duration::from_secs(10), 8);
+        assert_eq!(o.max_pool_size, Some(16));
+        assert_eq!(o.server_selection_timeout, Some(Duration::from_secs(10)));
+        let mut o = rt
+            .block_on(ClientOptions::parse("mongodb://a:27017/chatd?replicaSet=rs0&maxPoolSize=50").into_future())
+            .unwrap();
+        tune(&mut o, Duration::from_secs(10), 8);
+        assert_eq!(o.max_pool_size, Some(50), "the operator's choice in the URL wins");
+    }
+
+    fn mark_read() -> WriteOp {
+        WriteOp::MarkRead {
+            uid: UserId::from("u1"),
+            rid: RoomId::from("r1"),
+        }
+    }
+
+    /// No server is needed: nothing in this test may reach one. Were the writer to try, the
+    /// address below answers nothing and the report would show no fast failure.
+    #[test]
+    fn while_unreachable_queued_writes_fail_at_once_and_abandoned_ones_are_never_applied() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let opts = ClientOptions::builder()
+            .hosts(vec![ServerAddress::Tcp {
+                host: "127.0.0.1".into(),
+                port: Some(9),
+            }])
+            .server_selection_timeout(Duration::from_secs(2))
+            .build();
+        let client = runtime.block_on(async { Client::with_options(opts) }).unwrap();
+        let reach = Arc::new(Reachability::default());
+        let writer = Writer {
+            rt: runtime.handle().clone(),
+            db: client.database("chatd_test"),
+            client,
+            host: "test".into(),
+            head: Arc::new(AtomicU64::new(0)),
+            reach: reach.clone(),
+            session: None,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let (abandoned, gone) = oneshot::channel();
+        drop(gone);
+        tx.send(WriterMsg::Write(WriteRequest {
+            op: mark_read(),
+            reply: abandoned,
+        }))
+        .unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            let (reply, rx) = oneshot::channel();
+            tx.send(WriterMsg::Write(WriteRequest { op: mark_read(), reply }))
+                .unwrap();
+            waiting.push(rx);
+        }
+        tx.send(WriterMsg::Stop).unwrap();
+        let report = std::thread::spawn(move || writer.run(rx)).join().unwrap();
+        assert_eq!(
+            report,
+            WriterReport {
+                cancelled: 1,
+                failed_fast: 2
+            }
+        );
+        for rx in waiting {
+            let answer = futures_lite::future::block_on(rx).unwrap();
+            assert!(
+                matches!(&answer, Err(StoreError::Failed(m)) if m.contains("unreachable")),
+                "{answer:?}"
+            );
         }
     }
 }

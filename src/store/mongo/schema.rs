@@ -10,7 +10,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 
 use super::convert::to_doc;
-use crate::store::{ChangeRecord, LoginToken, Message, Room, RoomType, StoreResult, Subscription, Trash, User};
+use crate::store::{Change, ChangeRecord, LoginToken, Message, Room, RoomType, StoreResult, Subscription, Trash, User};
 
 pub const USERS: &str = "chatd_users";
 pub const TOKENS: &str = "chatd_tokens";
@@ -45,13 +45,17 @@ pub const ALL: [&str; 9] = [
 pub const INSTANCES_TTL: Duration = Duration::from_secs(300);
 
 /// Change documents are only needed until every tailer has read them from the stream (which
-/// reads the oplog, not this collection); the TTL index removes them after a day.
-pub const CHANGES_TTL: Duration = Duration::from_secs(24 * 3600);
+/// reads the oplog, not this collection, and gives up on a position older than the oplog
+/// anyway): the TTL index removes them after ten minutes, for operators to look at recent ones.
+pub const CHANGES_TTL: Duration = Duration::from_secs(600);
 
 /// MongoDB's duplicate-key error (a unique index refused a write).
 pub const DUPLICATE_KEY: i32 = 11000;
 /// MongoDB's "namespace exists" (creating a collection that is there).
 pub const NAMESPACE_EXISTS: i32 = 48;
+/// IndexOptionsConflict: an index of that name exists with other options (here: a TTL another
+/// chatd version, or an operator's `collMod`, set differently).
+pub const INDEX_OPTIONS_CONFLICT: i32 = 85;
 
 fn unique(keys: Document, name: &str, partial: Option<Document>) -> IndexModel {
     IndexModel::builder()
@@ -165,9 +169,30 @@ pub async fn ensure(db: &Database) -> mongodb::error::Result<()> {
         }
     }
     for (name, models) in indexes() {
-        db.collection::<Document>(name).create_indexes(models).await?;
+        let coll = db.collection::<Document>(name);
+        match coll.create_indexes(models.clone()).await {
+            Err(e) if super::error_code(&e) == Some(INDEX_OPTIONS_CONFLICT) => {
+                // Only expiry times ever change: set this version's, then create the rest.
+                for (index, ttl) in models.iter().filter_map(ttl_of) {
+                    let cmd = doc! {"collMod": name, "index": {"name": &index, "expireAfterSeconds": ttl}};
+                    db.run_command(cmd).await?;
+                    tracing::info!(collection = name, index, seconds = ttl, "index expiry changed");
+                }
+                coll.create_indexes(models).await?;
+            }
+            other => {
+                other?;
+            }
+        }
     }
     Ok(())
+}
+
+/// The name and expiry (seconds) of a TTL index.
+fn ttl_of(model: &IndexModel) -> Option<(String, i64)> {
+    let o = model.options.as_ref()?;
+    let ttl = i64::try_from(o.expire_after?.as_secs()).ok()?;
+    Some((o.name.clone()?, ttl))
 }
 
 pub fn user_doc(u: &User, extra_emails: &[String]) -> StoreResult<Document> {
@@ -218,12 +243,35 @@ pub fn message_doc(m: &Message) -> StoreResult<Document> {
 
 /// A change as stored in the change log (`seq` is 0: a change's position is the cluster time
 /// of its insert, assigned by the tailer).
+///
+/// A new or edited message that is its room's last one is stored once: the room's copy is left
+/// out and `last_is_message` says so (the feed puts it back, [`restore_last_message`]), which
+/// halves what each message adds to the oplog.
 pub fn change_doc(record: &ChangeRecord, host: &str, now_ms: i64) -> StoreResult<Document> {
-    Ok(doc! {
-        "at": Bson::DateTime(mongodb::bson::DateTime::from_millis(now_ms)),
-        "host": host,
-        "record": to_doc(record)?,
-    })
+    let at = Bson::DateTime(mongodb::bson::DateTime::from_millis(now_ms));
+    if let Change::MessageCreated { message, room } | Change::MessageUpdated { message, room } = &record.change {
+        if room.last_message.as_ref().is_some_and(|m| m.id == message.id) {
+            let mut slim = to_doc(record)?;
+            if let Some(Bson::Document(change)) = slim.get_mut("change") {
+                for (_, body) in change.iter_mut() {
+                    if let Some(Bson::Document(r)) = body.as_document_mut().and_then(|b| b.get_mut("room")) {
+                        r.insert("last_message", Bson::Null);
+                    }
+                }
+            }
+            return Ok(doc! {"at": at, "host": host, "last_is_message": true, "record": slim});
+        }
+    }
+    Ok(doc! {"at": at, "host": host, "record": to_doc(record)?})
+}
+
+/// Puts back the room's last message left out by [`change_doc`].
+pub fn restore_last_message(record: &mut ChangeRecord) {
+    if let Change::MessageCreated { message, room } | Change::MessageUpdated { message, room } = &mut record.change {
+        if room.last_message.is_none() {
+            room.last_message = Some(message.clone());
+        }
+    }
 }
 
 /// A deletion record: its fields, a `_id` unique per kind and thing, and the expiry date the
