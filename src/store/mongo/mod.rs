@@ -384,6 +384,7 @@ async fn registry(
     let coll = db.collection::<Document>(schema::INSTANCES);
     let stale_ms = i64::try_from((every * STALE_BEATS).as_millis()).unwrap_or(i64::MAX);
     let mut failing = false;
+    let mut previous: Vec<String> = Vec::new();
     while !stopping.load(Ordering::Acquire) && !out.is_closed() {
         let beat = async {
             if let Some(me) = &me {
@@ -407,10 +408,16 @@ async fn registry(
         };
         match beat.await {
             Ok(list) => {
-                if failing {
+                let list = if failing {
                     tracing::info!("instances registry reachable again");
                     failing = false;
-                }
+                    // Hosts cut off by the same outage have not beaten again yet: keep the
+                    // peers known before it for this one round instead of dropping their links.
+                    union(&previous, list)
+                } else {
+                    list
+                };
+                previous.clone_from(&list);
                 let _ = out.try_send(list);
             }
             Err(e) => {
@@ -422,6 +429,17 @@ async fn registry(
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// `a` and `b` together, each address once.
+fn union(a: &[String], b: Vec<String>) -> Vec<String> {
+    let mut out = b;
+    for x in a {
+        if !out.contains(x) {
+            out.push(x.clone());
+        }
+    }
+    out
 }
 
 /// The addresses of the hosts whose heartbeat is younger than `stale_ms` by the server's clock.
@@ -924,6 +942,13 @@ mod tests {
             .unwrap();
         tune(&mut o, Duration::from_secs(10), 8);
         assert_eq!(o.max_pool_size, Some(50), "the operator's choice in the URL wins");
+    }
+
+    #[test]
+    fn the_first_list_after_an_outage_keeps_the_peers_known_before_it() {
+        let before = vec!["10.0.0.1:7000".to_owned(), "10.0.0.2:7000".to_owned()];
+        let after = union(&before, vec!["10.0.0.2:7000".to_owned(), "10.0.0.3:7000".to_owned()]);
+        assert_eq!(after, ["10.0.0.2:7000", "10.0.0.3:7000", "10.0.0.1:7000"]);
     }
 
     fn mark_read() -> WriteOp {
