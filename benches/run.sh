@@ -2,7 +2,7 @@
 # Benchmark scenarios (see benches/README.md). Each run is bounded in time and connections and
 # uses loopback only. Results are appended as JSON lines to $OUT/<scenario>.jsonl.
 #
-#   bash benches/run.sh s0|s1|s2|s3|s4|s5|s6|s7|all [chatd] [socketio] [nats]
+#   bash benches/run.sh s0|s1|s2|s3|s4|s5|s5m|s6|s7|all [chatd] [socketio] [nats]
 #
 # Environment: RUNS (default 3) repetitions of every measurement, OUT (default benches/results).
 #
@@ -265,6 +265,44 @@ s5() { # durable writes: acknowledged messages per second and ack latency, 1 / 1
   done
 }
 
+s5m() { # durable writes on MongoDB: S5 against the replica set CHATD_TEST_MONGO_URL names, with
+  # MONGO_HOSTS (default 1) chatd hosts sharing it, each driven by its own load process with its
+  # share of the senders. One line per host: acknowledged sends/s and ack p50/p99; the model to
+  # compare with is in deploy/sizing.md.
+  if [ -z "${CHATD_TEST_MONGO_URL:-}" ]; then
+    echo "*** SKIPPED: s5m needs CHATD_TEST_MONGO_URL (a replica set) ***" >&2
+    return 0
+  fi
+  local hosts=${MONGO_HOSTS:-1}
+  for run in $(seq 1 "$RUNS"); do
+    for senders in 1 10 100; do
+      local db url per h
+      db="chatd_bench_${run}_${senders}_$$"
+      url=$(python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit((p.scheme,p.netloc,"/"+sys.argv[2],p.query,"")))' "$CHATD_TEST_MONGO_URL" "$db")
+      rm -rf "$WORK/data" "$WORK/plan.json"
+      "$LOAD" seed --data-dir "$WORK/data" --mongo-url "$url" --users 100 --rooms 100 --members 1 --plan "$WORK/plan.json"
+      per=$(( (senders + hosts - 1) / hosts ))
+      local loads=()
+      for h in $(seq 1 "$hosts"); do
+        local port=$((PORT_CHATD + h))
+        CHATD_RATE_LIMITS=off RUST_LOG=warn "$CHATD" serve --listen 127.0.0.1:$port --data-dir "$WORK/data$h" \
+          --mongo-url "$url" >"$WORK/chatd$h.log" 2>&1 &
+        PIDS+=($!)
+        wait_port $port
+      done
+      for h in $(seq 1 "$hosts"); do
+        "$LOAD" run --proto chatd --url "ws://127.0.0.1:$((PORT_CHATD + h))/websocket" --server-name chatd \
+          --plan "$WORK/plan.json" --label "s5m/hosts$hosts/senders$senders/host$h/run$run" --out "$OUT/s5m.jsonl" \
+          --mode acks --senders "$per" --rate 1000000 --duration 10 --procs 1 &
+        loads+=($!)
+      done
+      for p in "${loads[@]}"; do wait "$p"; done
+      stop_all
+      "$LOAD" mongo-drop --mongo-url "$url"
+    done
+  done
+}
+
 s6() { # restart storm: 5,000 clients, SIGTERM, a new server on the same port and data; how long
   # until every client is back with every message, with the server's reconnect spread and without
   for run in $(seq 1 "$RUNS"); do
@@ -314,7 +352,7 @@ systems=("$@")
 build
 case $scenario in
   s1 | s2 | s3 | smoke) "$scenario" "${systems[@]}" ;;
-  s0 | s4 | s5 | s6 | s7) "$scenario" ;;
+  s0 | s4 | s5 | s5m | s6 | s7) "$scenario" ;;
   all)
     s0
     s1 "${systems[@]}"
@@ -326,7 +364,7 @@ case $scenario in
     s7
     ;;
   *)
-    echo "usage: bash benches/run.sh smoke|s0|s1|s2|s3|s4|s5|s6|s7|all [chatd] [socketio] [nats]" >&2
+    echo "usage: bash benches/run.sh smoke|s0|s1|s2|s3|s4|s5|s5m|s6|s7|all [chatd] [socketio] [nats]" >&2
     exit 2
     ;;
 esac

@@ -1076,3 +1076,47 @@ fn an_expiry_changed_by_an_operator_or_another_version_is_set_again_at_open() {
     store.drop_database().unwrap();
     chatd::store::Backend::close(&*store);
 }
+
+#[test]
+fn a_change_record_no_host_can_read_is_counted_and_passed() {
+    mongo_only(|under, url, db| {
+        let s = &under.store;
+        let alice = user(s, "alice");
+        let mut feed = s.backend().take_feed().expect("the feed");
+        // A foreign writer's document in the change log.
+        let (rt, raw) = raw_db(url, db);
+        rt.block_on(async {
+            raw.collection::<mongodb::bson::Document>("chatd_changes")
+                .insert_one(mongodb::bson::doc! {"at": mongodb::bson::DateTime::now(), "record": {"change": 5}})
+                .await
+        })
+        .unwrap();
+        let out = send(s, &alice, &RoomId::from(GENERAL_ROOM_ID), None, "after it").unwrap();
+        let mut kinds = Vec::new();
+        for _ in 0..100 {
+            for item in feed.next_batch(100, Duration::from_millis(100)).unwrap() {
+                kinds.push(match &item.entry {
+                    FeedEntry::Undecodable(_) => "bad",
+                    FeedEntry::Change(rec) if matches!(rec.change, Change::MessageCreated { .. }) => "message",
+                    _ => "other",
+                });
+                if item.mark >= out.mark && kinds.last() == Some(&"message") {
+                    break;
+                }
+            }
+            if kinds.last() == Some(&"message") {
+                break;
+            }
+        }
+        let bad = kinds
+            .iter()
+            .position(|k| *k == "bad")
+            .expect("the bad record is handed on");
+        let message = kinds
+            .iter()
+            .position(|k| *k == "message")
+            .expect("later changes arrive");
+        assert!(bad < message, "{kinds:?}");
+        assert_eq!(s.status().feed_bad_events, 1);
+    });
+}

@@ -47,6 +47,9 @@ enum Cmd {
     Seed {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Seed this MongoDB database (a replica set) instead of the data directory's store.
+        #[arg(long)]
+        mongo_url: Option<String>,
         #[arg(long)]
         users: usize,
         #[arg(long, default_value_t = 0)]
@@ -55,6 +58,11 @@ enum Cmd {
         members: usize,
         #[arg(long)]
         plan: PathBuf,
+    },
+    /// Drop the MongoDB database a URL names (after a benchmark on MongoDB).
+    MongoDrop {
+        #[arg(long)]
+        mongo_url: String,
     },
     /// Run a workload and print the results (JSON on stdout, a summary on stderr).
     Run(RunArgs),
@@ -515,11 +523,12 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Seed {
             data_dir,
+            mongo_url,
             users,
             rooms,
             members,
             plan,
-        } => seed::seed(&data_dir, users, rooms, members).and_then(|p| {
+        } => seed::seed(&data_dir, mongo_url.as_deref(), users, rooms, members).and_then(|p| {
             std::fs::write(&plan, serde_json::to_vec(&p)?)?;
             eprintln!(
                 "seeded {} users and {} rooms into {}; plan in {}",
@@ -530,6 +539,7 @@ fn main() {
             );
             Ok(())
         }),
+        Cmd::MongoDrop { mongo_url } => seed::drop_mongo(&mongo_url),
         Cmd::Run(args) => run_parent(args.clone()).and_then(|r| {
             let line = serde_json::to_string(&r)?;
             println!("{line}");

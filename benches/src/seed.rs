@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use chatd::ids::{now_ms, random_secret};
-use chatd::store::{EmbeddedStore, LoginToken, RoomType, Store, WriteOp, WriteOutput};
+use chatd::store::mongo::{MongoOptions, MongoStore};
+use chatd::store::{Backend, EmbeddedStore, LoginToken, RoomType, Store, WriteOp, WriteOutput};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,9 +43,21 @@ fn submit(store: &Store, op: WriteOp) -> anyhow::Result<WriteOutput> {
 
 /// Creates `users` users (`bench-u<i>`, each with one token) and `rooms` channels (`bench-r<i>`)
 /// of `members` consecutive users each (wrapping around).
-pub fn seed(dir: &Path, users: usize, rooms: usize, members: usize) -> anyhow::Result<Plan> {
+/// With `mongo_url`, the MongoDB database it names is seeded instead (`dir` then only holds
+/// the store's local files).
+pub fn seed(dir: &Path, mongo_url: Option<&str>, users: usize, rooms: usize, members: usize) -> anyhow::Result<Plan> {
     std::fs::create_dir_all(dir)?;
-    let backend = EmbeddedStore::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let backend: Arc<dyn Backend> = match mongo_url {
+        Some(url) => MongoStore::open(&MongoOptions {
+            url: url.to_owned(),
+            database: None,
+            connect_timeout: std::time::Duration::from_secs(10),
+            data_dir: dir.to_owned(),
+            host: "chatd-load-seed".into(),
+            readers: 1,
+        })?,
+        None => EmbeddedStore::open(dir).with_context(|| format!("opening {}", dir.display()))?,
+    };
     let store = Store::new(backend, 1).map_err(|e| anyhow!("{e}"))?;
     let hash = chatd::auth::hash_password_digest(&chatd::auth::sha256_hex(PASSWORD)).map_err(|e| anyhow!(e))?;
     let store = Arc::new(store);
@@ -138,4 +151,27 @@ pub fn seed(dir: &Path, users: usize, rooms: usize, members: usize) -> anyhow::R
     }
     store.close();
     Ok(plan)
+}
+
+/// Drops the MongoDB database `url` names.
+pub fn drop_mongo(url: &str) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let store = MongoStore::open(&MongoOptions {
+        url: url.to_owned(),
+        database: None,
+        connect_timeout: std::time::Duration::from_secs(10),
+        data_dir: dir.clone(),
+        host: "chatd-load-drop".into(),
+        readers: 1,
+    })?;
+    store.drop_database().map_err(|e| anyhow!("{e}"))?;
+    store.close();
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("chatd-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

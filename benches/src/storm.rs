@@ -342,7 +342,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     }
     chatd::raise_fd_limit();
     let rooms = args.clients.div_ceil(args.members).max(1);
-    let plan = seed::seed(&args.data_dir, args.clients, rooms, args.members)?;
+    let plan = seed::seed(&args.data_dir, None, args.clients, rooms, args.members)?;
     let config = args.data_dir.with_extension("toml");
     std::fs::write(
         &config,
