@@ -65,6 +65,8 @@ const COMMIT_ATTEMPTS: u32 = 3;
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Driver worker threads.
 const RUNTIME_THREADS: usize = 2;
+/// The server's WriteConflict.
+const WRITE_CONFLICT: i32 = 112;
 /// The server's CommandNotFound.
 const COMMAND_NOT_FOUND: i32 = 59;
 
@@ -602,7 +604,11 @@ impl Writer {
             }
             // A duplicate key on a lone request: another host just wrote the same unique name;
             // once more, the rules see it and refuse cleanly.
-            let again = (error.contains_label(TRANSIENT_TRANSACTION_ERROR) && !unreachable)
+            // A write conflict is transient whether the server labels it (a command error) or
+            // reports it among a command's write errors (no labels there).
+            let transient =
+                error.contains_label(TRANSIENT_TRANSACTION_ERROR) || error_code(&error) == Some(WRITE_CONFLICT);
+            let again = (transient && !unreachable)
                 || (batch.len() == 1 && error_code(&error) == Some(schema::DUPLICATE_KEY) && attempt < 3);
             if !again || attempt >= TRANSIENT_ATTEMPTS || started.elapsed() >= TRANSIENT_BUDGET {
                 return Err(error);
