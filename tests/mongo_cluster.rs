@@ -148,6 +148,38 @@ fn mongo_url(what: &str) -> Option<String> {
     url
 }
 
+/// A test's own database on the replica set: its URL, its name, and a directory for the hosts.
+struct Setup {
+    url: String,
+    db: String,
+    root: tempfile::TempDir,
+}
+
+impl Setup {
+    /// `None` (after saying so) without a replica set.
+    fn new(what: &str, prefix: &str) -> Option<Self> {
+        let base = mongo_url(what)?;
+        let db = format!("{prefix}_{}", chatd::ids::random_id());
+        Some(Self {
+            url: with_database(&base, &db),
+            db,
+            root: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn host(&self, name: &str, config: &str) -> ChatdProcess {
+        host(self.root.path(), name, &self.url, config)
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            drop_database(&self.url, &self.db, self.root.path());
+        }
+    }
+}
+
 /// A host on `url` with its data in `root/name`, and `config` as its configuration file.
 fn host(root: &std::path::Path, name: &str, url: &str, config: &str) -> ChatdProcess {
     let dir = root.join(name);
@@ -198,13 +230,10 @@ fn health(p: &ChatdProcess) -> (u16, serde_json::Value) {
 
 #[test]
 fn a_login_on_a_quiet_cluster_leaves_the_host_healthy() {
-    let Some(url) = mongo_url("health after a login on a quiet cluster") else {
+    let Some(t) = Setup::new("health after a login on a quiet cluster", "chatd_quiet") else {
         return;
     };
-    let db = format!("chatd_quiet_{}", chatd::ids::random_id());
-    let url = with_database(&url, &db);
-    let root = tempfile::tempdir().unwrap();
-    let a = host(root.path(), "a", &url, "[health]\nfeed_stall_secs = 2\n");
+    let a = t.host("a", "[health]\nfeed_stall_secs = 2\n");
     let mut alice = Ddp::open(a.addr);
     alice.register("alice", "alice-pw");
     alice.login("alice", "alice-pw");
@@ -216,20 +245,15 @@ fn a_login_on_a_quiet_cluster_leaves_the_host_healthy() {
     std::thread::sleep(Duration::from_secs(4));
     let (code, body) = health(&a);
     assert_eq!(code, 200, "{body}");
-    drop(a);
-    drop_database(&url, &db, root.path());
 }
 
 #[test]
 fn a_restarted_host_does_not_replay_old_messages_to_new_sessions() {
-    let Some(url) = mongo_url("no replay after a restart") else {
+    let Some(t) = Setup::new("no replay after a restart", "chatd_replay") else {
         return;
     };
-    let db = format!("chatd_replay_{}", chatd::ids::random_id());
-    let url = with_database(&url, &db);
-    let root = tempfile::tempdir().unwrap();
-    let a = host(root.path(), "a", &url, "");
-    let b = host(root.path(), "b", &url, "");
+    let a = t.host("a", "");
+    let b = t.host("b", "");
     let mut bob = Ddp::open(b.addr);
     bob.register("bob", "bob-pw");
     bob.login("bob", "bob-pw");
@@ -244,7 +268,7 @@ fn a_restarted_host_does_not_replay_old_messages_to_new_sessions() {
                 .to_owned()
         })
         .collect();
-    let a = host(root.path(), "a", &url, "");
+    let a = t.host("a", "");
     let mut alice = Ddp::open(a.addr);
     alice.register("alice", "alice-pw");
     alice.login("alice", "alice-pw");
@@ -260,36 +284,22 @@ fn a_restarted_host_does_not_replay_old_messages_to_new_sessions() {
     }
     // The restarted host's feed began at its start: it did not read the 20 again.
     assert!(metric(&a, "chatd_change_feed_events_total") < 20);
-    drop(a);
-    drop(b);
-    drop_database(&url, &db, root.path());
 }
 
 #[test]
 fn an_import_is_refused_while_a_host_runs_and_reads_a_live_source_past_its_first_batch() {
-    let Some(base) = mongo_url("import into MongoDB from a live source") else {
+    let Some(t) = Setup::new("import into MongoDB from a live source", "chatd_import") else {
         return;
     };
-    let id = chatd::ids::random_id();
-    let (db, source_db) = (format!("chatd_import_{id}"), format!("rc_source_{id}"));
-    let url = with_database(&base, &db);
-    let source_url = with_database(&base, &source_db);
+    let source_db = format!("rc_{}", t.db);
+    let source_url = with_database(&t.url, &source_db);
     // A Rocket.Chat database with more users than one import batch (10,000).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let source = rt
-        .block_on(mongodb::Client::with_uri_str(&source_url))
-        .unwrap()
-        .database(&source_db);
+    let (rt, source) = mongo_db(&source_url, &source_db);
     let users: Vec<bson::Document> = (0..10_001)
         .map(|i| common::rcdump::user_doc(&format!("u{i:05}"), &format!("user{i:05}"), None, true, vec![]))
         .collect();
     rt.block_on(async { source.collection::<bson::Document>("users").insert_many(users).await })
         .unwrap();
-    let root = tempfile::tempdir().unwrap();
     let import = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
             .args([
@@ -298,14 +308,14 @@ fn an_import_is_refused_while_a_host_runs_and_reads_a_live_source_past_its_first
                 "--mongo-url",
                 &source_url,
                 "--into-mongo-url",
-                &url,
+                &t.url,
             ])
             .arg("--data-dir")
-            .arg(root.path().join("import"))
+            .arg(t.root.path().join("import"))
             .output()
             .unwrap()
     };
-    let a = host(root.path(), "a", &url, "");
+    let a = t.host("a", "");
     wait_until("the host in the registry", || {
         let out = import();
         out.status.code() == Some(3) && String::from_utf8_lossy(&out.stderr).contains("running chatd hosts")
@@ -318,7 +328,7 @@ fn an_import_is_refused_while_a_host_runs_and_reads_a_live_source_past_its_first
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let chatd_db = rt.block_on(mongodb::Client::with_uri_str(&url)).unwrap().database(&db);
+    let (rt, chatd_db) = mongo_db(&t.url, &t.db);
     let n = rt
         .block_on(async {
             chatd_db
@@ -329,23 +339,14 @@ fn an_import_is_refused_while_a_host_runs_and_reads_a_live_source_past_its_first
         .unwrap();
     assert_eq!(n, 10_001);
     rt.block_on(async { source.drop().await }).unwrap();
-    drop_database(&url, &db, root.path());
 }
 
 #[test]
 fn health_through_a_primary_election() {
-    let Some(base) = mongo_url("health through a primary election") else {
+    let Some(t) = Setup::new("health through a primary election", "chatd_election") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let admin = rt
-        .block_on(mongodb::Client::with_uri_str(&base))
-        .unwrap()
-        .database("admin");
+    let (rt, admin) = mongo_db(&t.url, "admin");
     let hello = rt
         .block_on(async { admin.run_command(bson::doc! {"hello": 1}).await })
         .unwrap();
@@ -356,10 +357,7 @@ fn health_through_a_primary_election() {
         );
         return;
     }
-    let db = format!("chatd_election_{}", chatd::ids::random_id());
-    let url = with_database(&base, &db);
-    let root = tempfile::tempdir().unwrap();
-    let a = host(root.path(), "a", &url, "");
+    let a = t.host("a", "");
     assert_eq!(health(&a).0, 200);
     // The primary steps down; an election follows.
     let _ = rt.block_on(async {
@@ -387,8 +385,6 @@ fn health_through_a_primary_election() {
     // The store stays "reachable" (any member answers); only the change stream's reconnection
     // may show, for about the election's length.
     assert!(longest <= Duration::from_secs(12), "unhealthy for {longest:?}");
-    drop(a);
-    drop_database(&url, &db, root.path());
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! was skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::Write;
 use std::time::Duration;
 
@@ -943,18 +945,6 @@ fn writes_that_change_nothing_the_feed_carries_leave_the_head_where_it_is() {
     });
 }
 
-/// The store's database as the driver sees it, for tests that change documents behind its back.
-fn raw_db(url: &str, db: &str) -> (tokio::runtime::Runtime, mongodb::Database) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt.block_on(mongodb::Client::with_uri_str(url)).unwrap();
-    let db = client.database(db);
-    (rt, db)
-}
-
 fn mongo_only(test: impl Fn(&Under, &str, &str)) {
     let mut ran = false;
     for b in backends() {
@@ -979,7 +969,7 @@ fn a_damaged_document_fails_only_the_requests_that_touch_it() {
         let rooms: Vec<Room> = (0..10)
             .map(|i| room(s, RoomType::Channel, &format!("room{i}"), &alice, &[]))
             .collect();
-        let (rt, raw) = raw_db(url, db);
+        let (rt, raw) = common::mongo_db(url, db);
         let coll = raw.collection::<mongodb::bson::Document>("chatd_rooms");
         // An operator's hand edit that is no longer a room type; and one that only looks odd
         // (a counter stored as a double, a date as a BSON date), which still reads.
@@ -1025,7 +1015,7 @@ fn an_expiry_changed_by_an_operator_or_another_version_is_set_again_at_open() {
         return;
     };
     let name = format!("chatd_test_{}", chatd::ids::random_id());
-    let (rt, raw) = raw_db(&url, &name);
+    let (rt, raw) = common::mongo_db(&url, &name);
     let model = mongodb::IndexModel::builder()
         .keys(mongodb::bson::doc! {"heartbeat": 1})
         .options(
@@ -1084,7 +1074,7 @@ fn a_change_record_no_host_can_read_is_counted_and_passed() {
         let alice = user(s, "alice");
         let mut feed = s.backend().take_feed().expect("the feed");
         // A foreign writer's document in the change log.
-        let (rt, raw) = raw_db(url, db);
+        let (rt, raw) = common::mongo_db(url, db);
         rt.block_on(async {
             raw.collection::<mongodb::bson::Document>("chatd_changes")
                 .insert_one(mongodb::bson::doc! {"at": mongodb::bson::DateTime::now(), "record": {"change": 5}})

@@ -711,3 +711,16 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A MongoDB database through the driver (with the runtime it needs), for tests that reach
+/// documents behind chatd's back.
+pub fn mongo_db(url: &str, db: &str) -> (tokio::runtime::Runtime, mongodb::Database) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(mongodb::Client::with_uri_str(url)).unwrap();
+    let db = client.database(db);
+    (rt, db)
+}

@@ -406,7 +406,7 @@ async fn registry(
                 .await?;
             }
             // Liveness by the server's clock, so hosts' clocks need not agree.
-            live_hosts(&coll, stale_ms).await
+            live_hosts(&coll, stale_ms.into()).await
         };
         match beat.await {
             Ok(list) => {
@@ -448,7 +448,11 @@ fn union(a: &[String], b: Vec<String>) -> Vec<String> {
 /// Read with local read concern: during a majority-commit stall (a secondary down in a
 /// primary-secondary-arbiter set) heartbeats land on the primary but never become majority
 /// committed, and a majority read would report every live host gone.
-async fn live_hosts(coll: &mongodb::Collection<Document>, stale_ms: i64) -> mongodb::error::Result<Vec<String>> {
+/// `stale_ms` is a number, or an expression over the entry (its own interval).
+async fn live_hosts(
+    coll: &mongodb::Collection<Document>,
+    stale_ms: mongodb::bson::Bson,
+) -> mongodb::error::Result<Vec<String>> {
     let live: Vec<Document> = futures::TryStreamExt::try_collect(
         coll.find(doc! {"$expr": {"$gt": ["$heartbeat", {"$subtract": ["$$NOW", stale_ms]}]}})
             .projection(doc! {"_id": 1})
@@ -744,22 +748,9 @@ impl MongoStore {
     /// as `"addr"` strings: what an import checks before it writes.
     pub fn running_hosts(&self) -> StoreResult<Vec<String>> {
         let coll = self.reads.db.collection::<Document>(schema::INSTANCES);
-        self.reads.run(async move {
-            let live: Vec<Document> = futures::TryStreamExt::try_collect(
-                coll.find(doc! {"$expr": {"$gt": [
-                    "$heartbeat",
-                    {"$subtract": ["$$NOW", {"$multiply": [{"$ifNull": ["$every_ms", 2000_i64]}, i64::from(STALE_BEATS)]}]},
-                ]}})
-                .projection(doc! {"_id": 1})
-                .read_concern(ReadConcern::local())
-                .await?,
-            )
-            .await?;
-            Ok(live
-                .iter()
-                .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-                .collect())
-        })
+        // Each entry judged by its own interval (older entries carry none: the default's).
+        let stale = doc! {"$multiply": [{"$ifNull": ["$every_ms", 2000_i64]}, i64::from(STALE_BEATS)]};
+        self.reads.run(async move { live_hosts(&coll, stale.into()).await })
     }
 
     /// Drops chatd's database (tests and tooling; never called by the server).
