@@ -389,6 +389,40 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
         assert!(out.contains(": ok"), "{out}");
         eprintln!("{out}");
     }
+
+    // A re-run after the move keeps what changed in chatd: bob's new password, not Rocket.Chat's.
+    drop(bob);
+    drop(alice);
+    let mut server = server;
+    server.kill();
+    let passwd = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args([
+            "user",
+            "passwd",
+            "--username",
+            "bob",
+            "--password",
+            "bob-new-pw",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(passwd.status.success(), "{}", String::from_utf8_lossy(&passwd.stderr));
+    let third = import(dump.dir.path(), data.path());
+    assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
+    let server = ChatdProcess::serve(data.path());
+    let login = |pw: &str| {
+        Ddp::open(server.addr).call(
+            "login",
+            json!([{"user": {"username": "bob"}, "password": {"digest": sha256_hex(pw), "algorithm": "sha-256"}}]),
+        )
+    };
+    assert!(login("bob-new-pw").is_ok());
+    assert!(
+        login("bob-old-pw").is_err(),
+        "the re-run put Rocket.Chat's password back"
+    );
 }
 
 #[test]

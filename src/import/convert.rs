@@ -391,6 +391,40 @@ mod tests {
     use bson::doc;
 
     #[test]
+    fn a_rerun_keeps_what_chatd_owns_of_a_user() {
+        let rc = User {
+            id: UserId::from("u1"),
+            username: "ann".into(),
+            name: "Ann Again".into(),
+            email: Some("ann@example.org".into()),
+            password_hash: "$2b$10$rocketchat".into(),
+            created_at: 5,
+            status: "offline".into(),
+            status_text: String::new(),
+            roles: vec!["user".into()],
+            active: true,
+        };
+        let mut chatd = rc.clone();
+        chatd.name = "Ann".into();
+        chatd.password_hash = "$argon2id$v=19$changed-in-chatd".into();
+        chatd.roles = vec!["admin".into(), "user".into()];
+        chatd.active = false;
+        chatd.status = "away".into();
+        chatd.created_at = 1;
+        let merged = rerun_user(&rc, &chatd);
+        assert_eq!(merged.password_hash, chatd.password_hash);
+        assert_eq!(merged.roles, chatd.roles);
+        assert!(!merged.active);
+        assert_eq!((merged.status.as_str(), merged.created_at), ("away", 1));
+        assert_eq!(merged.name, "Ann Again", "the profile comes from Rocket.Chat again");
+        // Before any login to chatd (still Rocket.Chat's bcrypt), a password changed in Rocket.Chat
+        // between the runs is taken.
+        let mut untouched = rc.clone();
+        untouched.password_hash = "$2b$10$older".into();
+        assert_eq!(rerun_user(&rc, &untouched).password_hash, rc.password_hash);
+    }
+
+    #[test]
     fn dates_come_in_every_encoding() {
         let ms = 1_714_550_400_000i64;
         assert_eq!(
