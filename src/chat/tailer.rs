@@ -334,11 +334,9 @@ impl Tailer {
     /// that care, and the mark reached to every shard (so waiting writers are released).
     async fn distribute(&self, batch: Vec<FeedItem>) {
         let mut per_shard: Vec<Vec<Arc<ChangeRecord>>> = (0..self.nr_shards).map(|_| Vec::new()).collect();
-        let mut last_position = None;
         let mut lost = false;
         for item in batch {
             self.position.set(self.position.get().max(item.mark));
-            last_position = Some(item.position);
             let rec = match item.entry {
                 FeedEntry::Change(rec) => rec,
                 FeedEntry::Undecodable(e) => {
@@ -347,7 +345,8 @@ impl Tailer {
                     tracing::error!(mark = item.mark, error = %e, "change record failed to decode; skipped");
                     continue;
                 }
-                FeedEntry::HistoryLost => {
+                FeedEntry::HistoryLost { resumed_at } => {
+                    tracing::error!(mark = item.mark, resumed_at = %resumed_at, "the change feed lost changes and goes on from now: routing reloaded, clients told to reload");
                     lost = true;
                     continue;
                 }
@@ -375,9 +374,6 @@ impl Tailer {
         }
         if lost {
             self.history_lost().await;
-        }
-        if let Some(position) = last_position {
-            self.store.delivered(position);
         }
     }
 

@@ -8,8 +8,9 @@
 //! - [`Store`]: the handle every thread holds. On a shard every read is `async`: it is handed to
 //!   a bounded pool of reader threads, so scans and decodes never run on a shard's event loop.
 //! - [`ChangeFeed`]: the backend's ordered change feed, read by one feed thread per host, which
-//!   hands decoded batches to the tailer shard over a bounded channel. Its position is opaque
-//!   ([`FeedPosition`]); the [`Mark`] of each change orders it against write outcomes.
+//!   hands decoded batches to the tailer shard over a bounded channel; the [`Mark`] of each
+//!   change orders it against write outcomes. A feed starts at the store's head when it opens
+//!   (no backend resumes from an earlier run: no session survives a restart).
 
 pub mod embedded;
 pub mod model;
@@ -79,29 +80,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// (Embedded: the change-log sequence number.)
 pub type Mark = u64;
 
-/// Where a change feed stands, opaque to everyone but its backend (embedded: a sequence
-/// number; MongoDB: a resume token). Persisted and handed back to resume.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FeedPosition(pub Vec<u8>);
-
-impl FeedPosition {
-    pub fn from_seq(seq: u64) -> Self {
-        Self(seq.to_be_bytes().to_vec())
-    }
-
-    /// The sequence number of a position made by [`FeedPosition::from_seq`].
-    pub fn as_seq(&self) -> Option<u64> {
-        let bytes: [u8; 8] = self.0.as_slice().try_into().ok()?;
-        Some(u64::from_be_bytes(bytes))
-    }
-}
-
 /// One entry read from a feed, decoded on the feed thread (or the backend's feed task).
 #[derive(Debug)]
 pub struct FeedItem {
     pub mark: Mark,
-    /// Where the feed stands after this entry (empty: nowhere to resume from).
-    pub position: FeedPosition,
     pub entry: FeedEntry,
 }
 
@@ -113,7 +95,10 @@ pub enum FeedEntry {
     Undecodable(String),
     /// The feed lost changes (MongoDB: the resume point left the oplog) and goes on from now:
     /// every connected client must reconnect and reload.
-    HistoryLost,
+    HistoryLost {
+        /// Where the new feed begins, for the log (MongoDB: its first resume token).
+        resumed_at: String,
+    },
 }
 
 /// A backend's ordered change feed. Runs on the feed thread only.
@@ -121,12 +106,6 @@ pub trait ChangeFeed: Send {
     /// Up to `max` changes after the current position, oldest first, waiting up to `wait` for
     /// the first one. Advances the position past what it returns.
     fn next_batch(&mut self, max: usize, wait: Duration) -> StoreResult<Vec<FeedItem>>;
-
-    /// Records that everything up to `position` has been handed to the shards, so a restart
-    /// resumes after it (backends whose feed starts at the head at open keep nothing).
-    fn persist(&mut self, _position: &FeedPosition) -> StoreResult<()> {
-        Ok(())
-    }
 }
 
 /// How a backend is doing, for `/health` and `/metrics`.
@@ -282,8 +261,8 @@ pub trait Backend: Send + Sync + 'static {
     fn writer_queue_len(&self) -> usize;
     /// Mark of the newest durable write.
     fn head(&self) -> Mark;
-    /// The change feed, positioned at the head when the store opened (or where this host's
-    /// feed last stopped, for backends that persist it). Taken once (later calls: `None`).
+    /// The change feed, positioned at the head when the store opened. Taken once (later
+    /// calls: `None`).
     fn take_feed(&self) -> Option<Box<dyn ChangeFeed>>;
     /// Roughly how many seconds of writes separate two marks (health checks compare the head
     /// with what shards applied). Embedded marks count changes, not time: one change = one
@@ -492,27 +471,6 @@ pub struct Store {
 struct FeedThread {
     stop: AtomicBool,
     handle: Mutex<Option<JoinHandle<()>>>,
-    /// The newest position the tailer has handed to the shards, not yet persisted. Written by
-    /// the tailer shard only, taken by the feed thread.
-    delivered: Mutex<Option<FeedPosition>>,
-}
-
-/// How often the feed thread persists the delivered position (at most).
-const PERSIST_EVERY: Duration = Duration::from_secs(1);
-
-impl FeedThread {
-    /// Persists the newest delivered position, if any (a failure is logged and retried later).
-    fn persist(&self, feed: &mut dyn ChangeFeed) {
-        let pending = self.delivered.lock().ok().and_then(|mut p| p.take());
-        if let Some(position) = pending {
-            if let Err(e) = feed.persist(&position) {
-                tracing::warn!(error = %e, "cannot persist the change feed's position; will retry");
-                if let Ok(mut slot) = self.delivered.lock() {
-                    slot.get_or_insert(position);
-                }
-            }
-        }
-    }
 }
 
 /// The tailer's end of the feed: decoded batches, in order.
@@ -629,12 +587,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("chatd-feed".into())
             .spawn(move || {
-                let mut persisted_at = std::time::Instant::now();
                 while !state.stop.load(Ordering::Acquire) {
-                    if persisted_at.elapsed() >= PERSIST_EVERY {
-                        persisted_at = std::time::Instant::now();
-                        state.persist(&mut *feed);
-                    }
                     let batch = match feed.next_batch(FEED_BATCH, FEED_WAIT) {
                         Ok(b) => b,
                         Err(e) => {
@@ -650,7 +603,6 @@ impl Store {
                         break;
                     }
                 }
-                state.persist(&mut *feed);
                 tracing::debug!("feed thread stopped");
             })
             .map_err(|e| StoreError::Failed(format!("cannot start the feed thread: {e}")))?;
@@ -658,14 +610,6 @@ impl Store {
             *h = Some(handle);
         }
         Ok(rx)
-    }
-
-    /// Records that the tailer has handed every change up to `position` to the shards (tailer
-    /// shard only; the feed thread persists it within [`PERSIST_EVERY`]).
-    pub fn delivered(&self, position: FeedPosition) {
-        if let Ok(mut slot) = self.feed_thread.delivered.lock() {
-            *slot = Some(position);
-        }
     }
 
     /// How the backend is doing.

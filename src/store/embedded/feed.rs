@@ -10,7 +10,7 @@ use redb::Database;
 
 use super::journal::Recent;
 use super::schema;
-use crate::store::{ChangeFeed, FeedEntry, FeedItem, FeedPosition, StoreResult};
+use crate::store::{ChangeFeed, FeedEntry, FeedItem, StoreResult};
 
 pub struct EmbeddedFeed {
     db: Arc<Database>,
@@ -64,7 +64,6 @@ impl EmbeddedFeed {
             self.seq = seq;
             out.push(FeedItem {
                 mark: seq,
-                position: FeedPosition::from_seq(seq),
                 entry: match record {
                     Ok(r) => FeedEntry::Change(Arc::new(r)),
                     Err(e) => FeedEntry::Undecodable(e.to_string()),

@@ -1,15 +1,14 @@
 //! Conversions between chatd's records and BSON, pure and unit-tested: records travel through
 //! their serde JSON form (the same form the embedded store keeps), so both backends store the
 //! same fields. EJSON dates (`{"$date": ms}`, used inside imported message fields) become real
-//! BSON dates and come back the same way. Also marks ↔ BSON timestamps and resume tokens ↔
-//! feed positions. Runs on store-side threads only.
+//! BSON dates and come back the same way. Also marks ↔ BSON timestamps. Runs on store-side threads only.
 
 use mongodb::bson::{self, Bson, Document, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
-use crate::store::{FeedPosition, Mark, StoreError, StoreResult};
+use crate::store::{Mark, StoreError, StoreResult};
 
 /// Deepest nesting converted; deeper values are refused (a record is never this deep).
 const MAX_DEPTH: usize = 64;
@@ -147,22 +146,6 @@ pub fn mark_seconds(mark: Mark) -> u64 {
     mark >> 32
 }
 
-/// A resume token (the `_id` of a change event) as an opaque feed position: the BSON bytes of
-/// `{t: <token>}`.
-pub fn position_of_token(token: &Bson) -> StoreResult<FeedPosition> {
-    let mut doc = Document::new();
-    doc.insert("t", token.clone());
-    bson::to_vec(&doc)
-        .map(FeedPosition)
-        .map_err(|e| StoreError::Internal(format!("encoding a resume token: {e}")))
-}
-
-/// The resume token inside a position made by [`position_of_token`].
-pub fn token_of_position(position: &FeedPosition) -> Option<Bson> {
-    let doc: Document = bson::from_slice(&position.0).ok()?;
-    doc.get("t").cloned()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -249,17 +232,12 @@ mod tests {
     }
 
     #[test]
-    fn marks_order_like_cluster_times_and_tokens_round_trip() {
+    fn marks_order_like_cluster_times() {
         let a = mark_of(Timestamp { time: 10, increment: 5 });
         let b = mark_of(Timestamp { time: 10, increment: 6 });
         let c = mark_of(Timestamp { time: 11, increment: 0 });
         assert!(a < b && b < c);
         assert_eq!(mark_seconds(c), 11);
-        let mut token = Document::new();
-        token.insert("_data", "8263A1B2C3000000012B0229296E04");
-        let pos = position_of_token(&Bson::Document(token.clone())).unwrap();
-        assert_eq!(token_of_position(&pos), Some(Bson::Document(token)));
-        assert_eq!(token_of_position(&FeedPosition(vec![1, 2, 3])), None);
     }
 
     #[test]

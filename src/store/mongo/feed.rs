@@ -38,10 +38,10 @@ use mongodb::Database;
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use super::convert::{from_doc, mark_of, position_of_token};
+use super::convert::{from_doc, mark_of};
 use super::schema::{ALL, CHANGES};
 use crate::ids::now_ms;
-use crate::store::{ChangeFeed, ChangeRecord, FeedEntry, FeedItem, FeedPosition, Mark, StoreError, StoreResult};
+use crate::store::{ChangeFeed, ChangeRecord, FeedEntry, FeedItem, Mark, StoreError, StoreResult};
 
 /// An open stream answers at least every [`MAX_AWAIT`]; this long without a completed poll
 /// means it hangs (a `getMore` on a dead connection): `/health` reports it.
@@ -272,11 +272,9 @@ pub async fn follow<I: StreamIo>(mut io: I, mut start: Start, out: mpsc::Sender<
                     // reload what they route by.
                     let item = FeedItem {
                         mark: last_mark,
-                        position: io
-                            .token(&stream)
-                            .and_then(|t| position_of_token(&t).ok())
-                            .unwrap_or(FeedPosition(Vec::new())),
-                        entry: FeedEntry::HistoryLost,
+                        entry: FeedEntry::HistoryLost {
+                            resumed_at: io.token(&stream).map_or_else(|| "now".into(), |t| token_text(&t)),
+                        },
                     };
                     if out.send(item).await.is_err() {
                         return;
@@ -380,13 +378,9 @@ async fn pump<I: StreamIo>(
                 .lag_ms
                 .store(now_ms().saturating_sub(at).max(0) as u64, Ordering::Relaxed);
         }
-        let position = match &ev.token {
-            Some(t) => {
-                *start = Start::After(t.clone());
-                position_of_token(t).unwrap_or(FeedPosition(Vec::new()))
-            }
-            None => FeedPosition(Vec::new()),
-        };
+        if let Some(t) = &ev.token {
+            *start = Start::After(t.clone());
+        }
         let entry = match ev.decoded {
             Decoded::Change(rec) => {
                 stats.events.fetch_add(1, Ordering::Relaxed);
@@ -411,12 +405,19 @@ async fn pump<I: StreamIo>(
         };
         let item = FeedItem {
             mark: *last_mark,
-            position,
             entry,
         };
         if out.send(item).await.is_err() {
             return Pumped::Closed;
         }
+    }
+}
+
+/// A resume token as operators see it in MongoDB's tools: its `_data` string.
+fn token_text(token: &Bson) -> String {
+    match token.as_document().and_then(|d| d.get_str("_data").ok()) {
+        Some(data) => data.to_owned(),
+        None => token.to_string(),
     }
 }
 
@@ -768,7 +769,7 @@ mod tests {
                 _ => "other change",
             },
             FeedEntry::Undecodable(_) => "undecodable",
-            FeedEntry::HistoryLost => "history lost",
+            FeedEntry::HistoryLost { .. } => "history lost",
         }
     }
 
@@ -808,11 +809,7 @@ mod tests {
             let step = Duration::from_millis(step_ms);
             assert!(*pause <= step && *pause >= step / 2, "{pause:?} for a {step:?} step");
         }
-        // The positions handed on are the events' tokens; marks follow cluster times.
-        assert_eq!(
-            crate::store::mongo::convert::token_of_position(&items[1].position),
-            Some(token("t2"))
-        );
+        // Marks follow cluster times.
         assert!(items[0].mark < items[1].mark);
         assert_eq!(stats.events.load(Ordering::Relaxed), 2);
         assert!(stats.open.load(Ordering::Relaxed));
@@ -899,9 +896,12 @@ mod tests {
         );
         // Each announcement carries the new stream's starting point: it was made after that
         // stream existed, so the shards' reload cannot miss a change made in between.
-        let pos = |i: usize| crate::store::mongo::convert::token_of_position(&items[i].position);
-        assert_eq!(pos(0), Some(token("s1")));
-        assert_eq!(pos(2), Some(token("s2")));
+        let resumed_at = |i: usize| match &items[i].entry {
+            FeedEntry::HistoryLost { resumed_at } => resumed_at.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(resumed_at(0), "s1");
+        assert_eq!(resumed_at(2), "s2");
         assert_eq!(stats.history_lost.load(Ordering::Relaxed), 2);
         assert_eq!(stats.resumes.load(Ordering::Relaxed), 2);
     }
