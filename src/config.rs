@@ -28,6 +28,7 @@ pub struct Config {
     pub health: Health,
     pub rate_limits: RateLimits,
     pub tls: Tls,
+    pub web: Web,
     /// The public URL clients reach chatd at (`ROOT_URL`), shown in `/api/info` and used in
     /// links; `None` shows nothing.
     pub root_url: Option<String>,
@@ -46,6 +47,26 @@ pub struct Config {
     pub store_reader_priority: crate::store::ReaderPriority,
     /// Log filter (tracing EnvFilter syntax), overridden by `RUST_LOG`.
     pub log: String,
+}
+
+/// The built-in web client at `/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// Serve the web client at `/` (its assets under `/assets/`); off: `/` answers 404.
+    pub enabled: bool,
+    /// The Content-Security-Policy `frame-ancestors` sources: which sites may show chatd's
+    /// page in a frame. `'none'` (the default) allows none; e.g. `'self' https://intranet.example`.
+    pub frame_ancestors: String,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            frame_ancestors: "'none'".into(),
+        }
+    }
 }
 
 /// `/health` and draining.
@@ -413,6 +434,7 @@ impl Default for Config {
             health: Health::default(),
             rate_limits: RateLimits::default(),
             tls: Tls::default(),
+            web: Web::default(),
             root_url: None,
             mesh_capacity: 1024,
             ephemeral_capacity: 1024,
@@ -666,6 +688,13 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert", "and tls.key must be given together");
+        }
+        let ancestors = self.web.frame_ancestors.trim();
+        if ancestors.is_empty() || ancestors.chars().any(|c| matches!(c, ';' | ',' | '\r' | '\n') || c.is_control()) {
+            return bad(
+                "web.frame_ancestors",
+                "must be a CSP source list such as 'none' or 'self' https://example.com (no ';' or ',')",
+            );
         }
         if let Some(url) = &self.root_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -32,6 +32,8 @@ pub enum ServerError {
     Mongo(#[from] MongoOpenError),
     #[error(transparent)]
     Tls(#[from] crate::gateway::tls::TlsError),
+    #[error("the web client's files are inconsistent (a build problem): {0}")]
+    Web(String),
     #[error(
         "the locked-memory limit is {limit} bytes; each shard locks io_memory_bytes = {needed} for io_uring. \
          Raise it: `ulimit -l unlimited` in the shell, LimitMEMLOCK=infinity in the systemd unit, \
@@ -106,6 +108,12 @@ impl Server {
             (Some(cert), Some(key)) => Some(TlsCerts::load(cert, key)?),
             _ => None,
         };
+        // The web client's asset table, built once here so no shard pays for it on a request.
+        if config.web.enabled {
+            if let Err(problem) = crate::gateway::web::prepare() {
+                return Err(ServerError::Web(problem.to_owned()));
+            }
+        }
         let mut control = None;
         let (backend, readers): (Arc<dyn Backend>, usize) = match config.mongo_options() {
             // Reads wait on the network: more of them in flight.

@@ -1,7 +1,8 @@
 //! HTTP/1.1 on every shard, served by hyper with keep-alive (runs on the connection's shard).
 //! Routes: `/health` (and `/live`, `/ready`), `/metrics` (OpenMetrics text), `/api/info` and the
-//! REST API v1 (`/api/v1/*`, see [`crate::api::rest`]); everything else is a Rocket.Chat-style
-//! JSON 404.
+//! REST API v1 (`/api/v1/*`, see [`crate::api::rest`]), the web client (`/`, `/assets/*`, see
+//! [`super::web`]); everything else is a Rocket.Chat-style JSON 404. Every answer carries
+//! `X-Content-Type-Options: nosniff`.
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -20,7 +21,14 @@ use crate::ctx::ShardCtx;
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(io: S, ctx: Rc<ShardCtx>, peer: std::net::IpAddr) {
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(route(req, &ctx, peer).await) }
+        async move {
+            let mut resp = route(req, &ctx, peer).await;
+            resp.headers_mut().insert(
+                hyper::header::X_CONTENT_TYPE_OPTIONS,
+                hyper::header::HeaderValue::from_static("nosniff"),
+            );
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -53,6 +61,12 @@ async fn route(req: Request<Incoming>, ctx: &ShardCtx, peer: std::net::IpAddr) -
         (&Method::GET, "/health/live") => super::health::live(ctx),
         (&Method::GET, "/health/ready") => super::health::ready(ctx).await,
         (&Method::GET, "/metrics") => super::metrics::metrics(ctx),
+        (&Method::GET | &Method::HEAD, "/" | "/index.html") if ctx.config.web.enabled => {
+            super::web::page(req.headers(), &ctx.config.web.frame_ancestors)
+        }
+        (&Method::GET | &Method::HEAD, p) if ctx.config.web.enabled && p.starts_with("/assets/") => {
+            super::web::asset_response(p.trim_start_matches("/assets/"), req.headers())
+        }
         (&Method::GET, "/api/info") => {
             let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
             let body = crate::api::settings::info(ctx, header("x-user-id"), header("x-auth-token")).await;

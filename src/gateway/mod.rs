@@ -9,6 +9,7 @@ mod metrics;
 pub mod ratelimit;
 pub mod session;
 pub mod tls;
+pub mod web;
 
 use std::rc::Rc;
 use std::sync::Arc;
