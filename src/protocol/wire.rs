@@ -275,6 +275,11 @@ impl Serialize for WireSubscription<'_> {
         let (s, r, d) = (self.0, self.1, self.2);
         let unread = r.last_seq.saturating_sub(s.read_seq).min(r.msgs);
         let alert = s.alert || unread > 0 || s.user_mentions > 0 || s.group_mentions > 0;
+        // Rocket.Chat opens every other member's subscription when a message arrives
+        // (`setOpenForRoomIdExcludingUserId`): a direct message created closed for its
+        // recipient shows up in their room list with the first message. Derived here, as
+        // unread is, instead of written per message.
+        let open = s.open || unread > 0;
         let mut o = ser.serialize_map(Some(15))?;
         o.serialize_entry("_id", &s.id)?;
         o.serialize_entry("rid", &s.rid)?;
@@ -282,7 +287,7 @@ impl Serialize for WireSubscription<'_> {
         o.serialize_entry("t", s.t.code())?;
         o.serialize_entry("name", &s.name)?;
         o.serialize_entry("fname", &s.fname)?;
-        o.serialize_entry("open", &s.open)?;
+        o.serialize_entry("open", &open)?;
         o.serialize_entry("alert", &alert)?;
         o.serialize_entry("unread", &unread)?;
         o.serialize_entry("userMentions", &s.user_mentions)?;
@@ -389,5 +394,10 @@ mod tests {
             ..sub
         };
         assert_eq!(subscription(&read, &room, Dates::Ejson)["alert"], false);
+        // A closed subscription (a direct message's recipient) opens with an unread message.
+        let closed = Subscription { open: false, ..read };
+        assert_eq!(subscription(&closed, &room, Dates::Ejson)["open"], false);
+        let behind = Subscription { read_seq: 9, ..closed };
+        assert_eq!(subscription(&behind, &room, Dates::Ejson)["open"], true);
     }
 }
