@@ -3,11 +3,13 @@
 # it creates the Python virtualenv with the real published Rocket.Chat clients, then runs
 # formatting, lints and the whole Rust test suite (unit, shards, integration, compatibility).
 # It also installs the published Rocket.Chat bot SDK 0.2 from the npm registry (needs node, npm).
+# The web client's browser tests need Debian's chromium and chromium-driver (`.ci/run` installs
+# them; by hand: apt-get install chromium chromium-driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${CHATD_TEST_VENV:-$PWD/target/test-venv}"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rocketchat_async, rocketchat_API, prometheus_client, yaml' 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rocketchat_async, rocketchat_API, prometheus_client, yaml, selenium' 2>/dev/null; then
   echo "== creating test virtualenv at $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
@@ -24,6 +26,13 @@ if [ ! -d "$NODE_DIR/node_modules/@rocket.chat/sdk" ] || ! cmp -s tests/compat/s
 fi
 export CHATD_TEST_NODE_MODULES="$NODE_DIR/node_modules"
 export CHATD_REQUIRE_COMPAT=1
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "tests/run.sh: the web client's browser tests need Debian's chromium and chromium-driver:" >&2
+  echo "  apt-get install chromium chromium-driver   (.ci/run installs them)" >&2
+  exit 1
+fi
+export CHATD_REQUIRE_BROWSER=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

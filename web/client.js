@@ -286,8 +286,13 @@ export class Client {
     }
   }
 
+  /** The name shown for a room: a direct message's is the other person's username (as
+   * Rocket.Chat shows it with UI_Use_Real_Name off), a room's its display name. */
   roomName(entry) {
-    return entry?.sub?.fname || entry?.sub?.name || entry?.room?.fname || entry?.room?.name || entry?.room?._id || '';
+    const sub = entry?.sub;
+    const room = entry?.room;
+    if ((sub?.t || room?.t) === 'd') return sub?.name || room?.usernames?.join(', ') || room?._id || '';
+    return sub?.fname || sub?.name || room?.fname || room?.name || room?._id || '';
   }
 
   async createRoom(name, isPrivate) {

@@ -3,7 +3,7 @@
 // the browser tests use (labels, `nav` "Rooms", `log` "Messages", one `article` per message).
 
 import { h } from './vendor/preact.mjs';
-import { useEffect, useLayoutEffect, useRef, useState, useReducer } from './vendor/hooks.mjs';
+import { useEffect, useLayoutEffect, useMemo, useRef, useState, useReducer } from './vendor/hooks.mjs';
 import htm from './vendor/htm.mjs';
 import { ms } from './client.js';
 import { renderMarkdown } from './markdown.js';
@@ -167,6 +167,9 @@ function Presence({ status }) {
   return html`<span class=${`presence presence-${status}`} role="img" aria-label=${status}></span>`;
 }
 
+// A padlock drawn here (emoji fonts are not everywhere).
+const LOCK = html`<svg viewBox="0 0 16 16" width="12" height="12" fill="currentColor"><path d="M4 7V5a4 4 0 1 1 8 0v2h1v8H3V7h1zm2 0h4V5a2 2 0 1 0-4 0v2z" /></svg>`;
+
 function RoomList({ client, state }) {
   const entries = [...state.rooms.values()].sort((a, b) => {
     const at = (e) => Math.max(ms(e.room?.lm), ms(e.sub?.ts), ms(e.room?._updatedAt));
@@ -179,7 +182,7 @@ function RoomList({ client, state }) {
           const rid = e.sub?.rid || e.room._id;
           const unread = e.sub?.unread || 0;
           const partner = client.dmPartner(e);
-          const kind = e.room?.t === 'd' ? '@' : e.room?.t === 'p' ? '🔒' : '#';
+          const kind = e.room?.t === 'd' ? '@' : e.room?.t === 'p' ? LOCK : '#';
           return html`
             <li key=${rid}>
               <a href=${`#/room/${rid}`} aria-current=${state.openRid === rid ? 'page' : undefined} class=${unread ? 'unread' : ''}>
@@ -285,6 +288,8 @@ function MessageView({ client, message, mine }) {
   useEffect(() => {
     if (mode === 'edit') editRef.current?.focus();
   }, [mode]);
+  // Parsed once per text, not on every render of the room.
+  const rendered = useMemo(() => ({ __html: renderMarkdown(message.msg) }), [message.msg]);
   const ts = ms(message.ts);
   const author = message.u || {};
   if (message.t) {
@@ -324,7 +329,11 @@ function MessageView({ client, message, mine }) {
     }
   };
   return html`
-    <article class=${`message${message.pending ? ' pending' : ''}${mine ? ' mine' : ''}`} data-id=${message._id}>
+    <article
+      class=${`message${message.pending ? ' pending' : ''}${mine ? ' mine' : ''}`}
+      data-id=${message._id}
+      tabindex=${mine ? '-1' : undefined}
+    >
       <header>
         <span class="author">${author.username}</span>
         ${author.name && author.name !== author.username && html`<span class="realname">${author.name}</span>`}
@@ -342,7 +351,7 @@ function MessageView({ client, message, mine }) {
               </div>
             </div>
           `
-        : html`<div class="body" dangerouslySetInnerHTML=${{ __html: renderMarkdown(message.msg) }}></div>`}
+        : html`<div class="body" dangerouslySetInnerHTML=${rendered}></div>`}
       <${Attachments} message=${message} />
       <${Reactions} message=${message} />
       ${message.tcount > 0 && html`<p class="thread">${message.tcount} ${message.tcount === 1 ? 'reply' : 'replies'}</p>`}

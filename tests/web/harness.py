@@ -28,9 +28,10 @@ class Chatd:
     """`chatd serve` as a child process; `kill()` is SIGKILL, `start()` again reuses the port
     and the data directory."""
 
-    def __init__(self, binary, extra=()):
+    def __init__(self, binary, extra=(), shards=2):
         self.binary = binary
         self.extra = list(extra)
+        self.shards = shards
         self.dir = tempfile.mkdtemp(prefix="chatd-web-")
         self.proc = None
         self.port = 0
@@ -40,7 +41,7 @@ class Chatd:
         env = dict(os.environ, RUST_LOG="info", CHATD_RATE_LIMITS="off")
         env.pop("PORT", None)
         self.proc = subprocess.Popen(
-            [self.binary, "serve", "--shards", "2", "--data-dir", self.dir,
+            [self.binary, "serve", "--shards", str(self.shards), "--data-dir", self.dir,
              "--listen", f"127.0.0.1:{self.port}", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         found = threading.Event()
@@ -105,8 +106,9 @@ class Chatd:
         return body["message"]
 
 
-def browser(width=1280, height=800, dark=False):
-    """A fresh headless Chromium with its own profile."""
+def browser(width=1280, height=800, phone=False, extra_args=()):
+    """A fresh headless Chromium with its own profile; `phone`: a phone's screen and touch
+    (Chromium's device emulation, as its DevTools does it), `width` x `height` CSS pixels."""
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="chatd-chromium-")
@@ -114,11 +116,14 @@ def browser(width=1280, height=800, dark=False):
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-extensions",
                 "--disable-features=Translate,OptimizationHints,MediaRouter",
-                f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+                f"--user-data-dir={profile}", f"--window-size={width},{height}", *extra_args):
         opts.add_argument(arg)
-    if dark:
-        opts.add_argument("--force-dark-mode")
-        opts.add_argument("--blink-settings=preferredColorScheme=0")
+    if phone:
+        opts.add_experimental_option("mobileEmulation", {
+            "deviceMetrics": {"width": width, "height": height, "pixelRatio": 2.0, "touch": True},
+            "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+                         "(KHTML, like Gecko) Chrome/156.0 Mobile Safari/537.36",
+        })
     driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT_SECS)
     driver.chatd_profile = profile
