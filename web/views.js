@@ -2,7 +2,7 @@
 // client's state and call its operations; names and roles follow the accessibility contract
 // the browser tests use (labels, `nav` "Rooms", `log` "Messages", one `article` per message).
 
-import { h } from './vendor/preact.mjs';
+import { Component, h } from './vendor/preact.mjs';
 import { useEffect, useLayoutEffect, useMemo, useRef, useState, useReducer } from './vendor/hooks.mjs';
 import htm from './vendor/htm.mjs';
 import { ms } from './client.js';
@@ -373,6 +373,18 @@ function MessageView({ client, message, mine }) {
   `;
 }
 
+/** A message re-renders only when it changed (messages are replaced, never mutated), so a new
+ * message costs one article, not the whole room. */
+class MessageItem extends Component {
+  shouldComponentUpdate(next) {
+    return next.message !== this.props.message || next.mine !== this.props.mine;
+  }
+
+  render(props) {
+    return h(MessageView, props);
+  }
+}
+
 function typingText(names) {
   if (!names.length) return '';
   if (names.length === 1) return `${names[0]} is typing`;
@@ -433,9 +445,12 @@ function RoomView({ client, state }) {
     stick.current = true;
     anchor.current = null;
   }, [rid]);
+  const shown = useRef(null);
   useLayoutEffect(() => {
     const el = log.current;
-    if (!el) return;
+    // Scroll work (which makes the browser lay the room out) only when the messages changed.
+    if (!el || (shown.current === messages.list && !messages.loading)) return;
+    shown.current = messages.list;
     if (anchor.current !== null) {
       el.scrollTop = el.scrollHeight - anchor.current;
       anchor.current = null;
@@ -471,7 +486,7 @@ function RoomView({ client, state }) {
         ${messages.complete ? html`<p class="start">This is the start of the conversation.</p>` : null}
         ${messages.loading ? html`<p class="loading" role="status">Loading messages…</p>` : null}
         ${messages.list.map(
-          (m) => html`<${MessageView} key=${m._id} client=${client} message=${m} mine=${m.u?._id === me} />`,
+          (m) => html`<${MessageItem} key=${m._id} client=${client} message=${m} mine=${m.u?._id === me} />`,
         )}
       </div>
       <div class="typing" aria-live="polite">${typingText(names)}</div>
