@@ -690,7 +690,11 @@ impl Config {
             return bad("tls.cert", "and tls.key must be given together");
         }
         let ancestors = self.web.frame_ancestors.trim();
-        if ancestors.is_empty() || ancestors.chars().any(|c| matches!(c, ';' | ',' | '\r' | '\n') || c.is_control()) {
+        if ancestors.is_empty()
+            || ancestors
+                .chars()
+                .any(|c| matches!(c, ';' | ',' | '\r' | '\n') || c.is_control())
+        {
             return bad(
                 "web.frame_ancestors",
                 "must be a CSP source list such as 'none' or 'self' https://example.com (no ';' or ',')",

@@ -65,7 +65,10 @@ fn the_page_is_served_with_its_security_headers_and_revalidated_by_etag() {
     assert!(page.contains("<div id=\"app\">"), "{page}");
     // No inline script or style: everything the page runs is a file from this origin.
     assert!(!page.contains("<script>") && !page.contains("style="), "{page}");
-    assert!(!page.contains("http://") && !page.contains("https://"), "no other hosts: {page}");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no other hosts: {page}"
+    );
 
     let again = get(
         server.addr,
@@ -97,7 +100,10 @@ fn assets_have_hashed_names_long_lifetimes_and_compressed_forms() {
     for path in &paths {
         let name = path.trim_start_matches("/assets/");
         let hash = name.split('.').nth(1).unwrap();
-        assert!(hash.len() == 10 && hash.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+        assert!(
+            hash.len() == 10 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
         let resp = get(server.addr, path, &[("Accept-Encoding", "gzip")]);
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(
@@ -125,7 +131,10 @@ fn assets_have_hashed_names_long_lifetimes_and_compressed_forms() {
         assert_eq!(not_modified.status(), 304, "{path}");
     }
     // Not a speed claim: the page stays small enough to be the size budget.
-    assert!(gzip_total < 150 * 1024, "{gzip_total} bytes compressed ({plain_total} plain)");
+    assert!(
+        gzip_total < 150 * 1024,
+        "{gzip_total} bytes compressed ({plain_total} plain)"
+    );
     eprintln!("web client: {plain_total} bytes, {gzip_total} bytes as transferred gzipped");
 
     let missing = get(server.addr, "/assets/app.0000000000.js", &[]);
@@ -142,7 +151,10 @@ fn framing_is_configurable_and_the_page_can_be_turned_off() {
     let server = TestServer::with(|c| c.web.frame_ancestors = "'self' https://intranet.example".into());
     let resp = get(server.addr, "/", &[]);
     let csp = resp.header("content-security-policy").unwrap();
-    assert!(csp.ends_with("frame-ancestors 'self' https://intranet.example"), "{csp}");
+    assert!(
+        csp.ends_with("frame-ancestors 'self' https://intranet.example"),
+        "{csp}"
+    );
 
     let off = TestServer::with(|c| c.web.enabled = false);
     assert_eq!(get(off.addr, "/", &[]).status(), 404);
@@ -187,7 +199,13 @@ fn the_web_client_in_headless_chromium() {
         Duration::from_secs(240),
     );
     assert!(out.lines().any(|l| l == "ok"), "{out}");
-    for shot in ["login.png", "room.png", "room-dark.png", "phone-rooms.png", "phone-room.png"] {
+    for shot in [
+        "login.png",
+        "room.png",
+        "room-dark.png",
+        "phone-rooms.png",
+        "phone-room.png",
+    ] {
         assert!(shots.join(shot).exists(), "{shot} was not saved");
     }
     eprintln!("web client screenshots: {}", shots.display());

@@ -131,7 +131,10 @@ fn import_specifiers(src: &str) -> Vec<(usize, usize)> {
             continue;
         };
         let start = i + 1;
-        if let Some(len) = bytes.get(start..).and_then(|rest| rest.iter().position(|b| *b == quote)) {
+        if let Some(len) = bytes
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|b| *b == quote))
+        {
             found.push((start, start + len));
         }
     }
@@ -358,8 +361,10 @@ pub fn asset_response(name: &str, request: &HeaderMap) -> Response<Full<Bytes>> 
         None => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"Not found\n")));
             *r.status_mut() = StatusCode::NOT_FOUND;
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             r
         }
     }
@@ -384,7 +389,11 @@ mod tests {
         assert!(!page.contains("{{"));
         let mut modules = 0;
         for a in assets.iter() {
-            assert!(a.name.split('.').nth(1).is_some_and(|h| h.len() == NAME_HASH_HEX), "{}", a.name);
+            assert!(
+                a.name.split('.').nth(1).is_some_and(|h| h.len() == NAME_HASH_HEX),
+                "{}",
+                a.name
+            );
             if !a.name.ends_with("js") {
                 continue;
             }
@@ -448,7 +457,10 @@ mod tests {
         // Every vendored module compiled in is one the lock file records.
         for (path, bytes) in SOURCES.iter().filter(|(p, _)| p.starts_with("vendor/")) {
             let file = path.trim_start_matches("vendor/");
-            assert!(sums.contains(&format!("{}  {file}", hex::encode(Sha256::digest(bytes)))), "{path}");
+            assert!(
+                sums.contains(&format!("{}  {file}", hex::encode(Sha256::digest(bytes)))),
+                "{path}"
+            );
         }
     }
 

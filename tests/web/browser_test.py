@@ -112,6 +112,12 @@ def main(binary, artifacts):
         send(a, "hello bob")
         got = wait(b, lambda d: article_with(d, "hello bob"), "alice's message at bob")
         assert "alice" in got.text, got.text
+        assert got.aria_role == "article", got.aria_role
+        log = message_log(b)
+        assert log.aria_role == "log" and log.accessible_name == "Messages", (log.aria_role, log.accessible_name)
+        nav = rooms_nav(b)
+        assert nav.aria_role == "navigation" and nav.accessible_name == "Rooms"
+        assert by_label(b, "Message").aria_role == "textbox"
         box = by_label(b, "Message")
         box.send_keys("first line")
         wait(a, lambda d: typing_notice(d) == "bob is typing", '"bob is typing" at alice')
@@ -180,6 +186,9 @@ def main(binary, artifacts):
 
         step("create a private room; unread badges count what arrives elsewhere")
         click_button(a, "Create room")
+        dialog = wait(a, lambda d: d.find_element(By.CSS_SELECTOR, "dialog[open]"), "the Create room dialog")
+        assert dialog.aria_role == "dialog" and dialog.accessible_name == "Create room", dialog.aria_role
+        assert a.find_element(By.XPATH, "//label[normalize-space()='Private']/input").aria_role == "checkbox"
         type_into(a, "Name", "plans")
         a.find_element(By.XPATH, "//label[normalize-space()='Private']/input").click()
         click_button(a, "Create")
@@ -199,6 +208,8 @@ def main(binary, artifacts):
         click_button(a, "Start")
         wait(a, lambda d: d.find_element(By.ID, "room-title").text == "bob", "the DM opens")
         wait(a, lambda d: presence_of(d, "bob") == "online", "bob shown online")
+        dot = room_entry(a, "bob").find_element(By.CSS_SELECTOR, ".presence")
+        assert dot.accessible_name == "online", dot.accessible_name
         send(a, "psst bob")
         wait(b, lambda d: badge(d, "alice") == "1 unread", 'badge "1 unread" on alice at bob')
         open_room(b, "alice")
