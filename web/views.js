@@ -99,19 +99,24 @@ function Dialog({ title, onClose, children, onSubmit }) {
   `;
 }
 
+/** Runs a dialog's action that yields a room id, then closes the dialog and opens the room. */
+async function openCreated(action, onClose, setError) {
+  try {
+    const rid = await action();
+    onClose();
+    location.hash = `#/room/${rid}`;
+  } catch (err) {
+    setError(err.message);
+  }
+}
+
 function CreateRoomDialog({ client, onClose }) {
   const [error, setError] = useState(null);
   const name = useRef(null);
   const priv = useRef(null);
   const submit = async (e) => {
     e.preventDefault();
-    try {
-      const rid = await client.createRoom(name.current.value.trim(), priv.current.checked);
-      onClose();
-      location.hash = `#/room/${rid}`;
-    } catch (err) {
-      setError(err.message);
-    }
+    await openCreated(() => client.createRoom(name.current.value.trim(), priv.current.checked), onClose, setError);
   };
   return html`
     <${Dialog} title="Create room" onClose=${onClose} onSubmit=${submit}>
@@ -138,13 +143,7 @@ function DirectDialog({ client, onClose }) {
   const submit = async (e) => {
     e.preventDefault();
     const username = input.current.value.trim().replace(/^@/, '');
-    try {
-      const rid = await client.startDirect(username);
-      onClose();
-      location.hash = `#/room/${rid}`;
-    } catch (err) {
-      setError(err.message);
-    }
+    await openCreated(() => client.startDirect(username), onClose, setError);
   };
   return html`
     <${Dialog} title="New direct message" onClose=${onClose} onSubmit=${submit}>

@@ -352,13 +352,10 @@ pub fn page(request: &HeaderMap, frame_ancestors: &str) -> Response<Full<Bytes>>
 
 /// `GET /assets/<name>`.
 pub fn asset_response(name: &str, request: &HeaderMap) -> Response<Full<Bytes>> {
-    let assets = match prepare() {
-        Ok(a) => a,
-        Err(e) => return unavailable(e),
-    };
-    match assets.get(name) {
-        Some(a) => respond(a, request, IMMUTABLE),
-        None => {
+    match prepare().map(|assets| assets.get(name)) {
+        Err(e) => unavailable(e),
+        Ok(Some(a)) => respond(a, request, IMMUTABLE),
+        Ok(None) => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"Not found\n")));
             *r.status_mut() = StatusCode::NOT_FOUND;
             r.headers_mut().insert(
