@@ -149,7 +149,13 @@ export class Client {
     try {
       await this.resume(token);
     } catch (e) {
-      if (e instanceof DdpError && e.error === 'disconnected') return;
+      // Only the server's refusal ends the session; anything else (the connection dropping,
+      // a failed request) is retried with the next connection.
+      if (!(e instanceof DdpError) || String(e.error) !== '403') {
+        if (this.state.phase === 'starting') this.set({ error: readable(e) });
+        this.ddp.socket?.close();
+        return;
+      }
       this.forget();
       this.set({ phase: 'login', user: null, error: reconnected ? 'Your session has ended; please log in again' : null });
       return;
