@@ -9,6 +9,8 @@ import { Ddp, DdpError } from './ddp.js';
 const TOKEN_KEY = 'Meteor.loginToken';
 const USER_ID_KEY = 'Meteor.userId';
 const EXPIRES_KEY = 'Meteor.loginTokenExpires';
+// A login whose logout could not reach chatd, revoked at the page's next start.
+const REVOKE_KEY = 'chatd.pendingLogout';
 
 /** Messages per history page. */
 export const PAGE = 50;
@@ -89,6 +91,7 @@ export class Client {
 
   async start() {
     this.loadRegistration();
+    this.revokePending();
     if (!localStorage.getItem(TOKEN_KEY)) this.set({ phase: 'login' });
     this.ddp.start();
   }
@@ -104,11 +107,11 @@ export class Client {
     }
   }
 
-  /** A REST call; rejects with the server's error text. */
-  async rest(method, endpoint, body) {
+  /** A REST call (as the stored login, or as `auth` = [userId, token]); rejects with the
+   * server's error text. */
+  async rest(method, endpoint, body, auth) {
     const headers = { Accept: 'application/json' };
-    const token = localStorage.getItem(TOKEN_KEY);
-    const uid = localStorage.getItem(USER_ID_KEY);
+    const [uid, token] = auth || [localStorage.getItem(USER_ID_KEY), localStorage.getItem(TOKEN_KEY)];
     if (token && uid) {
       headers['X-Auth-Token'] = token;
       headers['X-User-Id'] = uid;
@@ -235,11 +238,13 @@ export class Client {
     try {
       await this.ddp.call('logout');
     } catch (e) {
-      // Offline: revoke the token over REST instead, so it cannot be used again.
+      // Not connected: revoke the token over REST instead, or at the next start of the page,
+      // so it cannot be used again.
+      const login = [localStorage.getItem(USER_ID_KEY), localStorage.getItem(TOKEN_KEY)];
       try {
-        await this.rest('POST', 'logout');
+        await this.rest('POST', 'logout', undefined, login);
       } catch {
-        /* the token is forgotten here either way */
+        localStorage.setItem(REVOKE_KEY, JSON.stringify(login));
       }
     }
     this.forget();
@@ -252,6 +257,23 @@ export class Client {
       typing: new Map(),
       error: null,
     });
+  }
+
+  /** A logout that could not reach chatd: its token is revoked now. */
+  async revokePending() {
+    let login;
+    try {
+      login = JSON.parse(localStorage.getItem(REVOKE_KEY) || 'null');
+    } catch {
+      login = null;
+    }
+    if (!Array.isArray(login)) return;
+    try {
+      await this.rest('POST', 'logout', undefined, login);
+      localStorage.removeItem(REVOKE_KEY);
+    } catch {
+      /* tried again at the next start */
+    }
   }
 
   // ---- rooms -----------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 against a real chatd: registration and login, two browsers chatting live, a third user's REST
 message, typing, edit and delete, unread badges, rooms and direct messages, presence, XSS
 attempts, history paging, reload, reconnection after chatd is killed, logout, a phone's width
-and dark mode. Screenshots of the main views go to the artifacts directory.
+and dark mode, a logout while chatd is down. Screenshots of the main views go to the artifacts
+directory.
 
 usage: browser_test.py CHATD_BINARY ARTIFACTS_DIR
 """
@@ -316,11 +317,26 @@ def main(binary, artifacts):
         m.find_element(By.CSS_SELECTOR, 'a[aria-label="Back to rooms"]').click()
         wait(m, lambda d: rooms_nav(d).is_displayed(), "back to the room list")
 
+        step("a logout that cannot reach chatd revokes the token when the page next starts")
+        alice = a_auth(a)
+        server.kill()
+        wait(a, lambda d: "Connection lost" in " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, '[role="status"]')),
+             "the connection-lost notice")
+        click_button(a, "Log out")
+        wait(a, lambda d: by_label(d, "Password"), "the login form after logging out offline")
+        server.start()
+        assert server.rest("GET", "me", auth=alice)[0] == 200, "the token was revoked before chatd came back"
+        a.refresh()
+        wait(a, lambda d: server.rest("GET", "me", auth=alice)[0] == 401, "the token revoked after the reload")
+        assert a.execute_script("return localStorage.getItem('chatd.pendingLogout')") is None
+
         for d in drivers:
-            # Expected: the wrong password's 401, and the socket failing while chatd was down.
+            # Expected: the wrong password's 401, and the socket and the logout failing while
+            # chatd was down.
             errors = [e for e in d.get_log("browser") if e.get("level") == "SEVERE"
                       and "/websocket" not in e.get("message", "")
-                      and "/api/v1/login - Failed to load resource" not in e.get("message", "")]
+                      and "/api/v1/login - Failed to load resource" not in e.get("message", "")
+                      and "net::ERR_CONNECTION_REFUSED" not in e.get("message", "")]
             assert not errors, errors
         print("ok")
     except BaseException:
