@@ -52,6 +52,8 @@ function readable(e) {
 export class Client {
   constructor() {
     this.listeners = new Set();
+    // Counts state changes, so a view can tell it missed one.
+    this.version = 0;
     this.state = {
       phase: 'starting', // starting | login | ready
       connection: 'connecting', // connecting | connected | offline
@@ -81,6 +83,7 @@ export class Client {
   }
 
   changed() {
+    this.version += 1;
     for (const fn of this.listeners) fn();
   }
 

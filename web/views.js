@@ -10,10 +10,17 @@ import { renderMarkdown } from './markdown.js';
 
 const html = htm.bind(h);
 
-/** Re-renders the calling component whenever the client's state changes. */
+/** Re-renders the calling component whenever the client's state changes. The listener is
+ * registered as the first render commits (a layout effect, not a deferred one), and a change
+ * made between that render and the registration re-renders at once: none is ever missed. */
 function useClient(client) {
   const [, bump] = useReducer((n) => n + 1, 0);
-  useEffect(() => client.listen(bump), [client]);
+  const seen = client.version;
+  useLayoutEffect(() => {
+    const stop = client.listen(bump);
+    if (client.version !== seen) bump();
+    return stop;
+  }, [client]);
   return client.state;
 }
 
