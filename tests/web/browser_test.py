@@ -118,8 +118,8 @@ def main(binary, artifacts):
         assert log.aria_role == "log" and log.accessible_name == "Messages", (log.aria_role, log.accessible_name)
         nav = rooms_nav(b)
         assert nav.aria_role == "navigation" and nav.accessible_name == "Rooms"
-        assert by_label(b, "Message").aria_role == "textbox"
-        box = by_label(b, "Message")
+        box = wait(b, lambda d: by_label(d, "Message"), 'textbox "Message"')
+        assert box.aria_role == "textbox"
         box.send_keys("first line")
         wait(a, lambda d: typing_notice(d) == "bob is typing", '"bob is typing" at alice')
         box.send_keys(Keys.SHIFT, Keys.ENTER)
@@ -221,11 +221,12 @@ def main(binary, artifacts):
         wait(b, lambda d: article_with(d, "the release is ready"), "alice's markdown at bob")
         server.post(carol, general, "standup in 5 minutes")
         wait(a, lambda d: badge(d, "general") == "1 unread", 'badge "1 unread" on general')
-        by_label(b, "Message").send_keys("sounds good")
+        box = wait(b, lambda d: by_label(d, "Message"), 'textbox "Message"')
+        box.send_keys("sounds good")
         wait(a, lambda d: typing_notice(d) == "bob is typing", '"bob is typing" in the DM')
         a.save_screenshot(os.path.join(artifacts, "readme.png"))
-        by_label(b, "Message").send_keys(Keys.CONTROL, "a")
-        by_label(b, "Message").send_keys(Keys.BACKSPACE)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.BACKSPACE)
         wait(a, lambda d: typing_notice(d) == "", "bob stops typing when the box is emptied")
 
         step("history loads older pages as one scrolls up")

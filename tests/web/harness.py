@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -138,9 +138,12 @@ def quit_browser(driver):
 
 
 def wait(driver, condition, what, secs=WAIT_SECS):
-    """Waits until `condition(driver)` is truthy; fails naming `what`."""
+    """Waits until `condition(driver)` is truthy; fails naming `what`. An element that the page
+    replaced while the condition looked at it (a re-render) only means: look again."""
     try:
-        return WebDriverWait(driver, secs, poll_frequency=0.05).until(lambda d: condition(d))
+        return WebDriverWait(driver, secs, poll_frequency=0.05,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+                             ).until(lambda d: condition(d))
     except TimeoutException:
         raise AssertionError(f"timed out after {secs} s waiting for: {what}") from None
 
