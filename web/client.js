@@ -344,7 +344,10 @@ export class Client {
     if (this.state.openRid === rid && this.state.messages.has(rid)) return;
     this.set({ openRid: rid });
     this.subscribeRoom(rid);
-    if (!this.state.messages.has(rid)) await this.loadOlder(rid);
+    // A room shown before is refreshed: its deletions (and anything sent while the page was
+    // disconnected) reach only the open room live.
+    if (this.state.messages.has(rid)) await this.catchUp(rid);
+    else await this.loadOlder(rid);
     this.markRead(rid);
   }
 

@@ -196,7 +196,7 @@ def main(binary, artifacts):
         wait(a, lambda d: d.find_element(By.ID, "room-title").text == "plans", "the new room opens")
         status, rooms = server.rest("GET", "rooms.get", auth=a_auth(a))
         assert [r for r in rooms["update"] if r.get("name") == "plans" and r["t"] == "p"], rooms
-        server.post(carol, general, "unread one")
+        unread_one = server.post(carol, general, "unread one")
         server.post(carol, general, "unread two")
         wait(a, lambda d: badge(d, "general") == "2 unread", 'badge "2 unread" on general')
         assert accessible_name(a, room_entry(a, "general")).startswith("general"), "entry names start with the room"
@@ -249,6 +249,15 @@ def main(binary, artifacts):
         texts = [x.find_element(By.CSS_SELECTOR, ".body").text for x in user_articles(a)]
         assert texts == [f"history {i:03}" for i in range(120)], texts[:5]
         assert a.find_elements(By.CSS_SELECTOR, ".start"), "the start of the room is shown"
+
+        step("a room opened again shows what changed while another room was open")
+        status, body = server.rest("POST", "chat.delete", {"roomId": general, "msgId": unread_one["_id"]}, auth=carol)
+        assert status == 200, body
+        server.post(carol, general, "while alice read history")
+        open_room(a, "general")
+        wait(a, lambda d: article_with(d, "while alice read history"), "the message sent meanwhile")
+        wait(a, lambda d: not article_with(d, "unread one"), "the message deleted while another room was open")
+        open_room(a, "history")
 
         step("a reload keeps the session and the open room")
         token = a.execute_script("return localStorage.getItem('Meteor.loginToken')")
