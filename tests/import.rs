@@ -125,6 +125,16 @@ fn build_dump() -> Dump {
             doc! {"title": "plan.pdf", "ts": date(t0 + 2_000), "type": "file"},
         )],
     );
+    // m1 is a pinned thread bob starred; its reply is m3; m2 mentions everyone.
+    let mut m1 = msg("m1", "GENERAL", ALICE, "alice", "first", t0 + 1_000);
+    m1.insert("tcount", 1);
+    m1.insert("tlm", date(t0 + 3_000));
+    m1.insert("replies", vec![ALICE, BOB]);
+    m1.insert("pinned", true);
+    m1.insert("pinnedAt", date(t0 + 1_500));
+    m1.insert("pinnedBy", doc! {"_id": ALICE, "username": "alice"});
+    m1.insert("starred", vec![Bson::Document(doc! {"_id": BOB})]);
+    m2.insert("mentions", vec![Bson::Document(doc! {"_id": "all", "username": "all"})]);
     let mut m3 = msg("m3", "GENERAL", ALICE, "alice", "a reply", t0 + 3_000);
     m3.insert("tmid", "m1");
     let mut m4 = msg("m4", "GENERAL", ALICE, "alice", "carol", t0 + 4_000);
@@ -135,7 +145,7 @@ fn build_dump() -> Dump {
     let messages = vec![
         // Out of order on purpose: a dump is in storage order, not time order.
         m3,
-        msg("m1", "GENERAL", ALICE, "alice", "first", t0 + 1_000),
+        m1,
         m2,
         m4,
         msg(
@@ -367,10 +377,49 @@ fn a_rocket_chat_dump_imports_once_and_is_served_as_it_was() {
     bob.login("bob", "bob-old-pw");
     assert_eq!(bob.ok("loadHistory", json!([SECRET, null, 50, null])), json!(false));
 
+    // Imported reactions, threads, pins, stars and mentions are live data.
+    let mut ha = Http::new(server.addr);
+    ha.auth = Some((ALICE.to_owned(), alice.token.clone().unwrap()));
+    let mut hb = Http::new(server.addr);
+    hb.auth = Some((BOB.to_owned(), bob.token.clone().unwrap()));
+    let ids = |v: &Value, key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, threads) = ha.get("chat.getThreadsList?rid=GENERAL");
+    assert_eq!(ids(&threads, "threads"), ["m1"], "{threads}");
+    let (_, replies) = ha.get("chat.getThreadMessages?tmid=m1");
+    assert_eq!(ids(&replies, "messages"), ["m3"], "{replies}");
+    let (_, pinned) = hb.get("chat.getPinnedMessages?roomId=GENERAL");
+    assert_eq!(ids(&pinned, "messages"), ["m1"], "{pinned}");
+    let (_, starred) = hb.get("chat.getStarredMessages?roomId=GENERAL");
+    assert_eq!(ids(&starred, "messages"), ["m1"], "{starred}");
+    let (_, starred) = ha.get("chat.getStarredMessages?roomId=GENERAL");
+    assert_eq!(starred["total"], 0, "{starred}");
+    assert_eq!(
+        msgs.iter().find(|m| m["_id"] == "m2").unwrap()["mentions"][0]["_id"],
+        "all"
+    );
+    // Taking back alice's imported reaction leaves none; a new reply counts on.
+    let (status, v) = ha.post("chat.react", &json!({"emoji": ":+1:", "messageId": "m2"}));
+    assert_eq!(status, 200, "{v}");
+    let (_, m) = ha.get("chat.getMessage?msgId=m2");
+    assert!(m["message"].get("reactions").is_none(), "{m}");
+    alice.ok(
+        "sendMessage",
+        json!([{"rid": "GENERAL", "msg": "another reply", "tmid": "m1"}]),
+    );
+    let (_, m) = ha.get("chat.getMessage?msgId=m1");
+    assert_eq!(m["message"]["tcount"], 2, "{m}");
+
     // New messages continue the imported rooms.
     alice.send_message("GENERAL", "after the move");
     let h = alice.ok("loadHistory", json!(["GENERAL", null, 2, null]));
-    assert_eq!(texts(&h), ["after the move", "from a deleted user"]);
+    assert_eq!(texts(&h), ["after the move", "another reply"]);
 
     // The published clients log in as imported users, with old passwords and an old token.
     if let Some(python) = compat_python() {

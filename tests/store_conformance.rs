@@ -136,6 +136,7 @@ fn send(s: &Store, u: &User, rid: &RoomId, id: Option<&str>, text: &str) -> Resu
             id: id.map(MessageId::from),
             msg: text.into(),
             tmid: None,
+            tshow: false,
         },
     )
 }

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::ddp::{self, opt_str, Ddp, DdpAnswer, DdpResult};
 use super::rest::{ok, Answer, Rest, RestError, RestResult};
+use crate::app::ops::ThreadReply;
 use crate::ids::RoomId;
 use crate::protocol::ddp::MeteorError;
 use crate::protocol::wire::{self, Dates};
@@ -26,10 +27,22 @@ pub async fn ddp_send(c: &mut Ddp<'_>) -> DdpResult {
         opt_str(m, "msg")?.unwrap_or(""),
         opt_str(m, "tmid")?,
     );
+    let tshow = match m.get("tshow") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => return Err(MeteorError::match_failed("tshow must be a boolean")),
+    };
     let user = c.user()?;
     let sent = c
         .ops()
-        .send_message("sendMessage", user, RoomId::from(rid), id, text, tmid)
+        .send_message(
+            "sendMessage",
+            user,
+            RoomId::from(rid),
+            id,
+            text,
+            ThreadReply::of(tmid, tshow),
+        )
         .await?;
     Ok(match sent {
         Ok(m) => DdpAnswer::Raw(
@@ -54,7 +67,7 @@ pub async fn rest_send(c: &Rest<'_>) -> RestResult {
             RoomId::from(m.str("rid")?),
             m.opt_str("_id")?,
             m.opt_str("msg")?.unwrap_or(""),
-            m.opt_str("tmid")?,
+            ThreadReply::of(m.opt_str("tmid")?, m.opt_bool("tshow")?),
         )
         .await?;
     let m = sent.unwrap_or_else(|existing| existing);
@@ -89,7 +102,14 @@ pub async fn post_message(c: &Rest<'_>) -> RestResult {
     let text = c.body.opt_str("text")?.unwrap_or("");
     let sent = c
         .ops()
-        .send_message("chat.postMessage", user, rid, None, text, c.body.opt_str("tmid")?)
+        .send_message(
+            "chat.postMessage",
+            user,
+            rid,
+            None,
+            text,
+            ThreadReply::of(c.body.opt_str("tmid")?, c.body.opt_bool("tshow")?),
+        )
         .await?;
     let m = sent.unwrap_or_else(|existing| existing);
     let channel = c

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod chat;
 pub mod ddp;
+pub mod message_actions;
 pub mod misc;
 pub mod permissions;
 pub mod rest;
@@ -14,6 +15,7 @@ pub mod rooms;
 pub mod settings;
 pub mod streams;
 pub mod subscriptions;
+pub mod threads;
 pub mod users;
 
 use futures::future::LocalBoxFuture;
@@ -110,6 +112,25 @@ pub fn rest_route(method: &Method, endpoint: &str) -> Option<(&'static str, Acce
         ("GET", "channels.history") => (User, rest!(chat::channels_history)),
         ("GET", "groups.history") => (User, rest!(chat::groups_history)),
         ("GET", "im.history" | "dm.history") => (User, rest!(chat::im_history)),
+        // message actions
+        ("POST", "chat.react") => (User, rest!(message_actions::rest_react)),
+        ("POST", "chat.pinMessage") => (User, rest!(message_actions::rest_pin)),
+        ("POST", "chat.unPinMessage") => (User, rest!(message_actions::rest_unpin)),
+        ("POST", "chat.starMessage") => (User, rest!(message_actions::rest_star)),
+        ("POST", "chat.unStarMessage") => (User, rest!(message_actions::rest_unstar)),
+        ("GET", "chat.getMessage") => (User, rest!(message_actions::get_message)),
+        ("GET", "chat.getPinnedMessages") => (User, rest!(message_actions::pinned)),
+        ("GET", "chat.getStarredMessages") => (User, rest!(message_actions::starred)),
+        ("GET", "chat.getMentionedMessages") => (User, rest!(message_actions::mentioned)),
+        ("GET", "chat.search") => (User, rest!(message_actions::rest_search)),
+        ("GET", "chat.getDeletedMessages") => (User, rest!(message_actions::deleted)),
+        // threads
+        ("GET", "chat.getThreadMessages") => (User, rest!(threads::rest_get_thread_messages)),
+        ("GET", "chat.syncThreadMessages") => (User, rest!(threads::sync_thread_messages)),
+        ("GET", "chat.getThreadsList") => (User, rest!(threads::rest_threads_list)),
+        ("GET", "chat.syncThreadsList") => (User, rest!(threads::sync_threads_list)),
+        ("POST", "chat.followMessage") => (User, rest!(threads::rest_follow)),
+        ("POST", "chat.unfollowMessage") => (User, rest!(threads::rest_unfollow)),
         _ => return None,
     };
     Some(("", access, handler))
@@ -148,6 +169,19 @@ pub fn ddp_method(name: &str) -> Option<DdpHandler> {
         "deleteMessage" => ddp!(chat::ddp_delete),
         "loadHistory" => ddp!(chat::load_history),
         "loadMissedMessages" => ddp!(chat::load_missed),
+        // message actions
+        "setReaction" => ddp!(message_actions::ddp_set_reaction),
+        "pinMessage" => ddp!(message_actions::ddp_pin),
+        "unpinMessage" => ddp!(message_actions::ddp_unpin),
+        "starMessage" => ddp!(message_actions::ddp_star),
+        "getSingleMessage" => ddp!(message_actions::ddp_get_single),
+        "messageSearch" => ddp!(message_actions::ddp_search),
+        // threads
+        "getThreadMessages" => ddp!(threads::ddp_get_thread_messages),
+        "getThreadsList" => ddp!(threads::ddp_threads_list),
+        "followMessage" => ddp!(threads::ddp_follow),
+        "unfollowMessage" => ddp!(threads::ddp_unfollow),
+        "readThreads" => ddp!(threads::ddp_read_threads),
         // streams
         "stream-notify-room" => ddp!(streams::notify_room),
         _ => return None,

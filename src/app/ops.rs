@@ -34,6 +34,20 @@ pub struct RoomChanges {
     pub deleted: Vec<crate::store::Trash>,
 }
 
+/// A message sent as a thread reply: the thread's first message, and whether the reply is
+/// also shown in the room (`tshow`).
+#[derive(Clone, Copy)]
+pub struct ThreadReply<'a> {
+    pub tmid: &'a str,
+    pub tshow: bool,
+}
+
+impl<'a> ThreadReply<'a> {
+    pub fn of(tmid: Option<&'a str>, tshow: bool) -> Option<Self> {
+        tmid.map(|tmid| Self { tmid, tshow })
+    }
+}
+
 /// How a password login names its user.
 pub enum LoginName<'a> {
     Username(&'a str),
@@ -335,7 +349,8 @@ impl<'a> Ops<'a> {
         Ok(())
     }
 
-    /// Sends a message. `Ok(Err(existing))`: a re-send of an id that already exists (nothing
+    /// Sends a message (a thread reply with `tmid`, also shown in the room with `tshow`).
+    /// `Ok(Err(existing))`: a re-send of an id that already exists (nothing
     /// written; the stored message is returned).
     pub async fn send_message(
         &self,
@@ -344,7 +359,7 @@ impl<'a> Ops<'a> {
         rid: RoomId,
         id: Option<&str>,
         text: &str,
-        tmid: Option<&str>,
+        thread: Option<ThreadReply<'_>>,
     ) -> Result<Result<Message, Message>, AppError> {
         self.check_size(method, text)?;
         if id.is_some_and(|i| i.is_empty() || i.len() > 128) {
@@ -355,7 +370,8 @@ impl<'a> Ops<'a> {
             rid,
             id: id.map(MessageId::from),
             msg: text.to_owned(),
-            tmid: tmid.map(str::to_owned),
+            tmid: thread.map(|t| t.tmid.to_owned()),
+            tshow: thread.is_some_and(|t| t.tshow),
         };
         match self.write(method, op).await?.output {
             WriteOutput::Message(m) => Ok(Ok(*m)),

@@ -21,6 +21,9 @@ pub enum Permission {
     LeaveC,
     LeaveP,
     ViewStatistics,
+    PinMessage,
+    MentionAll,
+    MentionHere,
 }
 
 impl Permission {
@@ -36,6 +39,9 @@ impl Permission {
             Permission::LeaveC => "leave-c",
             Permission::LeaveP => "leave-p",
             Permission::ViewStatistics => "view-statistics",
+            Permission::PinMessage => "pin-message",
+            Permission::MentionAll => "mention-all",
+            Permission::MentionHere => "mention-here",
         }
     }
 }

@@ -11,7 +11,7 @@ use super::permissions::{self, Permission};
 use crate::ids::{direct_room_id, random_id, MessageId, RoomId, UserId};
 use crate::store::{
     Change, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, Trash, TrashKind, User,
-    WriteOp, WriteOutput,
+    UserRef, WriteOp, WriteOutput,
 };
 
 /// Longest message text accepted (characters).
@@ -191,6 +191,7 @@ fn new_subscription(
         user_mentions: 0,
         group_mentions: 0,
         alert: false,
+        tunread: Vec::new(),
     }
 }
 
@@ -282,6 +283,184 @@ fn read_by_everyone(t: &impl Txn, room: &Room, reader: &Subscription) -> StoreRe
         }
     }
     Ok(Some(until))
+}
+
+/// The first message of the thread `tmid` names (a reply stands for its thread), which must be
+/// in room `rid`.
+fn thread_root(t: &impl Txn, tmid: &MessageId, rid: &RoomId) -> StoreResult<Message> {
+    let invalid = || StoreError::rejected("error-invalid-message", "Invalid thread message");
+    let mut root = t.message(tmid)?.ok_or_else(invalid)?;
+    if let Some(up) = root.tmid.clone() {
+        root = t.message(&MessageId::from(up.as_str()))?.ok_or_else(invalid)?;
+    }
+    if root.rid != *rid {
+        return Err(invalid());
+    }
+    Ok(root)
+}
+
+/// The users a text mentions: `@username` of existing users, and `@all` / `@here` when the
+/// sender's `roles` grant `mention-all` / `mention-here` (otherwise they are plain words).
+fn resolve_mentions(t: &impl Txn, text: &str, roles: &[String]) -> StoreResult<Vec<UserRef>> {
+    let mut mentions = Vec::new();
+    for name in mentioned_usernames(text) {
+        let group = match name {
+            "all" => Some(Permission::MentionAll),
+            "here" => Some(Permission::MentionHere),
+            _ => None,
+        };
+        match group {
+            Some(p) if permissions::allows(p, roles) => mentions.push(UserRef {
+                id: UserId::from(name),
+                username: name.to_owned(),
+                name: name.to_owned(),
+            }),
+            Some(_) => {}
+            None => {
+                if let Some(u) = t.user_by_username(name)? {
+                    mentions.push(u.user_ref());
+                }
+            }
+        }
+    }
+    Ok(mentions)
+}
+
+/// Stores a new message as the newest of `room` (its `seq` assigned here), updates the room's
+/// counters and announces it.
+fn insert_message(t: &mut impl Txn, room: &mut Room, message: &mut Message) -> StoreResult<()> {
+    message.seq = room.last_seq + 1;
+    t.put_message(message)?;
+    room.last_seq = message.seq;
+    room.msgs += 1;
+    room.lm = Some(message.ts);
+    room.updated_at = message.ts;
+    room.last_message = Some(message.clone());
+    t.update_room(room)?;
+    t.push_change(Change::MessageCreated {
+        message: message.clone(),
+        room: room.clone(),
+    })
+}
+
+/// A system message of type `kind` by `user` in `room`, sent now (after the room's last one).
+fn system_message(room: &Room, user: &User, kind: &str, msg: String, now: i64) -> Message {
+    let ts = now.max(room.lm.map_or(0, |lm| lm + 1));
+    Message {
+        id: MessageId(random_id()),
+        rid: room.id.clone(),
+        msg,
+        ts,
+        u: user.user_ref(),
+        updated_at: ts,
+        seq: 0,
+        t: Some(kind.to_owned()),
+        tmid: None,
+        edited_at: None,
+        edited_by: None,
+        mentions: Vec::new(),
+        extra: Default::default(),
+    }
+}
+
+/// Counts a new message's mentions on the members' subscriptions: `userMentions` of each
+/// member named (at most `MAX_MENTIONS` writes), `groupMentions` of every other member for
+/// `@all` / `@here` (one write per member, as Rocket.Chat's group mention costs).
+fn count_mentions(t: &mut impl Txn, room: &Room, message: &Message) -> StoreResult<()> {
+    let group = message
+        .mentions
+        .iter()
+        .any(|m| m.id.as_str() == "all" || m.id.as_str() == "here");
+    if group {
+        for member in t.members(&room.id)? {
+            if member == message.u.id {
+                continue;
+            }
+            if let Some(mut theirs) = t.sub(&member, &room.id)? {
+                if message.mentions.iter().any(|m| m.id == member) {
+                    theirs.user_mentions += 1;
+                } else {
+                    theirs.group_mentions += 1;
+                }
+                t.update_sub(&theirs)?;
+            }
+        }
+        return Ok(());
+    }
+    for m in &message.mentions {
+        if m.id == message.u.id {
+            continue;
+        }
+        if let Some(mut theirs) = t.sub(&m.id, &room.id)? {
+            theirs.user_mentions += 1;
+            t.update_sub(&theirs)?;
+        }
+    }
+    Ok(())
+}
+
+/// A reply counted on its thread's first message (`tcount`, `tlm`, the replier and the
+/// thread's author following it), re-sent to the room; every other follower who is a member
+/// gets the thread in their `tunread`.
+fn count_thread_reply(t: &mut impl Txn, room: &Room, root: Message, reply: &Message) -> StoreResult<()> {
+    let mut changed = root.clone();
+    changed.count_reply(reply.ts);
+    if !changed.followed_by(&root.u.id) {
+        changed.set_follower(&root.u.id, true);
+    }
+    if !changed.followed_by(&reply.u.id) {
+        changed.set_follower(&reply.u.id, true);
+    }
+    let tmid = root.id.to_string();
+    for follower in changed.followers() {
+        if follower == reply.u.id {
+            continue;
+        }
+        if let Some(mut sub) = t.sub(&follower, &room.id)? {
+            if !sub.tunread.contains(&tmid) {
+                sub.tunread.push(tmid.clone());
+                sub.updated_at = reply.ts;
+                t.update_sub(&sub)?;
+                t.push_change(Change::SubscriptionUpdated {
+                    subscription: sub,
+                    room: room.clone(),
+                    read_until: None,
+                })?;
+            }
+        }
+    }
+    save_changed_message(t, room.clone(), &root, changed, reply.ts)?;
+    Ok(())
+}
+
+/// Takes `tmid` off a subscription's unread threads; whether it was there.
+fn drop_thread_unread(sub: &mut Subscription, tmid: &str) -> bool {
+    let before = sub.tunread.len();
+    sub.tunread.retain(|t| t != tmid);
+    sub.tunread.len() != before
+}
+
+/// Stores `changed` in place of `old` (a reaction, pin, star or thread counter), with its
+/// `_updatedAt` moved past every earlier change so `chat.syncMessages` reports it, and re-sends
+/// it to the room.
+fn save_changed_message(
+    t: &mut impl Txn,
+    mut room: Room,
+    old: &Message,
+    mut changed: Message,
+    now: i64,
+) -> StoreResult<WriteOutput> {
+    changed.updated_at = now.max(old.updated_at + 1).max(room.lm.unwrap_or(0) + 1);
+    t.replace_message(old, &changed)?;
+    if room.last_message.as_ref().is_some_and(|m| m.id == changed.id) {
+        room.last_message = Some(changed.clone());
+        t.put_room(&room)?;
+    }
+    t.push_change(Change::MessageUpdated {
+        message: changed.clone(),
+        room,
+    })?;
+    Ok(WriteOutput::Message(Box::new(changed)))
 }
 
 /// Applies one write inside a backend transaction. A rejected write has written nothing (every
@@ -572,6 +751,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             id,
             msg,
             tmid,
+            tshow,
         } => {
             let (mut room, sub) = visible_room_for_message(t, &uid, &rid)?;
             let mut sub = sub.ok_or_else(|| StoreError::rejected("error-not-allowed", "Not allowed"))?;
@@ -587,59 +767,174 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             }
             check_size(&msg)?;
             let user = existing_user(t, &uid)?;
-            if room.read_only && !permissions::allows(Permission::PostReadonly, user.roles.iter().chain(&sub.roles)) {
+            let roles: Vec<String> = user.roles.iter().chain(&sub.roles).cloned().collect();
+            if room.read_only && !permissions::allows(Permission::PostReadonly, &roles) {
                 return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
             }
-            let mut mentions = Vec::new();
-            for name in mentioned_usernames(&msg) {
-                if let Some(u) = t.user_by_username(name)? {
-                    mentions.push(u.user_ref());
-                }
-            }
+            // A reply names its thread's first message, in this room.
+            let parent = match &tmid {
+                Some(tmid) => Some(thread_root(t, &MessageId::from(tmid.as_str()), &rid)?),
+                None => None,
+            };
+            let mentions = resolve_mentions(t, &msg, &roles)?;
             // Strictly increasing within a room, so `ts` alone pages history exactly (clients
             // page `loadHistory` by the oldest `ts` they hold).
             let ts = now.max(room.lm.map_or(0, |lm| lm + 1));
-            let message = Message {
+            let mut message = Message {
                 id: id.unwrap_or_else(|| MessageId(random_id())),
                 rid: rid.clone(),
                 msg,
                 ts,
                 u: user.user_ref(),
                 updated_at: ts,
-                seq: room.last_seq + 1,
+                seq: 0,
                 t: None,
-                tmid,
+                tmid: parent.as_ref().map(|p| p.id.to_string()),
                 edited_at: None,
                 edited_by: None,
                 mentions,
                 extra: Default::default(),
             };
-            t.put_message(&message)?;
-            room.last_seq = message.seq;
-            room.msgs += 1;
-            room.lm = Some(ts);
-            room.updated_at = ts;
-            room.last_message = Some(message.clone());
-            t.update_room(&room)?;
+            if tshow && parent.is_some() {
+                message.extra.insert("tshow".into(), true.into());
+            }
+            insert_message(t, &mut room, &mut message)?;
             // The sender has read their own message: one O(1) write, not one per member.
             sub.read_seq = message.seq;
             sub.ls = ts;
             t.update_sub(&sub)?;
-            // Each mentioned member's `userMentions` (at most MAX_MENTIONS writes).
-            for m in &message.mentions {
-                if m.id == uid {
-                    continue;
-                }
-                if let Some(mut theirs) = t.sub(&m.id, &rid)? {
-                    theirs.user_mentions += 1;
-                    t.update_sub(&theirs)?;
+            count_mentions(t, &room, &message)?;
+            if let Some(parent) = parent {
+                count_thread_reply(t, &room, parent, &message)?;
+            }
+            Ok(WriteOutput::Message(Box::new(message)))
+        }
+        WriteOp::SetReaction { uid, mid, emoji, react } => {
+            let not_allowed = || StoreError::rejected("error-not-allowed", "Not allowed");
+            let user = existing_user(t, &uid)?;
+            let message = t.message(&mid)?.ok_or_else(not_allowed)?;
+            let (room, sub) = visible_room(t, &uid, &message.rid).map_err(|_| not_allowed())?;
+            let already = message.reacted(&emoji, &user.username);
+            let react = react.unwrap_or(!already);
+            if react == already {
+                return Ok(WriteOutput::Message(Box::new(message)));
+            }
+            let roles = sub.as_ref().map(|s| s.roles.as_slice()).unwrap_or_default();
+            if room.read_only && !permissions::allows(Permission::PostReadonly, user.roles.iter().chain(roles)) {
+                return Err(StoreError::rejected(
+                    "error-not-allowed",
+                    "You can't send messages because the room is readonly.",
+                ));
+            }
+            let mut changed = message.clone();
+            changed.set_reaction(&emoji, &user.username, react);
+            save_changed_message(t, room, &message, changed, now)
+        }
+        WriteOp::SetPinned { uid, mid, pinned } => {
+            let not_found = || {
+                StoreError::rejected(
+                    "error-invalid-message",
+                    if pinned {
+                        "Message you are pinning was not found"
+                    } else {
+                        "Message you are unpinning was not found"
+                    },
+                )
+            };
+            let user = existing_user(t, &uid)?;
+            let message = t.message(&mid)?.ok_or_else(not_found)?;
+            let (mut room, sub) = visible_room(t, &uid, &message.rid).map_err(|_| not_found())?;
+            let sub = sub.ok_or_else(not_found)?;
+            if !permissions::allows(Permission::PinMessage, user.roles.iter().chain(&sub.roles)) {
+                return Err(StoreError::rejected("not-authorized", "Not Authorized"));
+            }
+            if message.pinned() == pinned {
+                return Ok(WriteOutput::Message(Box::new(message)));
+            }
+            let mut changed = message.clone();
+            changed.set_pinned(pinned, &user.user_ref(), now);
+            let original = match save_changed_message(t, room.clone(), &message, changed, now)? {
+                WriteOutput::Message(m) => m,
+                _ => return Err(StoreError::Internal("a pin saved no message".into())),
+            };
+            if !pinned {
+                return Ok(WriteOutput::Message(original));
+            }
+            // Rocket.Chat's system message: the pinned text quoted in an attachment.
+            room = t
+                .room_without_last_message(&room.id)?
+                .ok_or_else(|| StoreError::Internal("the pinned message's room vanished".into()))?;
+            let mut notice = system_message(&room, &user, "message_pinned", String::new(), now);
+            notice.extra.insert(
+                "attachments".into(),
+                serde_json::json!([{
+                    "text": original.msg,
+                    "author_name": original.u.username,
+                    "author_icon": format!("/avatar/{}", original.u.username),
+                    "ts": {"$date": original.ts},
+                }]),
+            );
+            insert_message(t, &mut room, &mut notice)?;
+            Ok(WriteOutput::Message(Box::new(notice)))
+        }
+        WriteOp::SetStarred { uid, mid, starred } => {
+            let not_found = || StoreError::rejected("error-invalid-message", "Message not found");
+            let message = t.message(&mid)?.ok_or_else(not_found)?;
+            let (room, sub) = visible_room(t, &uid, &message.rid).map_err(|_| not_found())?;
+            // Only members star (Rocket.Chat answers `false` otherwise; chatd: not found).
+            sub.ok_or_else(not_found)?;
+            if message.starred_by(&uid) == starred {
+                return Ok(WriteOutput::Message(Box::new(message)));
+            }
+            let mut changed = message.clone();
+            changed.set_starred(&uid, starred);
+            save_changed_message(t, room, &message, changed, now)
+        }
+        WriteOp::FollowThread { uid, mid, follow } => {
+            let not_found = || StoreError::rejected("error-invalid-message", "Invalid message");
+            let message = t.message(&mid)?.ok_or_else(not_found)?;
+            let root = match &message.tmid {
+                Some(tmid) => t.message(&MessageId::from(tmid.as_str()))?.ok_or_else(not_found)?,
+                None => message,
+            };
+            let (room, sub) = visible_room(t, &uid, &root.rid).map_err(|_| not_found())?;
+            if root.followed_by(&uid) == follow {
+                return Ok(WriteOutput::Message(Box::new(root)));
+            }
+            let mut changed = root.clone();
+            changed.set_follower(&uid, follow);
+            if !follow {
+                if let Some(mut sub) = sub {
+                    if drop_thread_unread(&mut sub, root.id.as_str()) {
+                        sub.updated_at = now;
+                        t.update_sub(&sub)?;
+                        t.push_change(Change::SubscriptionUpdated {
+                            subscription: sub,
+                            room: room.clone(),
+                            read_until: None,
+                        })?;
+                    }
                 }
             }
-            t.push_change(Change::MessageCreated {
-                message: message.clone(),
-                room,
-            })?;
-            Ok(WriteOutput::Message(Box::new(message)))
+            save_changed_message(t, room, &root, changed, now)
+        }
+        WriteOp::ReadThread { uid, tmid } => {
+            let Some(root) = t.message(&tmid)? else {
+                return Ok(WriteOutput::Unit);
+            };
+            let Ok((room, Some(mut sub))) = visible_room(t, &uid, &root.rid) else {
+                return Ok(WriteOutput::Unit);
+            };
+            if drop_thread_unread(&mut sub, tmid.as_str()) {
+                sub.updated_at = now;
+                t.update_sub(&sub)?;
+                t.push_change(Change::SubscriptionUpdated {
+                    subscription: sub,
+                    room,
+                    read_until: None,
+                })?;
+            }
+            Ok(WriteOutput::Unit)
         }
         WriteOp::UpdateMessage { uid, mid, rid, msg } => {
             let (old, mut room) = changeable_message(t, &uid, &mid, rid.as_ref(), false)?;
@@ -693,8 +988,16 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             t.push_change(Change::MessageDeleted {
                 rid: room.id.clone(),
                 mid,
-                room,
+                room: room.clone(),
             })?;
+            // A deleted reply no longer counts in its thread.
+            if let Some(tmid) = &message.tmid {
+                if let Some(root) = t.message(&MessageId::from(tmid.as_str()))? {
+                    let mut changed = root.clone();
+                    changed.uncount_reply();
+                    save_changed_message(t, room, &root, changed, now)?;
+                }
+            }
             Ok(WriteOutput::Message(Box::new(message)))
         }
         WriteOp::MarkRead { uid, rid } => {

@@ -326,6 +326,7 @@ pub fn subscription(d: &Document, now: i64) -> Result<Subscription, Skip> {
         user_mentions: count_of(d, "userMentions").unwrap_or(0),
         group_mentions: count_of(d, "groupMentions").unwrap_or(0),
         alert: bool_of(d, "alert").unwrap_or(false),
+        tunread: strings_of(d.get("tunread")),
     })
 }
 
@@ -356,11 +357,7 @@ pub fn message(d: &Document) -> Result<Message, Skip> {
     let u = user_ref_of(d.get("u")).ok_or_else(|| Skip::new("message without u._id", id.clone()))?;
     let msg = str_of(d, "msg").unwrap_or_default().to_owned();
     let mentions = match d.get("mentions") {
-        Some(Bson::Array(list)) => list
-            .iter()
-            .filter_map(|m| user_ref_of(Some(m)))
-            .filter(|m| m.id.as_str() != "all" && m.id.as_str() != "here")
-            .collect(),
+        Some(Bson::Array(list)) => list.iter().filter_map(|m| user_ref_of(Some(m))).collect(),
         _ => Vec::new(),
     };
     let extra = d

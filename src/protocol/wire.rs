@@ -280,7 +280,7 @@ impl Serialize for WireSubscription<'_> {
         // recipient shows up in their room list with the first message. Derived here, as
         // unread is, instead of written per message.
         let open = s.open || unread > 0;
-        let mut o = ser.serialize_map(Some(15))?;
+        let mut o = ser.serialize_map(Some(16))?;
         o.serialize_entry("_id", &s.id)?;
         o.serialize_entry("rid", &s.rid)?;
         o.serialize_entry("u", &Ref(&s.u, true))?;
@@ -292,6 +292,7 @@ impl Serialize for WireSubscription<'_> {
         o.serialize_entry("unread", &unread)?;
         o.serialize_entry("userMentions", &s.user_mentions)?;
         o.serialize_entry("groupMentions", &s.group_mentions)?;
+        o.serialize_entry("tunread", &s.tunread)?;
         o.serialize_entry("ts", &Date(s.ts, d))?;
         o.serialize_entry("ls", &Date(s.ls, d))?;
         o.serialize_entry("_updatedAt", &Date(s.updated_at.max(r.updated_at), d))?;
@@ -378,12 +379,14 @@ mod tests {
             user_mentions: 2,
             group_mentions: 0,
             alert: false,
+            tunread: vec!["m1".into()],
         };
         let v: Value =
             serde_json::from_str(&serde_json::to_string(&WireSubscription(&sub, &room, Dates::Ejson)).unwrap())
                 .unwrap();
         assert_eq!(v["unread"], 3);
         assert_eq!(v["userMentions"], 2);
+        assert_eq!(v["tunread"], json!(["m1"]));
         assert_eq!(v["alert"], true);
         assert_eq!(v["_updatedAt"], json!({"$date": 5_000}));
         assert_eq!(v["u"], json!({"_id": "u1", "username": "ann", "name": "Ann"}));

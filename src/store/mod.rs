@@ -382,7 +382,42 @@ pub enum WriteOp {
         rid: RoomId,
         id: Option<MessageId>,
         msg: String,
+        /// A thread reply: the id of the thread's first message (a reply's own id is taken as
+        /// its thread's).
         tmid: Option<String>,
+        /// A thread reply also shown in the room (`tshow`).
+        tshow: bool,
+    },
+    /// `setReaction` / `chat.react`: `emoji` is `:name:`; `react` adds (`Some(true)`), removes
+    /// (`Some(false)`) or toggles (`None`) the user's reaction.
+    SetReaction {
+        uid: UserId,
+        mid: MessageId,
+        emoji: String,
+        react: Option<bool>,
+    },
+    /// Pins or unpins a message; a pin posts Rocket.Chat's `message_pinned` system message.
+    SetPinned {
+        uid: UserId,
+        mid: MessageId,
+        pinned: bool,
+    },
+    /// Stars or unstars a message for the user.
+    SetStarred {
+        uid: UserId,
+        mid: MessageId,
+        starred: bool,
+    },
+    /// Follows or unfollows the thread of `mid` (a reply stands for its thread).
+    FollowThread {
+        uid: UserId,
+        mid: MessageId,
+        follow: bool,
+    },
+    /// Marks the thread `tmid` read for the user (off their subscription's `tunread`).
+    ReadThread {
+        uid: UserId,
+        tmid: MessageId,
     },
     /// `rid`, when given, must be the message's room.
     UpdateMessage {

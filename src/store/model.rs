@@ -124,6 +124,9 @@ pub struct Subscription {
     /// Marked unread by the user (`subscriptions.unread`) until they read the room again.
     #[serde(default)]
     pub alert: bool,
+    /// Threads (their first message's id) with replies this user has not read (`tunread`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunread: Vec<String>,
 }
 
 /// What a deletion leaves behind for clients that cached the deleted thing: `chat.syncMessages`
@@ -246,5 +249,167 @@ impl Change {
             Change::UserStatusChanged { user, .. } => Some(&user.id),
             _ => None,
         }
+    }
+}
+
+/// Rocket.Chat's message action fields, kept in [`Message::extra`] in Rocket.Chat's own shape
+/// (so an imported message's reactions, pins, stars and thread counters are served and changed
+/// as they were): `reactions: {":e:": {usernames}}`, `pinned`, `pinnedAt`, `pinnedBy`,
+/// `starred: [{_id}]`, `tcount`, `tlm`, `replies: [uid]`, `tshow`. Dates are EJSON.
+impl Message {
+    fn extra_array(&self, key: &str) -> &[serde_json::Value] {
+        self.extra
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The usernames that reacted with `emoji`.
+    pub fn reacted(&self, emoji: &str, username: &str) -> bool {
+        self.extra
+            .get("reactions")
+            .and_then(|r| r.get(emoji))
+            .and_then(|e| e.get("usernames"))
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|names| names.iter().any(|n| n.as_str() == Some(username)))
+    }
+
+    /// Adds or removes `username`'s `emoji` reaction (an emoji nobody uses any more disappears,
+    /// and so does an empty `reactions`).
+    pub fn set_reaction(&mut self, emoji: &str, username: &str, on: bool) {
+        use serde_json::{json, Value};
+        let reactions = self
+            .extra
+            .entry("reactions")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !reactions.is_object() {
+            *reactions = Value::Object(Default::default());
+        }
+        if let Value::Object(map) = reactions {
+            let entry = map.entry(emoji).or_insert_with(|| json!({"usernames": []}));
+            if !entry.get("usernames").is_some_and(Value::is_array) {
+                *entry = json!({"usernames": []});
+            }
+            if let Some(Value::Array(names)) = entry.get_mut("usernames") {
+                names.retain(|n| n.as_str() != Some(username));
+                if on {
+                    names.push(Value::from(username));
+                }
+                if names.is_empty() {
+                    map.remove(emoji);
+                }
+            }
+            if map.is_empty() {
+                self.extra.remove("reactions");
+            }
+        }
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.extra.get("pinned") == Some(&serde_json::Value::Bool(true))
+    }
+
+    /// Pins or unpins, recording who (and when, on a pin), as Rocket.Chat does.
+    pub fn set_pinned(&mut self, pinned: bool, by: &UserRef, at: i64) {
+        use serde_json::json;
+        self.extra.insert("pinned".into(), pinned.into());
+        self.extra
+            .insert("pinnedBy".into(), json!({"_id": by.id, "username": by.username}));
+        if pinned {
+            self.extra.insert("pinnedAt".into(), json!({ "$date": at }));
+        }
+    }
+
+    pub fn starred_by(&self, uid: &UserId) -> bool {
+        self.extra_array("starred")
+            .iter()
+            .any(|s| s.get("_id").and_then(serde_json::Value::as_str) == Some(uid.as_str()))
+    }
+
+    pub fn set_starred(&mut self, uid: &UserId, starred: bool) {
+        let mut list: Vec<serde_json::Value> = self
+            .extra_array("starred")
+            .iter()
+            .filter(|s| s.get("_id").and_then(serde_json::Value::as_str) != Some(uid.as_str()))
+            .cloned()
+            .collect();
+        if starred {
+            list.push(serde_json::json!({ "_id": uid }));
+        }
+        if list.is_empty() {
+            self.extra.remove("starred");
+        } else {
+            self.extra.insert("starred".into(), list.into());
+        }
+    }
+
+    /// Replies in this message's thread (0: not a thread).
+    pub fn tcount(&self) -> u64 {
+        self.extra
+            .get("tcount")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    }
+
+    /// Time of the thread's last reply.
+    pub fn tlm(&self) -> Option<i64> {
+        self.extra
+            .get("tlm")
+            .and_then(|v| v.get("$date"))
+            .and_then(serde_json::Value::as_i64)
+    }
+
+    /// The users following this thread (`replies`: its author and everyone who replied or
+    /// followed it).
+    pub fn followers(&self) -> Vec<UserId> {
+        self.extra_array("replies")
+            .iter()
+            .filter_map(|v| v.as_str().map(UserId::from))
+            .collect()
+    }
+
+    pub fn followed_by(&self, uid: &UserId) -> bool {
+        self.extra_array("replies")
+            .iter()
+            .any(|v| v.as_str() == Some(uid.as_str()))
+    }
+
+    /// Adds (or removes) a follower of the thread.
+    pub fn set_follower(&mut self, uid: &UserId, follow: bool) {
+        let mut list: Vec<serde_json::Value> = self
+            .extra_array("replies")
+            .iter()
+            .filter(|v| v.as_str() != Some(uid.as_str()))
+            .cloned()
+            .collect();
+        if follow {
+            list.push(uid.as_str().into());
+        }
+        self.extra.insert("replies".into(), list.into());
+    }
+
+    /// Counts one more reply, sent at `ts`.
+    pub fn count_reply(&mut self, ts: i64) {
+        let n = self.tcount() + 1;
+        self.extra.insert("tcount".into(), n.into());
+        self.extra.insert("tlm".into(), serde_json::json!({ "$date": ts }));
+    }
+
+    /// Counts one reply fewer (a reply was deleted).
+    pub fn uncount_reply(&mut self) {
+        let n = self.tcount().saturating_sub(1);
+        self.extra.insert("tcount".into(), n.into());
+    }
+
+    /// A thread reply also shown in the room (`tshow`).
+    pub fn tshow(&self) -> bool {
+        self.extra.get("tshow") == Some(&serde_json::Value::Bool(true))
+    }
+
+    /// Whether the message mentions `uid` by name, or everyone (`@all` / `@here`) when `group`.
+    pub fn mentions_user(&self, uid: &UserId, group: bool) -> bool {
+        self.mentions
+            .iter()
+            .any(|m| m.id == *uid || (group && (m.id.as_str() == "all" || m.id.as_str() == "here")))
     }
 }
