@@ -11,6 +11,7 @@ pub mod message_actions;
 pub mod misc;
 pub mod permissions;
 pub mod rest;
+pub mod room_admin;
 pub mod rooms;
 pub mod settings;
 pub mod streams;
@@ -85,6 +86,8 @@ pub fn rest_route(method: &Method, endpoint: &str) -> Option<(&'static str, Acce
         ("GET", "users.getStatus") => (User, rest!(users::get_status)),
         ("GET", "users.getPresence") => (User, rest!(users::get_presence)),
         ("GET", "users.presence") => (User, rest!(users::presence)),
+        ("GET", "users.list") => (User, rest!(users::list)),
+        ("GET", "users.autocomplete") => (User, rest!(users::autocomplete)),
         // rooms
         ("GET", "rooms.get") => (User, rest!(rooms::rest_rooms_get)),
         ("POST", "channels.create") => (User, rest!(rooms::channels_create)),
@@ -96,6 +99,49 @@ pub fn rest_route(method: &Method, endpoint: &str) -> Option<(&'static str, Acce
         ("GET", "channels.list") => (User, rest!(rooms::channels_list)),
         ("GET", "channels.list.joined") => (User, rest!(rooms::channels_list_joined)),
         ("GET", "channels.members") => (User, rest!(rooms::channels_members)),
+        ("GET", "groups.members") => (User, rest!(rooms::groups_members)),
+        ("GET", "im.members" | "dm.members") => (User, rest!(rooms::im_members)),
+        ("GET", "groups.info") => (User, rest!(rooms::groups_info)),
+        ("POST", "groups.leave") => (User, rest!(rooms::groups_leave)),
+        ("GET", "rooms.info") => (User, rest!(rooms::rooms_info)),
+        ("POST", "rooms.leave") => (User, rest!(rooms::rooms_leave)),
+        // room administration
+        ("POST", "channels.invite" | "groups.invite") => (User, rest!(room_admin::rest_invite)),
+        ("POST", "channels.kick" | "groups.kick") => (User, rest!(room_admin::rest_kick)),
+        (
+            "POST",
+            "channels.addOwner"
+            | "channels.removeOwner"
+            | "channels.addModerator"
+            | "channels.removeModerator"
+            | "groups.addOwner"
+            | "groups.removeOwner"
+            | "groups.addModerator"
+            | "groups.removeModerator",
+        ) => (User, rest!(room_admin::rest_role)),
+        (
+            "POST",
+            "channels.setTopic"
+            | "channels.setAnnouncement"
+            | "channels.setDescription"
+            | "channels.rename"
+            | "channels.setReadOnly"
+            | "channels.archive"
+            | "channels.unarchive"
+            | "groups.setTopic"
+            | "groups.setAnnouncement"
+            | "groups.setDescription"
+            | "groups.rename"
+            | "groups.setReadOnly"
+            | "groups.archive"
+            | "groups.unarchive",
+        ) => (User, rest!(room_admin::rest_setting)),
+        ("POST", "rooms.saveRoomSettings") => (User, rest!(room_admin::rest_save_settings)),
+        (
+            "POST",
+            "channels.open" | "channels.close" | "groups.open" | "groups.close" | "groups.hide" | "im.open"
+            | "im.close" | "dm.open" | "dm.close" | "rooms.hide",
+        ) => (User, rest!(room_admin::rest_open)),
         // subscriptions
         ("GET", "subscriptions.get") => (User, rest!(subscriptions::rest_get)),
         ("POST", "subscriptions.read") => (User, rest!(subscriptions::rest_read)),
@@ -160,6 +206,14 @@ pub fn ddp_method(name: &str) -> Option<DdpHandler> {
         "getRoomIdByNameOrId" => ddp!(rooms::room_id_by_name_or_id),
         "getRoomNameById" => ddp!(rooms::room_name_by_id),
         "rooms/get" => ddp!(rooms::ddp_rooms_get),
+        "getUsersOfRoom" => ddp!(rooms::get_users_of_room),
+        "addUserToRoom" | "addUsersToRoom" => ddp!(room_admin::ddp_add_users),
+        "removeUserFromRoom" => ddp!(room_admin::ddp_remove_user),
+        "addRoomOwner" | "removeRoomOwner" | "addRoomModerator" | "removeRoomModerator" => ddp!(room_admin::ddp_role),
+        "saveRoomSettings" => ddp!(room_admin::ddp_save_settings),
+        "archiveRoom" | "unarchiveRoom" => ddp!(room_admin::ddp_archive),
+        "hideRoom" | "openRoom" => ddp!(room_admin::ddp_open),
+        "spotlight" => ddp!(users::spotlight),
         // subscriptions
         "subscriptions/get" => ddp!(subscriptions::ddp_get),
         "readMessages" => ddp!(subscriptions::ddp_read),

@@ -367,6 +367,9 @@ pub struct Rest<'a> {
     pub token: Option<String>,
     /// What follows a route's prefix (`method.call/<name>`), when it has one.
     pub tail: String,
+    /// The endpoint as requested (`channels.invite`): handlers shared by a family of
+    /// endpoints tell them apart by it.
+    pub endpoint: String,
 }
 
 impl Rest<'_> {
@@ -489,6 +492,7 @@ async fn handle_inner(
         user,
         token,
         tail,
+        endpoint,
     };
     handler(&call).await
 }

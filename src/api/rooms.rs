@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::ddp::{self, Ddp, DdpAnswer, DdpResult};
 use super::rest::{ok, Answer, Rest, RestError, RestResult};
 use crate::app::error::AppError;
-use crate::ids::{RoomId, UserId};
+use crate::ids::RoomId;
 use crate::protocol::ddp::MeteorError;
 use crate::protocol::wire::{self, Dates};
 use crate::store::{Room, RoomType, User};
@@ -221,7 +221,58 @@ pub async fn channels_list_joined(c: &Rest<'_>) -> RestResult {
     room_list(c, "channels.list.joined", Some(c.user()?)).await
 }
 
-/// `GET channels.members?roomId|roomName&offset&count`.
+/// One page of a room's members in username order, each `{_id, username, name, status,
+/// statusText, utcOffset}` with their live status, and how many matched: only those online
+/// (not offline) when `online_only`, only those whose username or name contains `filter`.
+async fn member_page_of(
+    ops: &crate::app::ops::Ops<'_>,
+    rid: &RoomId,
+    online_only: bool,
+    filter: Option<&str>,
+    offset: usize,
+    count: usize,
+) -> Result<(Vec<Value>, usize), AppError> {
+    let store = &ops.hub.store;
+    let ids = store.members(rid).await?;
+    let mut users = store.users(ids).await?;
+    let filter = filter.map(str::to_lowercase).filter(|f| !f.is_empty());
+    if let Some(f) = &filter {
+        users.retain(|u| u.username.to_lowercase().contains(f.as_str()) || u.name.to_lowercase().contains(f.as_str()));
+    }
+    users.sort_by_key(|u| u.username.to_lowercase());
+    let statuses = ops
+        .hub
+        .query_presence(users.iter().map(|u| u.id.clone()).collect())
+        .await?;
+    let listed: Vec<Value> = users
+        .iter()
+        .zip(statuses)
+        .filter(|(_, (status, _, _))| !online_only || *status != crate::chat::presence::Status::Offline)
+        .map(|(u, (status, _, text))| {
+            json!({"_id": u.id, "username": u.username, "name": u.name, "status": status.as_str(),
+                   "statusText": text, "utcOffset": 0})
+        })
+        .collect();
+    let total = listed.len();
+    Ok((listed.into_iter().skip(offset).take(count).collect(), total))
+}
+
+/// The members answer of `channels|groups|im.members?…&offset&count&status[]=online&filter`.
+async fn members_answer(c: &Rest<'_>, room: &Room) -> RestResult {
+    let (offset, count) = c.query.page()?;
+    let online_only = c
+        .query
+        .0
+        .get("status[]")
+        .or_else(|| c.query.0.get("status"))
+        .is_some_and(|v| !v.is_empty() && v.iter().all(|s| s != "offline"));
+    let (page, total) = member_page_of(&c.ops(), &room.id, online_only, c.query.get("filter"), offset, count).await?;
+    Ok(ok(
+        json!({"members": page, "count": page.len(), "offset": offset, "total": total}),
+    ))
+}
+
+/// `GET channels.members?roomId|roomName&offset&count&status[]&filter`.
 pub async fn channels_members(c: &Rest<'_>) -> RestResult {
     let user = c.user()?;
     let room = channel_from_query(c).await?;
@@ -232,20 +283,149 @@ pub async fn channels_members(c: &Rest<'_>) -> RestResult {
             "error-not-allowed",
         ));
     }
-    let (offset, count) = c.query.page()?;
-    let store = &c.ctx.hub.store;
-    let mut members = store.members(&room.id).await.map_err(AppError::from)?;
-    members.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    let total = members.len();
-    let wanted: Vec<UserId> = members.into_iter().skip(offset).take(count).collect();
-    let mut page = Vec::new();
-    for u in store.users(wanted).await.map_err(AppError::from)? {
-        let status = c.ctx.hub.presence_of(&u.id).0;
-        page.push(json!({"_id": u.id, "username": u.username, "name": u.name, "status": status.as_str()}));
+    members_answer(c, &room).await
+}
+
+/// A private group the caller belongs to, by `roomId` or `roomName`; any other room (missing,
+/// public, or not theirs) is Rocket.Chat's "does not match any group".
+async fn find_group(c: &Rest<'_>, id: Option<&str>, name: Option<&str>) -> Result<Room, RestError> {
+    let user = c.user()?;
+    let room = match (id, name) {
+        (Some(id), _) => c.ops().room(&RoomId::from(id)).await?,
+        (None, Some(name)) => c.ops().room_by_name_or_id(name).await?,
+        (None, None) => {
+            return Err(RestError::invalid(
+                "The parameter \"roomId\" or \"roomName\" is required",
+            ))
+        }
+    };
+    match room {
+        Some(r) if r.t == RoomType::Private && c.ops().member_of(user, &r.id).await? => Ok(r),
+        _ => Err(RestError::typed(
+            hyper::StatusCode::BAD_REQUEST,
+            "The required \"roomId\" or \"roomName\" param provided does not match any group [error-room-not-found]",
+            "error-room-not-found",
+        )),
     }
-    Ok(ok(
-        json!({"members": page, "count": page.len(), "offset": offset, "total": total}),
-    ))
+}
+
+async fn group_from_query(c: &Rest<'_>) -> Result<Room, RestError> {
+    find_group(c, c.query.get("roomId"), c.query.get("roomName")).await
+}
+
+async fn group_from_body(c: &Rest<'_>) -> Result<Room, RestError> {
+    find_group(c, c.body.opt_str("roomId")?, c.body.opt_str("roomName")?).await
+}
+
+/// `GET groups.members?roomId|roomName&offset&count&status[]&filter`.
+pub async fn groups_members(c: &Rest<'_>) -> RestResult {
+    let room = group_from_query(c).await?;
+    members_answer(c, &room).await
+}
+
+/// `GET im.members?roomId&offset&count`.
+pub async fn im_members(c: &Rest<'_>) -> RestResult {
+    let user = c.user()?;
+    let rid = RoomId::from(
+        c.query
+            .get("roomId")
+            .ok_or_else(|| RestError::invalid("The required \"roomId\" query param is missing."))?,
+    );
+    match c.ops().room(&rid).await? {
+        Some(r) if r.t == RoomType::Direct && c.ops().member_of(user, &r.id).await? => members_answer(c, &r).await,
+        _ => Err(RestError::room_not_found()),
+    }
+}
+
+/// `GET groups.info?roomId|roomName` → `{group}`.
+pub async fn groups_info(c: &Rest<'_>) -> RestResult {
+    let room = group_from_query(c).await?;
+    Ok(ok(json!({"group": wire::room(&room, Dates::Iso)})))
+}
+
+/// `POST groups.leave {roomId|roomName}`.
+pub async fn groups_leave(c: &Rest<'_>) -> RestResult {
+    let user = c.user()?;
+    let room = group_from_body(c).await?;
+    c.ops().leave("groups.leave", user, room.id.clone()).await?;
+    Ok(ok(json!({})))
+}
+
+/// Rocket.Chat's answer for a room the caller may not see, or that does not exist
+/// (`rooms.info`, `rooms.leave`).
+fn room_not_allowed() -> RestError {
+    RestError::typed(
+        hyper::StatusCode::BAD_REQUEST,
+        "Not Allowed [not-allowed]",
+        "not-allowed",
+    )
+}
+
+/// A room of any kind the caller may see, by `roomId` (or `roomName`) in `params`.
+async fn visible_room_param(c: &Rest<'_>, id: Option<&str>, name: Option<&str>) -> Result<Room, RestError> {
+    let user = c.user()?;
+    let room = match (id, name) {
+        (Some(id), _) => c.ops().room(&RoomId::from(id)).await?,
+        (None, Some(name)) => c.ops().room_by_name_or_id(name).await?,
+        (None, None) => {
+            return Err(RestError::invalid(
+                "The \"roomId\" or \"roomName\" parameter is required",
+            ))
+        }
+    };
+    c.ops().visible_room(user, room).await?.ok_or_else(room_not_allowed)
+}
+
+/// `GET rooms.info?roomId|roomName` → `{room}`.
+pub async fn rooms_info(c: &Rest<'_>) -> RestResult {
+    let room = visible_room_param(c, c.query.get("roomId"), c.query.get("roomName")).await?;
+    Ok(ok(json!({"room": wire::room(&room, Dates::Iso)})))
+}
+
+/// `POST rooms.leave {roomId}`.
+pub async fn rooms_leave(c: &Rest<'_>) -> RestResult {
+    let user = c.user()?;
+    let rid = c
+        .body
+        .opt_str("roomId")?
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| RestError::invalid("The required \"roomId\" param is missing."))?;
+    let room = visible_room_param(c, Some(rid), None).await?;
+    c.ops().leave("rooms.leave", user, room.id).await?;
+    Ok(ok(json!({})))
+}
+
+/// DDP `getUsersOfRoom [rid, showAll, {limit, skip}?, filter?]` → `{total, records}`: the
+/// room's members, all or only those online.
+pub async fn get_users_of_room(c: &mut Ddp<'_>) -> DdpResult {
+    let rid = RoomId::from(c.str_at(0, "rid")?);
+    let show_all = match c.param(1) {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(MeteorError::match_failed("showAll must be a boolean")),
+    };
+    let (limit, skip) = match c.param(2) {
+        None | Some(Value::Null) => (usize::MAX, 0),
+        Some(Value::Object(o)) => {
+            let n = |k: &str, d: usize| match o.get(k) {
+                None | Some(Value::Null) => Ok(d),
+                Some(v) => v
+                    .as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| MeteorError::match_failed(&format!("{k} must be a number"))),
+            };
+            (n("limit", usize::MAX)?, n("skip", 0)?)
+        }
+        Some(_) => return Err(MeteorError::match_failed("options must be an object")),
+    };
+    let filter = c.opt_str_at(3, "filter")?.map(str::to_owned);
+    let user = c.user()?;
+    let room = c.ops().room(&rid).await?;
+    if c.ops().visible_room(user, room).await?.is_none() {
+        return Err(MeteorError::new("error-not-allowed", "Not allowed").with_method("getUsersOfRoom"));
+    }
+    let (records, total) = member_page_of(&c.ops(), &rid, !show_all, filter.as_deref(), skip, limit).await?;
+    ddp::value(json!({"total": total, "records": records}))
 }
 
 /// A room the user may see; a hidden room is answered exactly like a missing one.

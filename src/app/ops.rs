@@ -6,7 +6,7 @@
 
 use crate::auth::{self, Verified};
 use crate::chat::presence::{PresenceRead, Status};
-use crate::ids::{now_ms, random_secret, MessageId, RoomId};
+use crate::ids::{now_ms, random_secret, MessageId, RoomId, UserId};
 use serde_json::Value;
 
 use super::error::{AppError, AppResult};
@@ -15,13 +15,18 @@ use crate::chat::hub::Hub;
 use crate::config::Config;
 use crate::protocol::wire::{self, Dates};
 use crate::store::{
-    HistoryQuery, LoginToken, Message, Room, RoomType, StoreError, User, WriteOp, WriteOutcome, WriteOutput,
+    HistoryQuery, LoginToken, Message, Room, RoomRole, RoomSettings, RoomType, StoreError, User, WriteOp, WriteOutcome,
+    WriteOutput,
 };
 
 /// Most messages a filtered message list (mentions, starred, pinned) searches, newest first.
 const MAX_FILTER_SCAN: usize = 50_000;
 /// Messages read per step of that search.
 const FILTER_CHUNK: usize = 1_000;
+
+/// Most public channels a room search looks through, and how many it reads at a time.
+const MAX_CHANNEL_SCAN: usize = 20_000;
+const CHANNEL_SCAN_PAGE: usize = 500;
 
 /// Most removals one listing reports (a user leaves rooms rarely; a cap keeps the answer bounded).
 const MAX_REMOVALS: usize = 10_000;
@@ -336,6 +341,67 @@ impl<'a> Ops<'a> {
             },
         )
         .await?;
+        Ok(())
+    }
+
+    /// Removes `target` from a room (the caller needs `remove-user` there).
+    pub async fn remove_member(&self, method: &str, user: &User, rid: &RoomId, target: &UserId) -> AppResult<()> {
+        let op = WriteOp::RemoveMember {
+            uid: user.id.clone(),
+            rid: rid.clone(),
+            target: target.clone(),
+            trash_ttl_ms: self.config.sync.retention_ms(),
+        };
+        self.write(method, op).await?;
+        Ok(())
+    }
+
+    /// Gives or takes a member's room role.
+    pub async fn set_room_role(
+        &self,
+        method: &str,
+        user: &User,
+        rid: &RoomId,
+        target: &UserId,
+        role: RoomRole,
+        on: bool,
+    ) -> AppResult<()> {
+        let op = WriteOp::SetRoomRole {
+            uid: user.id.clone(),
+            rid: rid.clone(),
+            target: target.clone(),
+            role,
+            on,
+        };
+        self.write(method, op).await?;
+        Ok(())
+    }
+
+    /// Changes a room's settings.
+    pub async fn save_room_settings(
+        &self,
+        method: &str,
+        user: &User,
+        rid: &RoomId,
+        settings: RoomSettings,
+    ) -> AppResult<()> {
+        let op = WriteOp::SaveRoomSettings {
+            uid: user.id.clone(),
+            rid: rid.clone(),
+            settings,
+        };
+        self.write(method, op).await?;
+        Ok(())
+    }
+
+    /// Shows or hides a room in the user's list.
+    pub async fn set_open(&self, method: &str, user: &User, rid: &RoomId, open: bool) -> AppResult<()> {
+        let op = WriteOp::SetOpen {
+            uid: user.id.clone(),
+            rid: rid.clone(),
+            open,
+        };
+        self.write(method, op).await?;
         Ok(())
     }
 
@@ -714,6 +780,48 @@ impl<'a> Ops<'a> {
             })
             .await
             .map_err(|e| AppError::from(e).with_method(method))
+    }
+
+    /// Named rooms the user may see (their own channels and groups, and every public channel)
+    /// whose name contains `term` (case-insensitively), by name, at most `limit`. Runs on a
+    /// reader thread; at most [`MAX_CHANNEL_SCAN`] public channels are looked through.
+    pub async fn rooms_named(&self, user: &User, term: &str, limit: usize) -> AppResult<Vec<Room>> {
+        let uid = user.id.clone();
+        let term = term.to_lowercase();
+        Ok(self
+            .hub
+            .store
+            .read(move |b| {
+                let hit = |r: &Room| {
+                    r.t != RoomType::Direct
+                        && [&r.name, &r.fname]
+                            .iter()
+                            .any(|n| n.as_deref().is_some_and(|n| n.to_lowercase().contains(&term)))
+                };
+                let mut found: Vec<Room> = b
+                    .subscriptions_of(&uid)?
+                    .into_iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| hit(r))
+                    .collect();
+                let mut offset = 0;
+                while offset < MAX_CHANNEL_SCAN {
+                    let (page, total) = b.channels_page(offset, CHANNEL_SCAN_PAGE)?;
+                    if page.is_empty() {
+                        break;
+                    }
+                    offset += page.len();
+                    found.extend(page.into_iter().filter(|r| hit(r)));
+                    if offset as u64 >= total {
+                        break;
+                    }
+                }
+                found.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.as_str().cmp(b.id.as_str())));
+                found.dedup_by(|a, b| a.id == b.id);
+                found.truncate(limit);
+                Ok(found)
+            })
+            .await?)
     }
 
     /// Sets the user's chosen (persisted) status and, when given, its text. `invisible` is

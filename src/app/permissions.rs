@@ -24,6 +24,17 @@ pub enum Permission {
     PinMessage,
     MentionAll,
     MentionHere,
+    ViewDRoom,
+    AddUserToJoinedRoom,
+    AddUserToAnyCRoom,
+    AddUserToAnyPRoom,
+    RemoveUser,
+    SetOwner,
+    SetModerator,
+    EditRoom,
+    ArchiveRoom,
+    UnarchiveRoom,
+    SetReadonly,
 }
 
 impl Permission {
@@ -42,6 +53,17 @@ impl Permission {
             Permission::PinMessage => "pin-message",
             Permission::MentionAll => "mention-all",
             Permission::MentionHere => "mention-here",
+            Permission::ViewDRoom => "view-d-room",
+            Permission::AddUserToJoinedRoom => "add-user-to-joined-room",
+            Permission::AddUserToAnyCRoom => "add-user-to-any-c-room",
+            Permission::AddUserToAnyPRoom => "add-user-to-any-p-room",
+            Permission::RemoveUser => "remove-user",
+            Permission::SetOwner => "set-owner",
+            Permission::SetModerator => "set-moderator",
+            Permission::EditRoom => "edit-room",
+            Permission::ArchiveRoom => "archive-room",
+            Permission::UnarchiveRoom => "unarchive-room",
+            Permission::SetReadonly => "set-readonly",
         }
     }
 }

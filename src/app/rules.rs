@@ -10,8 +10,8 @@
 use super::permissions::{self, Permission};
 use crate::ids::{direct_room_id, random_id, MessageId, RoomId, UserId};
 use crate::store::{
-    Change, LoginToken, Message, Room, RoomType, StoreError, StoreResult, Subscription, Trash, TrashKind, User,
-    UserRef, WriteOp, WriteOutput,
+    Change, LoginToken, Message, Room, RoomRole, RoomSettings, RoomType, StoreError, StoreResult, Subscription, Trash,
+    TrashKind, User, UserRef, WriteOp, WriteOutput,
 };
 
 /// Longest message text accepted (characters).
@@ -43,6 +43,11 @@ pub trait Txn {
         self.room(rid)
     }
     fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
+    /// Drops the name indexes of `room` as it was before a rename (backends that derive their
+    /// indexes from the stored room, like MongoDB's, have nothing to do).
+    fn forget_room_name(&mut self, _room: &Room) -> StoreResult<()> {
+        Ok(())
+    }
     /// Stores a room (with its name index, for named rooms).
     fn put_room(&mut self, room: &Room) -> StoreResult<()>;
     /// Stores a room whose name and type are unchanged since it was read in this transaction
@@ -163,6 +168,10 @@ pub fn general_room(now: i64) -> Room {
         read_only: false,
         uids: Vec::new(),
         usernames: Vec::new(),
+        topic: None,
+        announcement: None,
+        description: None,
+        archived: false,
     }
 }
 
@@ -191,6 +200,7 @@ fn new_subscription(
         user_mentions: 0,
         group_mentions: 0,
         alert: false,
+        closed_seq: 0,
         tunread: Vec::new(),
     }
 }
@@ -463,6 +473,188 @@ fn save_changed_message(
     Ok(WriteOutput::Message(Box::new(changed)))
 }
 
+/// Most users one `AddMembers` adds.
+pub const MAX_INVITES: usize = 100;
+
+/// Posts a system message of type `kind` by `user` in `room` (re-read without its last
+/// message, so counters are current).
+fn post_system(
+    t: &mut impl Txn,
+    room: &mut Room,
+    user: &User,
+    kind: &str,
+    msg: String,
+    now: i64,
+) -> StoreResult<Message> {
+    post_notice(t, room, system_message(room, user, kind, msg, now))
+}
+
+/// Posts a system message made by [`system_message`] (its author is the one who acted).
+fn post_notice(t: &mut impl Txn, room: &mut Room, mut notice: Message) -> StoreResult<Message> {
+    insert_message(t, room, &mut notice)?;
+    // Like their own messages, what a member did is not unread for them.
+    if let Some(mut sub) = t.sub(&notice.u.id, &room.id)? {
+        sub.read_seq = notice.seq;
+        sub.ls = notice.ts;
+        t.update_sub(&sub)?;
+    }
+    Ok(notice)
+}
+
+/// A room `uid` manages with permission `p` (their global roles with their roles in the
+/// room): the room, their subscription (if a member) and their user. A room they cannot see
+/// is a missing one; a direct room has no settings or members to manage.
+fn managed_room(
+    t: &impl Txn,
+    uid: &UserId,
+    rid: &RoomId,
+    p: Permission,
+) -> StoreResult<(Room, Option<Subscription>, User)> {
+    let (room, sub) = visible_room(t, uid, rid)?;
+    let user = existing_user(t, uid)?;
+    let room_roles = sub.as_ref().map(|s| s.roles.as_slice()).unwrap_or_default();
+    if room.t == RoomType::Direct || !permissions::allows(p, user.roles.iter().chain(room_roles)) {
+        return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
+    }
+    Ok((room, sub, user))
+}
+
+/// A member's subscription, or Rocket.Chat's "not in this room".
+fn member_sub(t: &impl Txn, target: &UserId, rid: &RoomId) -> StoreResult<Subscription> {
+    t.sub(target, rid)?
+        .ok_or_else(|| StoreError::rejected("error-user-not-in-room", "User is not in this room"))
+}
+
+/// Whether someone other than `except` owns `rid`.
+fn has_other_owner(t: &impl Txn, rid: &RoomId, except: &UserId) -> StoreResult<bool> {
+    for member in t.members(rid)? {
+        if member != *except && t.sub(&member, rid)?.is_some_and(|s| is_owner(&s)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Removes `uid`'s subscription to `room` (recording it for syncing clients) and announces it.
+fn drop_member(t: &mut impl Txn, room: &mut Room, sub: Subscription, now: i64, trash_ttl_ms: i64) -> StoreResult<()> {
+    let uid = sub.u.id.clone();
+    t.remove_sub(&uid, &room.id)?;
+    t.put_trash(&Trash {
+        kind: TrashKind::Subscription,
+        id: sub.id.clone(),
+        rid: room.id.clone(),
+        uid: Some(uid.clone()),
+        deleted_at: now,
+        expires_at: now.saturating_add(trash_ttl_ms),
+    })?;
+    room.users_count = room.users_count.saturating_sub(1);
+    room.updated_at = now;
+    t.put_room(room)?;
+    t.push_change(Change::MemberRemoved {
+        room: room.clone(),
+        uid,
+        subscription_id: sub.id,
+    })
+}
+
+/// Applies room settings (checked by the caller) with a system message for each change.
+fn save_settings(t: &mut impl Txn, room: &mut Room, user: &User, settings: RoomSettings, now: i64) -> StoreResult<()> {
+    let limit = |text: &Option<String>, what: &str| -> StoreResult<()> {
+        if text.as_ref().is_some_and(|s| s.chars().count() > MAX_MESSAGE_CHARS) {
+            return Err(StoreError::rejected(
+                "error-invalid-room-setting",
+                format!("The room's {what} is too long"),
+            ));
+        }
+        Ok(())
+    };
+    limit(&settings.topic, "topic")?;
+    limit(&settings.announcement, "announcement")?;
+    limit(&settings.description, "description")?;
+    if let Some(name) = &settings.name {
+        let name = name.trim();
+        if !valid_name(name) {
+            return Err(StoreError::rejected(
+                "error-invalid-room-name",
+                format!("{name} is not a valid room name"),
+            ));
+        }
+        if room.name.as_deref() != Some(name) {
+            if t.room_name_taken(name)? && !room.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)) {
+                return Err(StoreError::rejected(
+                    "error-duplicate-channel-name",
+                    format!("A channel with name '{name}' exists"),
+                ));
+            }
+            t.forget_room_name(room)?;
+            room.name = Some(name.to_owned());
+            room.fname = Some(name.to_owned());
+            room.updated_at = now;
+            t.put_room(room)?;
+            // Every member's subscription carries the room's name.
+            for member in t.members(&room.id)? {
+                if let Some(mut sub) = t.sub(&member, &room.id)? {
+                    sub.name = name.to_owned();
+                    sub.fname = name.to_owned();
+                    sub.updated_at = now;
+                    t.update_sub(&sub)?;
+                    t.push_change(Change::SubscriptionUpdated {
+                        subscription: sub,
+                        room: room.clone(),
+                        read_until: None,
+                    })?;
+                }
+            }
+            post_system(t, room, user, "r", name.to_owned(), now)?;
+        }
+    }
+    let texts = [
+        (settings.topic, "room_changed_topic"),
+        (settings.announcement, "room_changed_announcement"),
+        (settings.description, "room_changed_description"),
+    ];
+    for (value, kind) in texts {
+        let Some(value) = value else { continue };
+        let slot = match kind {
+            "room_changed_topic" => &mut room.topic,
+            "room_changed_announcement" => &mut room.announcement,
+            _ => &mut room.description,
+        };
+        let new = (!value.is_empty()).then(|| value.clone());
+        if *slot == new {
+            continue;
+        }
+        *slot = new;
+        room.updated_at = now;
+        t.put_room(room)?;
+        post_system(t, room, user, kind, value, now)?;
+    }
+    if let Some(ro) = settings.read_only.filter(|ro| *ro != room.read_only) {
+        room.read_only = ro;
+        room.updated_at = now;
+        t.put_room(room)?;
+        let kind = if ro {
+            "room-set-read-only"
+        } else {
+            "room-removed-read-only"
+        };
+        post_system(t, room, user, kind, user.username.clone(), now)?;
+    }
+    if let Some(archived) = settings.archived.filter(|a| *a != room.archived) {
+        // The notice goes out while the room still takes messages.
+        if archived {
+            post_system(t, room, user, "room-archived", String::new(), now)?;
+            room.archived = true;
+        } else {
+            room.archived = false;
+            post_system(t, room, user, "room-unarchived", String::new(), now)?;
+        }
+        room.updated_at = now;
+        t.put_room(room)?;
+    }
+    Ok(())
+}
+
 /// Applies one write inside a backend transaction. A rejected write has written nothing (every
 /// check runs before the first write).
 pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput> {
@@ -694,10 +886,11 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 room: room.clone(),
                 subscription: sub,
             })?;
+            post_system(t, &mut room, &user, "uj", user.username.clone(), now)?;
             Ok(WriteOutput::Room(Box::new(room), false))
         }
         WriteOp::Leave { uid, rid, trash_ttl_ms } => {
-            let (mut room, sub) = visible_room(t, &uid, &rid)?;
+            let (room, sub) = visible_room(t, &uid, &rid)?;
             let sub = sub.ok_or_else(|| StoreError::rejected("error-user-not-in-room", "You are not in this room"))?;
             if room.t == RoomType::Direct {
                 return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
@@ -711,38 +904,15 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             if !permissions::allows(may, leaver.roles.iter().chain(&sub.roles)) {
                 return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
             }
-            if is_owner(&sub) && room.users_count > 1 {
-                let mut other_owner = false;
-                for member in t.members(&rid)? {
-                    if member != uid && t.sub(&member, &rid)?.is_some_and(|s| is_owner(&s)) {
-                        other_owner = true;
-                        break;
-                    }
-                }
-                if !other_owner {
-                    return Err(StoreError::rejected(
-                        "error-you-are-last-owner",
-                        "You are the last owner. Please set new owner before leaving the room.",
-                    ));
-                }
+            if is_owner(&sub) && room.users_count > 1 && !has_other_owner(t, &rid, &uid)? {
+                return Err(StoreError::rejected(
+                    "error-you-are-last-owner",
+                    "You are the last owner. Please set new owner before leaving the room.",
+                ));
             }
-            t.remove_sub(&uid, &rid)?;
-            t.put_trash(&Trash {
-                kind: TrashKind::Subscription,
-                id: sub.id.clone(),
-                rid: rid.clone(),
-                uid: Some(uid.clone()),
-                deleted_at: now,
-                expires_at: now.saturating_add(trash_ttl_ms),
-            })?;
-            room.users_count = room.users_count.saturating_sub(1);
-            room.updated_at = now;
-            t.put_room(&room)?;
-            t.push_change(Change::MemberRemoved {
-                room,
-                uid,
-                subscription_id: sub.id,
-            })?;
+            let mut room = room;
+            drop_member(t, &mut room, sub, now, trash_ttl_ms)?;
+            post_system(t, &mut room, &leaver, "ul", leaver.username.clone(), now)?;
             Ok(WriteOutput::Unit)
         }
         WriteOp::SendMessage {
@@ -766,6 +936,9 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 }
             }
             check_size(&msg)?;
+            if room.archived {
+                return Err(StoreError::rejected("error-room-archived", "Room is archived"));
+            }
             let user = existing_user(t, &uid)?;
             let roles: Vec<String> = user.roles.iter().chain(&sub.roles).cloned().collect();
             if room.read_only && !permissions::allows(Permission::PostReadonly, &roles) {
@@ -874,7 +1047,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                     "ts": {"$date": original.ts},
                 }]),
             );
-            insert_message(t, &mut room, &mut notice)?;
+            let notice = post_notice(t, &mut room, notice)?;
             Ok(WriteOutput::Message(Box::new(notice)))
         }
         WriteOp::SetStarred { uid, mid, starred } => {
@@ -934,6 +1107,200 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                     read_until: None,
                 })?;
             }
+            Ok(WriteOutput::Unit)
+        }
+        WriteOp::AddMembers { uid, rid, usernames } => {
+            if usernames.len() > MAX_INVITES {
+                return Err(StoreError::rejected(
+                    "error-too-many-users",
+                    format!("At most {MAX_INVITES} users can be added at once"),
+                ));
+            }
+            let (room, sub) = visible_room(t, &uid, &rid)?;
+            let inviter = existing_user(t, &uid)?;
+            if room.t == RoomType::Direct {
+                return Err(StoreError::rejected(
+                    "error-cant-invite-for-direct-room",
+                    "Can't invite user to direct rooms",
+                ));
+            }
+            let room_roles = sub.as_ref().map(|s| s.roles.as_slice()).unwrap_or_default();
+            let roles = || inviter.roles.iter().chain(room_roles);
+            let any = if room.t == RoomType::Channel {
+                Permission::AddUserToAnyCRoom
+            } else {
+                Permission::AddUserToAnyPRoom
+            };
+            let may = (sub.is_some() && permissions::allows(Permission::AddUserToJoinedRoom, roles()))
+                || permissions::allows(any, roles());
+            if !may {
+                return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
+            }
+            let mut users = Vec::new();
+            for name in &usernames {
+                let user = t
+                    .user_by_username(name.trim_start_matches('@'))?
+                    .ok_or_else(|| StoreError::rejected("error-invalid-user", format!("Invalid user: {name}")))?;
+                if !users.iter().any(|u: &User| u.id == user.id) {
+                    users.push(user);
+                }
+            }
+            let mut room = t
+                .room_without_last_message(&rid)?
+                .ok_or_else(|| StoreError::Internal("the room vanished".into()))?;
+            for user in users {
+                if t.sub(&user.id, &rid)?.is_some() {
+                    continue;
+                }
+                let sub = add_member(t, &mut room, &user, false, now)?;
+                t.put_room(&room)?;
+                t.push_change(Change::MemberAdded {
+                    room: room.clone(),
+                    subscription: sub,
+                })?;
+                post_system(t, &mut room, &inviter, "au", user.username.clone(), now)?;
+            }
+            Ok(WriteOutput::Room(Box::new(room), false))
+        }
+        WriteOp::RemoveMember {
+            uid,
+            rid,
+            target,
+            trash_ttl_ms,
+        } => {
+            let (mut room, _, remover) = managed_room(t, &uid, &rid, Permission::RemoveUser)?;
+            let theirs = member_sub(t, &target, &rid)?;
+            if is_owner(&theirs) && !has_other_owner(t, &rid, &target)? {
+                return Err(StoreError::rejected(
+                    "error-you-are-last-owner",
+                    "This is the last owner. Please set a new owner before removing this one.",
+                ));
+            }
+            let username = theirs.u.username.clone();
+            drop_member(t, &mut room, theirs, now, trash_ttl_ms)?;
+            room = t
+                .room_without_last_message(&rid)?
+                .ok_or_else(|| StoreError::Internal("the room vanished".into()))?;
+            post_system(t, &mut room, &remover, "ru", username, now)?;
+            Ok(WriteOutput::Room(Box::new(room), false))
+        }
+        WriteOp::SetRoomRole {
+            uid,
+            rid,
+            target,
+            role,
+            on,
+        } => {
+            let p = match role {
+                RoomRole::Owner => Permission::SetOwner,
+                RoomRole::Moderator => Permission::SetModerator,
+            };
+            let (mut room, _, setter) = managed_room(t, &uid, &rid, p)?;
+            let mut theirs = member_sub(t, &target, &rid)?;
+            let name = role.name();
+            let holds = theirs.roles.iter().any(|r| r == name);
+            if on && holds {
+                return Err(StoreError::rejected(
+                    if role == RoomRole::Owner {
+                        "error-user-already-owner"
+                    } else {
+                        "error-user-already-moderator"
+                    },
+                    format!(
+                        "User is already {} {name}",
+                        if role == RoomRole::Owner { "an" } else { "a" }
+                    ),
+                ));
+            }
+            if !on && !holds {
+                return Err(StoreError::rejected(
+                    if role == RoomRole::Owner {
+                        "error-user-not-owner"
+                    } else {
+                        "error-user-not-moderator"
+                    },
+                    format!(
+                        "User is not {} {name}",
+                        if role == RoomRole::Owner { "an" } else { "a" }
+                    ),
+                ));
+            }
+            if !on && role == RoomRole::Owner && !has_other_owner(t, &rid, &target)? {
+                return Err(StoreError::rejected(
+                    "error-remove-last-owner",
+                    "This is the last owner. Please set a new owner before removing this one.",
+                ));
+            }
+            if on {
+                theirs.roles.push(name.to_owned());
+            } else {
+                theirs.roles.retain(|r| r != name);
+            }
+            theirs.updated_at = now;
+            let username = theirs.u.username.clone();
+            t.update_sub(&theirs)?;
+            t.push_change(Change::SubscriptionUpdated {
+                subscription: theirs,
+                room: room.clone(),
+                read_until: None,
+            })?;
+            let kind = if on {
+                "subscription-role-added"
+            } else {
+                "subscription-role-removed"
+            };
+            let mut notice = system_message(&room, &setter, kind, username, now);
+            notice.extra.insert("role".into(), name.into());
+            post_notice(t, &mut room, notice)?;
+            Ok(WriteOutput::Unit)
+        }
+        WriteOp::SaveRoomSettings { uid, rid, settings } => {
+            let (room, sub, user) = managed_room(t, &uid, &rid, Permission::EditRoom)?;
+            let room_roles = sub.as_ref().map(|s| s.roles.clone()).unwrap_or_default();
+            let may = |p: Permission| permissions::allows(p, user.roles.iter().chain(&room_roles));
+            if settings.read_only.is_some_and(|ro| ro != room.read_only) && !may(Permission::SetReadonly) {
+                return Err(StoreError::rejected(
+                    "error-action-not-allowed",
+                    "Editing room is not allowed",
+                ));
+            }
+            match settings.archived {
+                Some(true) if !room.archived && !may(Permission::ArchiveRoom) => {
+                    return Err(StoreError::rejected(
+                        "error-action-not-allowed",
+                        "Archiving room is not allowed",
+                    ))
+                }
+                Some(false) if room.archived && !may(Permission::UnarchiveRoom) => {
+                    return Err(StoreError::rejected(
+                        "error-action-not-allowed",
+                        "Unarchiving room is not allowed",
+                    ))
+                }
+                _ => {}
+            }
+            let mut room = t
+                .room_without_last_message(&room.id)?
+                .ok_or_else(|| StoreError::Internal("the room vanished".into()))?;
+            save_settings(t, &mut room, &user, settings, now)?;
+            Ok(WriteOutput::Room(Box::new(room), false))
+        }
+        WriteOp::SetOpen { uid, rid, open } => {
+            let (room, sub) = visible_room(t, &uid, &rid)?;
+            let mut sub =
+                sub.ok_or_else(|| StoreError::rejected("error-user-not-in-room", "You are not in this room"))?;
+            sub.open = open;
+            if !open {
+                sub.alert = false;
+                sub.closed_seq = room.last_seq;
+            }
+            sub.updated_at = now;
+            t.update_sub(&sub)?;
+            t.push_change(Change::SubscriptionUpdated {
+                subscription: sub,
+                room,
+                read_until: None,
+            })?;
             Ok(WriteOutput::Unit)
         }
         WriteOp::UpdateMessage { uid, mid, rid, msg } => {

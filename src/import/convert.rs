@@ -276,6 +276,10 @@ pub fn room(d: &Document, now: i64) -> Result<Room, Skip> {
         read_only: bool_of(d, "ro").unwrap_or(false),
         uids: strings_of(d.get("uids")).into_iter().map(UserId).collect(),
         usernames: strings_of(d.get("usernames")),
+        topic: str_of(d, "topic").filter(|t| !t.is_empty()).map(str::to_owned),
+        announcement: str_of(d, "announcement").filter(|t| !t.is_empty()).map(str::to_owned),
+        description: str_of(d, "description").filter(|t| !t.is_empty()).map(str::to_owned),
+        archived: bool_of(d, "archived").unwrap_or(false),
     })
 }
 
@@ -326,6 +330,7 @@ pub fn subscription(d: &Document, now: i64) -> Result<Subscription, Skip> {
         user_mentions: count_of(d, "userMentions").unwrap_or(0),
         group_mentions: count_of(d, "groupMentions").unwrap_or(0),
         alert: bool_of(d, "alert").unwrap_or(false),
+        closed_seq: 0,
         tunread: strings_of(d.get("tunread")),
     })
 }

@@ -221,6 +221,18 @@ pub fn room(r: &Room, d: Dates) -> Value {
     if let Some(m) = &r.last_message {
         o.insert("lastMessage".into(), message(m, d));
     }
+    for (key, text) in [
+        ("topic", &r.topic),
+        ("announcement", &r.announcement),
+        ("description", &r.description),
+    ] {
+        if let Some(text) = text {
+            o.insert(key.into(), json!(text));
+        }
+    }
+    if r.archived {
+        o.insert("archived".into(), json!(true));
+    }
     o.insert("ro".into(), json!(r.read_only));
     o.insert("sysMes".into(), json!(true));
     o.insert("default".into(), json!(r.id.as_str() == crate::store::GENERAL_ROOM_ID));
@@ -241,7 +253,7 @@ pub fn user(u: &User, status: &str, d: Dates, private: bool) -> Value {
         "name": u.name,
         "status": status,
         "statusText": u.status_text,
-        "active": true,
+        "active": u.active,
         "roles": u.roles,
         "utcOffset": 0,
         "createdAt": d.date(u.created_at),
@@ -279,7 +291,8 @@ impl Serialize for WireSubscription<'_> {
         // (`setOpenForRoomIdExcludingUserId`): a direct message created closed for its
         // recipient shows up in their room list with the first message. Derived here, as
         // unread is, instead of written per message.
-        let open = s.open || unread > 0;
+        // A room the user hid shows again with the next message after it was hidden.
+        let open = s.open || (unread > 0 && r.last_seq > s.closed_seq);
         let mut o = ser.serialize_map(Some(16))?;
         o.serialize_entry("_id", &s.id)?;
         o.serialize_entry("rid", &s.rid)?;
@@ -379,6 +392,7 @@ mod tests {
             user_mentions: 2,
             group_mentions: 0,
             alert: false,
+            closed_seq: 0,
             tunread: vec!["m1".into()],
         };
         let v: Value =

@@ -220,6 +220,9 @@ pub trait Backend: Send + Sync + 'static {
     fn users(&self, uids: &[UserId]) -> StoreResult<Vec<User>>;
     /// Every user, in id order (operator commands; a full scan).
     fn all_users(&self) -> StoreResult<Vec<User>>;
+    /// Users whose username or name contains `term` (case-insensitively; every user without
+    /// one), in username order, at most `limit`.
+    fn users_matching(&self, term: Option<&str>, limit: usize) -> StoreResult<Vec<User>>;
     /// By username, case-insensitively.
     fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
     /// By any of the user's emails, case-insensitively.
@@ -419,6 +422,41 @@ pub enum WriteOp {
         uid: UserId,
         tmid: MessageId,
     },
+    /// Adds users (by username) to a room, each announced with an `au` system message;
+    /// members already in it are skipped.
+    AddMembers {
+        uid: UserId,
+        rid: RoomId,
+        usernames: Vec<String>,
+    },
+    /// Removes a member (`ru` system message). `trash_ttl_ms` as for [`WriteOp::Leave`].
+    RemoveMember {
+        uid: UserId,
+        rid: RoomId,
+        target: UserId,
+        trash_ttl_ms: i64,
+    },
+    /// Gives (`on`) or takes a member's room role, `owner` or `moderator`
+    /// (`subscription-role-added` / `-removed` system messages).
+    SetRoomRole {
+        uid: UserId,
+        rid: RoomId,
+        target: UserId,
+        role: RoomRole,
+        on: bool,
+    },
+    /// Changes a room's settings (each `Some` one), with Rocket.Chat's system message for each.
+    SaveRoomSettings {
+        uid: UserId,
+        rid: RoomId,
+        settings: RoomSettings,
+    },
+    /// Shows (`openRoom`) or hides (`hideRoom`) a room in the user's room list.
+    SetOpen {
+        uid: UserId,
+        rid: RoomId,
+        open: bool,
+    },
     /// `rid`, when given, must be the message's room.
     UpdateMessage {
         uid: UserId,
@@ -467,6 +505,33 @@ pub enum WriteOp {
         id: String,
         owner: Option<UserId>,
     },
+}
+
+/// A role a member holds in one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomRole {
+    Owner,
+    Moderator,
+}
+
+impl RoomRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            RoomRole::Owner => "owner",
+            RoomRole::Moderator => "moderator",
+        }
+    }
+}
+
+/// Room settings to change (`None`: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomSettings {
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub announcement: Option<String>,
+    pub description: Option<String>,
+    pub read_only: Option<bool>,
+    pub archived: Option<bool>,
 }
 
 /// What a successful write returns.
@@ -680,6 +745,10 @@ impl Store {
 
     pub async fn users(&self, uids: Vec<UserId>) -> StoreResult<Vec<User>> {
         self.read(move |b| b.users(&uids)).await
+    }
+
+    pub async fn users_matching(&self, term: Option<String>, limit: usize) -> StoreResult<Vec<User>> {
+        self.read(move |b| b.users_matching(term.as_deref(), limit)).await
     }
 
     pub async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {

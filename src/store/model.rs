@@ -96,6 +96,15 @@ pub struct Room {
     /// Direct rooms: participants.
     pub uids: Vec<UserId>,
     pub usernames: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Archived rooms take no new messages.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +133,10 @@ pub struct Subscription {
     /// Marked unread by the user (`subscriptions.unread`) until they read the room again.
     #[serde(default)]
     pub alert: bool,
+    /// The room's sequence number when the user hid the room (`hideRoom`): it shows again
+    /// (`open`) with the next message.
+    #[serde(default)]
+    pub closed_seq: u64,
     /// Threads (their first message's id) with replies this user has not read (`tunread`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tunread: Vec<String>,

@@ -179,6 +179,9 @@ impl Backend for EmbeddedStore {
     fn all_users(&self) -> StoreResult<Vec<super::User>> {
         reads::all_users(&self.db)
     }
+    fn users_matching(&self, term: Option<&str>, limit: usize) -> StoreResult<Vec<super::User>> {
+        reads::users_matching(&self.db, term, limit)
+    }
     fn user_by_username(&self, username: &str) -> StoreResult<Option<super::User>> {
         reads::user_by_username(&self.db, username)
     }

@@ -67,6 +67,37 @@ pub fn all_users(db: &Database) -> StoreResult<Vec<User>> {
     })
 }
 
+/// Through the username index (lowercase, so username order), decoding each user.
+pub fn users_matching(db: &Database, term: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+    let term = term.map(str::to_lowercase);
+    read(db, |t| {
+        let names = t.open_table(USERNAMES).map_err(sf)?;
+        let users = t.open_table(USERS).map_err(sf)?;
+        let mut out = Vec::new();
+        for row in names.iter().map_err(sf)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (name, uid) = row.map_err(sf)?;
+            let Some(v) = users.get(uid.value()).map_err(sf)? else {
+                continue;
+            };
+            let user: User = dec(v.value())?;
+            // The index keeps a renamed user's old name too: only the current one counts.
+            if user.username.to_lowercase() != name.value() {
+                continue;
+            }
+            let hit = term.as_deref().is_none_or(|term| {
+                user.username.to_lowercase().contains(term) || user.name.to_lowercase().contains(term)
+            });
+            if hit {
+                out.push(user);
+            }
+        }
+        Ok(out)
+    })
+}
+
 pub fn user_by_username(db: &Database, username: &str) -> StoreResult<Option<User>> {
     read(db, |t| by_index(t, USERNAMES, username, USERS))
 }

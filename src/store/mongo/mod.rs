@@ -772,6 +772,9 @@ impl Backend for MongoStore {
     fn all_users(&self) -> StoreResult<Vec<super::User>> {
         self.reads.all_users()
     }
+    fn users_matching(&self, term: Option<&str>, limit: usize) -> StoreResult<Vec<super::User>> {
+        self.reads.users_matching(term, limit)
+    }
     fn user_by_username(&self, username: &str) -> StoreResult<Option<super::User>> {
         self.reads.user_by_username(username)
     }

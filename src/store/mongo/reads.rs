@@ -18,6 +18,18 @@ use crate::store::{
     HistoryQuery, LoginToken, Mark, Message, Room, StoreError, StoreResult, Subscription, Trash, TrashKind, User,
 };
 
+/// `text` with every regular-expression metacharacter escaped (matched literally).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$-/#&~ ".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Most ids asked for in one `$in` query.
 const IN_CHUNK: usize = 1000;
 
@@ -76,6 +88,26 @@ impl Reads {
     pub fn all_users(&self) -> StoreResult<Vec<User>> {
         let opts = FindOptions::builder().sort(doc! {"_id": 1}).build();
         self.many(USERS, doc! {}, opts)
+    }
+
+    /// A case-insensitive regular expression of the escaped term on `username_lower` and
+    /// `name`, in username order.
+    pub fn users_matching(&self, term: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+        let filter = match term {
+            None => doc! {},
+            Some(term) => {
+                let pattern = regex_escape(&term.to_lowercase());
+                doc! {"$or": [
+                    {"username_lower": {"$regex": &pattern}},
+                    {"name": {"$regex": &pattern, "$options": "i"}},
+                ]}
+            }
+        };
+        let opts = FindOptions::builder()
+            .sort(doc! {"username_lower": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .build();
+        self.many(USERS, filter, opts)
     }
 
     pub fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
