@@ -363,8 +363,11 @@ fn mentions_single_messages_search_and_deletions() {
     let server = TestServer::start();
     let mut alice = user(server.addr, "alice");
     let mut bob = user(server.addr, "bob");
-    let carol = user(server.addr, "carol");
+    let mut carol = user(server.addr, "carol");
     let rid = rid_of(&alice.ok("createChannel", json!(["talk", ["bob", "carol"], false])));
+    carol
+        .sub("stream-notify-user", json!([format!("{}/subscriptions-changed", carol.uid()), false]))
+        .unwrap();
     let secret = rid_of(&alice.ok("createPrivateGroup", json!(["hush", [], false])));
     let (ha, hb, hc) = (
         http_as(&server, &alice),
@@ -387,6 +390,14 @@ fn mentions_single_messages_search_and_deletions() {
             .unwrap()
             .clone()
     };
+    // Live: carol's room list hears of the group mention.
+    loop {
+        let ev = carol.next_event("stream-notify-user");
+        let sub = &ev["fields"]["args"][1];
+        if sub["rid"] == rid.as_str() && sub["groupMentions"] == 1 {
+            break;
+        }
+    }
     let b = sub_of(&hb);
     assert_eq!(
         (b["userMentions"].as_u64(), b["groupMentions"].as_u64()),

@@ -925,14 +925,31 @@ impl Hub {
                         sub.ls = message.ts;
                     }
                 });
-                for m in &message.mentions {
-                    if m.id != message.u.id {
-                        self.with_local_sub(rec, &m.id, |lu| {
-                            if let Some(sub) = lu.rooms.get_mut(&room.id) {
-                                sub.user_mentions += 1;
-                            }
-                        });
+                let group = message
+                    .mentions
+                    .iter()
+                    .any(|m| m.id.as_str() == "all" || m.id.as_str() == "here");
+                // `@all` / `@here` count for every other member: those on this shard.
+                let named: Vec<UserId> = if group {
+                    let members = self.room_members.borrow();
+                    members.get(&room.id).map(|set| set.iter().cloned().collect()).unwrap_or_default()
+                } else {
+                    message.mentions.iter().map(|m| m.id.clone()).collect()
+                };
+                for uid in named {
+                    if uid == message.u.id {
+                        continue;
                     }
+                    let by_name = message.mentions.iter().any(|m| m.id == uid);
+                    self.with_local_sub(rec, &uid, |lu| {
+                        if let Some(sub) = lu.rooms.get_mut(&room.id) {
+                            if by_name {
+                                sub.user_mentions += 1;
+                            } else {
+                                sub.group_mentions += 1;
+                            }
+                        }
+                    });
                 }
             }
             _ => {}
