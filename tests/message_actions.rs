@@ -366,7 +366,10 @@ fn mentions_single_messages_search_and_deletions() {
     let mut carol = user(server.addr, "carol");
     let rid = rid_of(&alice.ok("createChannel", json!(["talk", ["bob", "carol"], false])));
     carol
-        .sub("stream-notify-user", json!([format!("{}/subscriptions-changed", carol.uid()), false]))
+        .sub(
+            "stream-notify-user",
+            json!([format!("{}/subscriptions-changed", carol.uid()), false]),
+        )
         .unwrap();
     let secret = rid_of(&alice.ok("createPrivateGroup", json!(["hush", [], false])));
     let (ha, hb, hc) = (

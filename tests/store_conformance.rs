@@ -1111,3 +1111,136 @@ fn a_change_record_no_host_can_read_is_counted_and_passed() {
         assert_eq!(s.status().feed_bad_events, 1);
     });
 }
+
+fn message_out(r: Result<WriteOutcome, StoreError>) -> Message {
+    match r.unwrap().output {
+        WriteOutput::Message(m) => *m,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reactions_pins_stars_threads_and_room_settings() {
+    use chatd::store::{RoomRole, RoomSettings};
+    each(|s| {
+        let (ann, bob, eve) = (user(s, "ann"), user(s, "bob"), user(s, "eve"));
+        let r = room(s, RoomType::Private, "crew", &ann, &["bob"]);
+        let m = sent(send(s, &ann, &r.id, Some("m1"), "hello @all"));
+        assert_eq!(m.mentions[0].id.as_str(), "all");
+        let bob_sub = s.backend().subscription(&bob.id, &r.id).unwrap().unwrap();
+        assert_eq!(bob_sub.group_mentions, 1);
+
+        // Reactions toggle and move `updated_at`; an outsider's is the missing message's answer.
+        let react = |u: &User, react: Option<bool>| WriteOp::SetReaction {
+            uid: u.id.clone(),
+            mid: m.id.clone(),
+            emoji: ":tada:".into(),
+            react,
+        };
+        let after = message_out(w(s, react(&bob, None)));
+        assert!(after.reacted(":tada:", "bob"));
+        assert!(after.updated_at > m.updated_at);
+        let stored = s.backend().message(&m.id).unwrap().unwrap();
+        assert!(stored.reacted(":tada:", "bob"));
+        assert!(!message_out(w(s, react(&bob, Some(false)))).reacted(":tada:", "bob"));
+        assert_eq!(code(w(s, react(&eve, None))), "error-not-allowed");
+        let missing = WriteOp::SetReaction {
+            uid: eve.id.clone(),
+            mid: MessageId::from("nope"),
+            emoji: ":tada:".into(),
+            react: None,
+        };
+        assert_eq!(code(w(s, missing)), "error-not-allowed");
+
+        // Pins need `pin-message` (the owner has it) and post a system message.
+        let pin = |u: &User, pinned: bool| WriteOp::SetPinned {
+            uid: u.id.clone(),
+            mid: m.id.clone(),
+            pinned,
+        };
+        assert_eq!(code(w(s, pin(&bob, true))), "not-authorized");
+        let notice = message_out(w(s, pin(&ann, true)));
+        assert_eq!(notice.t.as_deref(), Some("message_pinned"));
+        assert!(s.backend().message(&m.id).unwrap().unwrap().pinned());
+        assert!(!message_out(w(s, pin(&ann, false))).pinned());
+
+        // Stars are per user.
+        let star = WriteOp::SetStarred {
+            uid: bob.id.clone(),
+            mid: m.id.clone(),
+            starred: true,
+        };
+        let starred = message_out(w(s, star));
+        assert!(starred.starred_by(&bob.id) && !starred.starred_by(&ann.id));
+
+        // A reply counts on its thread and leaves it unread for the other follower.
+        let reply = WriteOp::SendMessage {
+            uid: bob.id.clone(),
+            rid: r.id.clone(),
+            id: None,
+            msg: "re".into(),
+            tmid: Some("m1".into()),
+            tshow: false,
+        };
+        let reply = sent(w(s, reply));
+        assert_eq!(reply.tmid.as_deref(), Some("m1"));
+        let root = s.backend().message(&m.id).unwrap().unwrap();
+        assert_eq!((root.tcount(), root.tlm()), (1, Some(reply.ts)));
+        assert!(root.followed_by(&ann.id) && root.followed_by(&bob.id));
+        let ann_sub = s.backend().subscription(&ann.id, &r.id).unwrap().unwrap();
+        assert_eq!(ann_sub.tunread, ["m1"]);
+        let read = WriteOp::ReadThread {
+            uid: ann.id.clone(),
+            tmid: m.id.clone(),
+        };
+        w(s, read).unwrap();
+        assert!(s
+            .backend()
+            .subscription(&ann.id, &r.id)
+            .unwrap()
+            .unwrap()
+            .tunread
+            .is_empty());
+
+        // Roles and settings: a rename moves the name index.
+        let role = WriteOp::SetRoomRole {
+            uid: ann.id.clone(),
+            rid: r.id.clone(),
+            target: bob.id.clone(),
+            role: RoomRole::Owner,
+            on: true,
+        };
+        w(s, role).unwrap();
+        assert!(s
+            .backend()
+            .subscription(&bob.id, &r.id)
+            .unwrap()
+            .unwrap()
+            .roles
+            .contains(&"owner".to_owned()));
+        let rename = WriteOp::SaveRoomSettings {
+            uid: bob.id.clone(),
+            rid: r.id.clone(),
+            settings: RoomSettings {
+                name: Some("crew2".into()),
+                topic: Some("ships".into()),
+                ..RoomSettings::default()
+            },
+        };
+        w(s, rename).unwrap();
+        assert_eq!(
+            s.backend().room_by_name("crew2").unwrap().unwrap().topic.as_deref(),
+            Some("ships")
+        );
+        assert!(s.backend().room_by_name("crew").unwrap().is_none());
+        assert_eq!(s.backend().subscription(&ann.id, &r.id).unwrap().unwrap().name, "crew2");
+        // The old name can be taken again.
+        room(s, RoomType::Channel, "crew", &eve, &[]);
+        let outsider = WriteOp::SaveRoomSettings {
+            uid: eve.id.clone(),
+            rid: r.id.clone(),
+            settings: RoomSettings::default(),
+        };
+        assert_eq!(code(w(s, outsider)), "error-invalid-room");
+    });
+}

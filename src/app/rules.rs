@@ -43,10 +43,10 @@ pub trait Txn {
         self.room(rid)
     }
     fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
-    /// Drops the name indexes of `room` as it was before a rename (backends that derive their
-    /// indexes from the stored room, like MongoDB's, have nothing to do).
-    fn forget_room_name(&mut self, _room: &Room) -> StoreResult<()> {
-        Ok(())
+    /// Stores a renamed room: `old` as it was read in this transaction, `room` with its new
+    /// name (its name indexes move with it).
+    fn put_renamed_room(&mut self, _old: &Room, room: &Room) -> StoreResult<()> {
+        self.put_room(room)
     }
     /// Stores a room (with its name index, for named rooms).
     fn put_room(&mut self, room: &Room) -> StoreResult<()>;
@@ -586,11 +586,11 @@ fn save_settings(t: &mut impl Txn, room: &mut Room, user: &User, settings: RoomS
                     format!("A channel with name '{name}' exists"),
                 ));
             }
-            t.forget_room_name(room)?;
+            let old = room.clone();
             room.name = Some(name.to_owned());
             room.fname = Some(name.to_owned());
             room.updated_at = now;
-            t.put_room(room)?;
+            t.put_renamed_room(&old, room)?;
             // Every member's subscription carries the room's name.
             for member in t.members(&room.id)? {
                 if let Some(mut sub) = t.sub(&member, &room.id)? {

@@ -932,7 +932,10 @@ impl Hub {
                 // `@all` / `@here` count for every other member: those on this shard.
                 let named: Vec<UserId> = if group {
                     let members = self.room_members.borrow();
-                    members.get(&room.id).map(|set| set.iter().cloned().collect()).unwrap_or_default()
+                    members
+                        .get(&room.id)
+                        .map(|set| set.iter().cloned().collect())
+                        .unwrap_or_default()
                 } else {
                     message.mentions.iter().map(|m| m.id.clone()).collect()
                 };

@@ -394,14 +394,15 @@ impl Txn for Tables<'_> {
         Ok(Self::by_name(&self.room_names, name)?.is_some())
     }
 
-    fn forget_room_name(&mut self, room: &Room) -> StoreResult<()> {
-        let Some(name) = &room.name else { return Ok(()) };
-        let key = name.to_lowercase();
-        if Self::by_name(&self.room_names, &key)?.is_some_and(|owner| owner == room.id.as_str()) {
-            self.room_names.remove(key.as_str()).map_err(sf)?;
+    fn put_renamed_room(&mut self, old: &Room, room: &Room) -> StoreResult<()> {
+        if let Some(name) = &old.name {
+            let key = name.to_lowercase();
+            if Self::by_name(&self.room_names, &key)?.is_some_and(|owner| owner == old.id.as_str()) {
+                self.room_names.remove(key.as_str()).map_err(sf)?;
+            }
+            self.channels.remove((key.as_str(), old.id.as_str())).map_err(sf)?;
         }
-        self.channels.remove((key.as_str(), room.id.as_str())).map_err(sf)?;
-        Ok(())
+        self.put_room(room)
     }
 
     fn put_room(&mut self, room: &Room) -> StoreResult<()> {

@@ -339,6 +339,11 @@ impl Txn for MongoTxn<'_> {
         self.upsert_fields(ROOMS, room.id.as_str(), fields, on_insert)
     }
 
+    /// The name index key is written with the rest (it is insert-only for other updates).
+    fn put_renamed_room(&mut self, _old: &Room, room: &Room) -> StoreResult<()> {
+        self.upsert_fields(ROOMS, room.id.as_str(), schema::room_doc(room, true)?, Document::new())
+    }
+
     fn sub(&self, uid: &UserId, rid: &RoomId) -> StoreResult<Option<Subscription>> {
         let known = self.work.borrow().sub(uid.as_str(), rid.as_str()).map(|d| d.cloned());
         let found = match known {
