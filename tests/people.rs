@@ -264,3 +264,107 @@ fn members_room_info_and_leaving_keep_private_rooms_private() {
     assert_eq!(failure(ha.post("rooms.leave", &json!({}))).1, "invalid-params");
     let _ = carol.ok("getUsersOfRoom", json!([chan, true]));
 }
+
+#[test]
+fn group_direct_messages_are_found_by_their_members() {
+    let server = TestServer::start();
+    let mut alice = user(server.addr, "alice");
+    let mut bob = user(server.addr, "bob");
+    let carol = user(server.addr, "carol");
+    let dave = user(server.addr, "dave");
+    let (ha, hc, hd) = (
+        http_as(&server, &alice),
+        http_as(&server, &carol),
+        http_as(&server, &dave),
+    );
+    bob.sub(
+        "stream-notify-user",
+        json!([format!("{}/subscriptions-changed", bob.uid()), false]),
+    )
+    .unwrap();
+
+    // REST with a comma list; the room has every member and a random id.
+    let room = ok_body(ha.post("im.create", &json!({"usernames": "bob, carol"})))["room"].clone();
+    let rid = room["_id"].as_str().unwrap().to_owned();
+    assert_eq!(room["t"], "d");
+    assert_eq!(room["usersCount"], 3);
+    assert_eq!(room["usernames"], json!(["alice", "bob", "carol"]));
+    let mut uids: Vec<String> = serde_json::from_value(room["uids"].clone()).unwrap();
+    uids.sort();
+    let mut expected = vec![alice.uid(), bob.uid(), carol.uid()];
+    expected.sort();
+    assert_eq!(uids, expected);
+    assert_ne!(rid, format!("{}{}", expected[0], expected[1]));
+    // Each member's list names the others.
+    loop {
+        let ev = bob.next_event("stream-notify-user");
+        let sub = &ev["fields"]["args"][1];
+        if sub["rid"] == rid.as_str() {
+            assert_eq!(sub["name"], "alice, carol");
+            break;
+        }
+    }
+    let sub = subscription_of(&hc, &rid);
+    assert_eq!(sub["name"], "alice, bob");
+    // The same members in another order, over DDP with the mobile app's trailing "": the same room.
+    let again = bob.ok("createDirectMessage", json!(["carol", "alice", ""]));
+    assert_eq!(again["rid"], rid.as_str());
+    assert_eq!(again["usernames"], json!(["alice", "bob", "carol"]));
+    // A message reaches every member; outsiders see nothing.
+    alice.send_message(&rid, "hi both");
+    let history = ok_body(hc.get(&format!("im.history?roomId={rid}")));
+    assert_eq!(history["messages"][0]["msg"], "hi both");
+    assert_eq!(
+        failure(hd.get(&format!("im.history?roomId={rid}"))),
+        failure(hd.get("im.history?roomId=nope"))
+    );
+    // A subset is another conversation; a 1:1 keeps the concatenated id.
+    let pair = ok_body(ha.post("im.create", &json!({"usernames": "bob"})))["room"]["_id"].clone();
+    assert_eq!(
+        pair,
+        json!(format!(
+            "{}{}",
+            expected_pair(&alice, &bob).0,
+            expected_pair(&alice, &bob).1
+        ))
+    );
+    // Limits and unknown users.
+    for i in 0..8 {
+        user(server.addr, &format!("u{i}"));
+    }
+    let many: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
+    assert_eq!(
+        failure(ha.post("im.create", &json!({"usernames": many.join(",")}))).1,
+        "error-direct-message-max-user-exceeded"
+    );
+    assert_eq!(
+        failure(ha.post("im.create", &json!({"usernames": "bob,nobody"}))).1,
+        "error-invalid-user"
+    );
+    assert_eq!(
+        failure(ha.post("im.create", &json!({"usernames": " , "}))).1,
+        "invalid-params"
+    );
+    assert_eq!(alice.call("createDirectMessage", json!([5])).unwrap_err()["error"], 400);
+    let _ = dave;
+}
+
+fn expected_pair(a: &Ddp, b: &Ddp) -> (String, String) {
+    let (x, y) = (a.uid(), b.uid());
+    if x < y {
+        (x, y)
+    } else {
+        (y, x)
+    }
+}
+
+fn subscription_of(h: &Http, rid: &str) -> Value {
+    let subs = ok_body(h.get("subscriptions.get"));
+    subs["update"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["rid"] == rid)
+        .unwrap()
+        .clone()
+}

@@ -365,7 +365,7 @@ fn rooms_owners_names_and_direct_ids() {
             s,
             WriteOp::CreateDirect {
                 creator: creator.id.clone(),
-                other_username: other.into(),
+                usernames: vec![other.into()],
             },
         )
         .unwrap()
@@ -391,12 +391,34 @@ fn rooms_owners_names_and_direct_ids() {
                 s,
                 WriteOp::CreateDirect {
                     creator: alice.id.clone(),
-                    other_username: "ghost".into()
+                    usernames: vec!["ghost".into()]
                 }
             )),
             "error-invalid-user"
         );
         assert_eq!(b.subscription(&bob.id, &d.id).unwrap().unwrap().name, "alice");
+        // A group conversation is found again by its members, in any order.
+        let carol = user(s, "carol");
+        let group = |creator: &User, others: &[&str]| match w(
+            s,
+            WriteOp::CreateDirect {
+                creator: creator.id.clone(),
+                usernames: others.iter().map(|o| (*o).to_owned()).collect(),
+            },
+        )
+        .unwrap()
+        .output
+        {
+            WriteOutput::Room(r, created) => (*r, created),
+            other => panic!("{other:?}"),
+        };
+        let (g, created) = group(&alice, &["bob", "carol"]);
+        assert!(created);
+        assert_eq!((g.users_count, g.usernames.len()), (3, 3));
+        let (again, created) = group(&carol, &["alice", "bob"]);
+        assert!(!created);
+        assert_eq!(again.id, g.id);
+        assert_eq!(b.subscription(&carol.id, &g.id).unwrap().unwrap().name, "alice, bob");
     });
 }
 
@@ -450,7 +472,7 @@ fn joining_and_leaving_and_what_outsiders_are_told() {
             s,
             WriteOp::CreateDirect {
                 creator: alice.id.clone(),
-                other_username: "bob".into(),
+                usernames: vec!["bob".into()],
             },
         )
         .unwrap();

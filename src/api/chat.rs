@@ -83,7 +83,11 @@ async fn post_target(c: &Rest<'_>) -> Result<RoomId, RestError> {
     }
     let channel = b.str("channel")?;
     if let Some(username) = channel.strip_prefix('@') {
-        return Ok(c.ops().create_direct("chat.postMessage", c.user()?, username).await?.id);
+        return Ok(c
+            .ops()
+            .create_direct("chat.postMessage", c.user()?, &[username])
+            .await?
+            .id);
     }
     match c.ops().room_by_name_or_id(channel.trim_start_matches('#')).await? {
         Some(r) => Ok(r.id),

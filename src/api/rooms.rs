@@ -86,48 +86,37 @@ pub async fn groups_create(c: &Rest<'_>) -> RestResult {
     rest_create(c, RoomType::Private).await
 }
 
-/// DDP `createDirectMessage [username]` (one other user).
+/// DDP `createDirectMessage [...usernames]`: one user, or several for a group conversation
+/// (the mobile app's trailing `""` is not a username).
 pub async fn ddp_create_direct(c: &mut Ddp<'_>) -> DdpResult {
-    let other = c.str_at(0, "username")?.to_owned();
-    // A second username (group DMs) — the mobile app's trailing "" is not one.
-    if c.opt_str_at(1, "username")?.is_some() {
-        return Err(
-            MeteorError::new("error-not-allowed", "Group direct messages are not supported")
-                .with_method("createDirectMessage"),
-        );
+    let mut names = Vec::new();
+    for i in 0..c.params.len() {
+        if let Some(name) = c.opt_str_at(i, "username")? {
+            names.push(name.to_owned());
+        }
+    }
+    if names.is_empty() {
+        return Err(MeteorError::match_failed("username must be a string"));
     }
     let user = c.user()?;
-    let room = c.ops().create_direct("createDirectMessage", user, &other).await?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let room = c.ops().create_direct("createDirectMessage", user, &names).await?;
     ddp::value(json!({"t": "d", "rid": room.id, "_id": room.id, "usernames": room.usernames}))
 }
 
-/// REST `im.create` / `dm.create {username}` or `{usernames: "a,b"}`.
+/// REST `im.create` / `dm.create {username}` or `{usernames: "a,b,c"}`.
 pub async fn rest_create_direct(c: &Rest<'_>) -> RestResult {
     let user = c.user()?;
     let b = &c.body;
-    let other = match (b.opt_str("username")?, b.opt_str("usernames")?) {
-        (Some(u), _) => u.to_owned(),
-        (None, Some(list)) => {
-            let names: Vec<&str> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty() && *n != user.username)
-                .collect();
-            match names.as_slice() {
-                [one] => (*one).to_owned(),
-                [] => return Err(RestError::invalid("Param \"usernames\" names nobody")),
-                _ => {
-                    return Err(RestError::typed(
-                        hyper::StatusCode::BAD_REQUEST,
-                        "Group direct messages are not supported [error-not-allowed]",
-                        "error-not-allowed",
-                    ))
-                }
-            }
-        }
+    let names: Vec<&str> = match (b.opt_str("username")?, b.opt_str("usernames")?) {
+        (Some(u), _) => vec![u],
+        (None, Some(list)) => list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect(),
         (None, None) => return Err(RestError::invalid("Param \"username\" is required")),
     };
-    let room = c.ops().create_direct("im.create", user, &other).await?;
+    if names.is_empty() {
+        return Err(RestError::invalid("Param \"usernames\" names nobody"));
+    }
+    let room = c.ops().create_direct("im.create", user, &names).await?;
     let mut v = wire::room(&room, Dates::Iso);
     v["rid"] = json!(room.id);
     Ok(ok(json!({ "room": v })))

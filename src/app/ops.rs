@@ -308,10 +308,11 @@ impl<'a> Ops<'a> {
         }
     }
 
-    pub async fn create_direct(&self, method: &str, user: &User, other: &str) -> AppResult<Room> {
+    /// A direct conversation with `others` (usernames; several make a group conversation).
+    pub async fn create_direct(&self, method: &str, user: &User, others: &[&str]) -> AppResult<Room> {
         let op = WriteOp::CreateDirect {
             creator: user.id.clone(),
-            other_username: other.to_owned(),
+            usernames: others.iter().map(|o| (*o).to_owned()).collect(),
         };
         match self.write(method, op).await?.output {
             WriteOutput::Room(room, _) => Ok(*room),

@@ -43,6 +43,9 @@ pub trait Txn {
         self.room(rid)
     }
     fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
+    /// The direct room whose members are exactly `uids` (sorted), among those `uid` (one of
+    /// them) is in.
+    fn direct_room_of(&self, uid: &UserId, uids: &[UserId]) -> StoreResult<Option<Room>>;
     /// Stores a renamed room: `old` as it was read in this transaction, `room` with its new
     /// name (its name indexes move with it).
     fn put_renamed_room(&mut self, _old: &Room, room: &Room) -> StoreResult<()> {
@@ -473,6 +476,10 @@ fn save_changed_message(
     Ok(WriteOutput::Message(Box::new(changed)))
 }
 
+/// Most members of a direct conversation, its creator included (Rocket.Chat's
+/// `DirectMesssage_maxUsers` default).
+pub const MAX_DIRECT_MEMBERS: usize = 8;
+
 /// Most users one `AddMembers` adds.
 pub const MAX_INVITES: usize = 100;
 
@@ -808,64 +815,86 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             announce_members(t, &room, subs)?;
             Ok(WriteOutput::Room(Box::new(room), true))
         }
-        WriteOp::CreateDirect {
-            creator,
-            other_username,
-        } => {
+        WriteOp::CreateDirect { creator, usernames } => {
             let me = existing_user(t, &creator)?;
-            let other = t
-                .user_by_username(other_username.trim_start_matches('@'))?
-                .ok_or_else(|| StoreError::rejected("error-invalid-user", "Invalid user"))?;
-            let rid = direct_room_id(&me.id, &other.id);
-            let (mut room, created) = match t.room(&rid)? {
-                Some(room) if room.t == RoomType::Direct => (room, false),
+            let mut others: Vec<User> = Vec::new();
+            for name in &usernames {
+                let user = t
+                    .user_by_username(name.trim().trim_start_matches('@'))?
+                    .ok_or_else(|| StoreError::rejected("error-invalid-user", "Invalid user"))?;
+                if user.id != me.id && !others.iter().any(|o| o.id == user.id) {
+                    others.push(user);
+                }
+            }
+            if others.len() + 1 > MAX_DIRECT_MEMBERS {
+                return Err(StoreError::rejected(
+                    "error-direct-message-max-user-exceeded",
+                    format!(
+                        "You cannot add more than {MAX_DIRECT_MEMBERS} users, including yourself to a direct message"
+                    ),
+                ));
+            }
+            let mut members = others;
+            members.push(me.clone());
+            // A conversation with oneself, with one other user (the room id is the two user
+            // ids sorted and joined), or with several (a room found by its members).
+            members.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+            let existing = if members.len() <= 2 {
+                let other = members.iter().find(|u| u.id != me.id).unwrap_or(&me);
+                match t.room(&direct_room_id(&me.id, &other.id))? {
+                    Some(room) if room.t == RoomType::Direct => Some(room),
+                    // An id collision with a room of another kind: never touch it.
+                    Some(_) => return Err(StoreError::rejected("error-invalid-user", "Invalid user")),
+                    None => None,
+                }
+            } else {
+                let uids: Vec<UserId> = members.iter().map(|u| u.id.clone()).collect();
+                t.direct_room_of(&me.id, &uids)?
+            };
+            let (mut room, created) = match existing {
+                Some(room) => (room, false),
                 // Opening an existing conversation needs no permission; starting one does.
                 None if !permissions::allows(Permission::CreateD, &me.roles) => {
                     return Err(StoreError::rejected("error-not-allowed", "Not allowed"))
                 }
-                // An id collision with a room of another kind: never touch it.
-                Some(_) => return Err(StoreError::rejected("error-invalid-user", "Invalid user")),
                 None => {
-                    let mut pair = vec![
-                        (me.id.clone(), me.username.clone()),
-                        (other.id.clone(), other.username.clone()),
-                    ];
-                    pair.sort();
-                    pair.dedup();
+                    let id = match members.as_slice() {
+                        [a, b] => direct_room_id(&a.id, &b.id),
+                        [a] => direct_room_id(&a.id, &a.id),
+                        _ => RoomId(random_id()),
+                    };
+                    let mut usernames: Vec<String> = members.iter().map(|u| u.username.clone()).collect();
+                    usernames.sort();
                     let room = Room {
-                        id: rid.clone(),
+                        id,
                         t: RoomType::Direct,
                         name: None,
                         fname: None,
-                        uids: pair.iter().map(|p| p.0.clone()).collect(),
-                        usernames: pair.iter().map(|p| p.1.clone()).collect(),
+                        uids: members.iter().map(|u| u.id.clone()).collect(),
+                        usernames,
                         ..general_room(now)
                     };
                     (room, true)
                 }
             };
-            let participants: Vec<(&User, &User)> = if me.id == other.id {
-                vec![(&me, &me)]
-            } else {
-                vec![(&me, &other), (&other, &me)]
-            };
             let mut subs = Vec::new();
-            for (member, peer) in participants {
-                if t.sub(&member.id, &rid)?.is_none() {
-                    let open = member.id == me.id;
-                    let sub = new_subscription(
-                        &room,
-                        member,
-                        peer.username.clone(),
-                        peer.name.clone(),
-                        open,
-                        false,
-                        now,
-                    );
-                    t.put_sub(&sub)?;
-                    room.users_count += 1;
-                    subs.push(sub);
+            for member in &members {
+                if t.sub(&member.id, &room.id)?.is_some() {
+                    continue;
                 }
+                // Each member's list names the others (themself, in a conversation with
+                // oneself), by username and by name.
+                let peers: Vec<&User> = members.iter().filter(|u| u.id != member.id).collect();
+                let peers = if peers.is_empty() { vec![member] } else { peers };
+                let mut peers = peers;
+                peers.sort_by(|a, b| a.username.cmp(&b.username));
+                let name = peers.iter().map(|u| u.username.as_str()).collect::<Vec<_>>().join(", ");
+                let fname = peers.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ");
+                let open = member.id == me.id;
+                let sub = new_subscription(&room, member, name, fname, open, false, now);
+                t.put_sub(&sub)?;
+                room.users_count += 1;
+                subs.push(sub);
             }
             if created || !subs.is_empty() {
                 room.updated_at = now;

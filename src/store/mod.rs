@@ -366,9 +366,12 @@ pub enum WriteOp {
         members: Vec<String>,
         read_only: bool,
     },
+    /// A direct conversation of the creator with the users named (one: a 1:1 room; several:
+    /// a group conversation; none, or only themself: a room with oneself). An existing room
+    /// with exactly these members is reused.
     CreateDirect {
         creator: UserId,
-        other_username: String,
+        usernames: Vec<String>,
     },
     Join {
         uid: UserId,

@@ -394,6 +394,29 @@ impl Txn for Tables<'_> {
         Ok(Self::by_name(&self.room_names, name)?.is_some())
     }
 
+    /// Through `uid`'s subscriptions (a range of the subscriptions table).
+    fn direct_room_of(&self, uid: &UserId, uids: &[UserId]) -> StoreResult<Option<Room>> {
+        let mut rids = Vec::new();
+        for entry in self.subs.range((uid.as_str(), "")..).map_err(sf)? {
+            let (k, _) = entry.map_err(sf)?;
+            let (u, r) = k.value();
+            if u != uid.as_str() {
+                break;
+            }
+            rids.push(RoomId::from(r));
+        }
+        for rid in rids {
+            if let Some(room) = self.room_without_last_message(&rid)? {
+                let mut members = room.uids.clone();
+                members.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                if room.t == RoomType::Direct && members == uids {
+                    return self.room(&rid);
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn put_renamed_room(&mut self, old: &Room, room: &Room) -> StoreResult<()> {
         if let Some(name) = &old.name {
             let key = name.to_lowercase();

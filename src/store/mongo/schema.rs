@@ -94,6 +94,8 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
             vec![
                 unique(doc! {"name_lower": 1}, "name_lower", exists("name_lower")),
                 plain(doc! {"t": 1, "name_sort": 1, "_id": 1}, "t_name_sort"),
+                // Group direct conversations are found by their members.
+                plain(doc! {"uids": 1}, "uids"),
             ],
         ),
         (

@@ -339,6 +339,18 @@ impl Txn for MongoTxn<'_> {
         self.upsert_fields(ROOMS, room.id.as_str(), fields, on_insert)
     }
 
+    /// A query on the rooms' `uids` (indexed): exactly these members, in any order.
+    fn direct_room_of(&self, _uid: &UserId, uids: &[UserId]) -> StoreResult<Option<Room>> {
+        self.flush_coll(ROOMS)?;
+        let ids: Vec<&str> = uids.iter().map(|u| u.as_str()).collect();
+        let filter = doc! {"t": "d", "uids": {"$all": &ids, "$size": ids.len() as i64}};
+        let found = self.find_all(ROOMS, filter, Some(doc! {"_id": 1}))?;
+        match found.first().and_then(|d| d.get_str("_id").ok()) {
+            Some(id) => self.room(&RoomId::from(id)),
+            None => Ok(None),
+        }
+    }
+
     /// The name index key is written with the rest (it is insert-only for other updates).
     fn put_renamed_room(&mut self, _old: &Room, room: &Room) -> StoreResult<()> {
         self.upsert_fields(ROOMS, room.id.as_str(), schema::room_doc(room, true)?, Document::new())
