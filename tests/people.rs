@@ -223,8 +223,12 @@ fn members_room_info_and_leaving_keep_private_rooms_private() {
         failure(ha.get(&format!("groups.info?roomId={chan}"))).1,
         "error-room-not-found"
     );
-    // The 1.x SDK asks with `rid`, which Rocket.Chat does not read either.
-    assert_eq!(failure(ha.get(&format!("rooms.info?rid={chan}"))).1, "invalid-params");
+    // The 1.x SDK asks with `rid`; no parameter at all is a client error.
+    assert_eq!(
+        ok_body(ha.get(&format!("rooms.info?rid={chan}")))["room"]["_id"],
+        chan.as_str()
+    );
+    assert_eq!(failure(ha.get("rooms.info")).1, "invalid-params");
 
     // Leaving, watched by alice's room list.
     alice

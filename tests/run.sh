@@ -2,7 +2,7 @@
 # The one command that runs every test (README "Run the tests"). Safe on a fresh machine:
 # it creates the Python virtualenv with the real published Rocket.Chat clients, then runs
 # formatting, lints and the whole Rust test suite (unit, shards, integration, compatibility).
-# It also installs the published Rocket.Chat bot SDK 0.2 from the npm registry (needs node, npm).
+# It also installs the published Rocket.Chat bot SDKs 0.2 and 1.x from the npm registry (needs node, npm).
 # The web client's browser tests need Debian's chromium and chromium-driver (`.ci/run` installs
 # them; by hand: apt-get install chromium chromium-driver).
 set -euo pipefail
@@ -16,12 +16,13 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rocketchat_asy
 fi
 export CHATD_TEST_PYTHON="$VENV/bin/python"
 
-# The published Rocket.Chat bot SDK 0.2 (hubot-rocketchat's driver), pinned by its lock file.
+# The published Rocket.Chat bot SDKs, 0.2 (hubot-rocketchat's driver, with the asteroid fork
+# it names, vendored) and 1.x, pinned by their lock file.
 NODE_DIR="${CHATD_TEST_NODE_DIR:-$PWD/target/test-node}"
-if [ ! -d "$NODE_DIR/node_modules/@rocket.chat/sdk" ] || ! cmp -s tests/compat/sdk02/package-lock.json "$NODE_DIR/package-lock.json"; then
-  echo "== installing the Rocket.Chat SDK 0.2 at $NODE_DIR"
+if [ ! -d "$NODE_DIR/node_modules/rocketchat-sdk-1" ] || ! cmp -s tests/compat/sdk/package-lock.json "$NODE_DIR/package-lock.json"; then
+  echo "== installing the Rocket.Chat SDKs 0.2 and 1.x at $NODE_DIR"
   mkdir -p "$NODE_DIR"
-  cp tests/compat/sdk02/package.json tests/compat/sdk02/package-lock.json "$NODE_DIR/"
+  cp -r tests/compat/sdk/package.json tests/compat/sdk/package-lock.json tests/compat/sdk/vendor "$NODE_DIR/"
   (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 export CHATD_TEST_NODE_MODULES="$NODE_DIR/node_modules"

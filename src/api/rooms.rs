@@ -365,18 +365,21 @@ async fn visible_room_param(c: &Rest<'_>, id: Option<&str>, name: Option<&str>) 
     c.ops().visible_room(user, room).await?.ok_or_else(room_not_allowed)
 }
 
-/// `GET rooms.info?roomId|roomName` → `{room}`.
+/// `GET rooms.info?roomId|roomName` → `{room}`. `rid` is read too: the 1.x bot SDK sends it
+/// (on every incoming message, to tell direct rooms apart).
 pub async fn rooms_info(c: &Rest<'_>) -> RestResult {
-    let room = visible_room_param(c, c.query.get("roomId"), c.query.get("roomName")).await?;
+    let id = c.query.get("roomId").or(c.query.get("rid"));
+    let room = visible_room_param(c, id, c.query.get("roomName")).await?;
     Ok(ok(json!({"room": wire::room(&room, Dates::Iso)})))
 }
 
-/// `POST rooms.leave {roomId}`.
+/// `POST rooms.leave {roomId}` (or `{rid}`, as the 1.x bot SDK sends it).
 pub async fn rooms_leave(c: &Rest<'_>) -> RestResult {
     let user = c.user()?;
     let rid = c
         .body
         .opt_str("roomId")?
+        .or(c.body.opt_str("rid")?)
         .filter(|r| !r.is_empty())
         .ok_or_else(|| RestError::invalid("The required \"roomId\" param is missing."))?;
     let room = visible_room_param(c, Some(rid), None).await?;

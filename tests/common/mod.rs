@@ -449,11 +449,11 @@ fn compat_path(var: &str, what: &str) -> Option<std::path::PathBuf> {
     }
 }
 
-/// The `node_modules` folder holding the published Rocket.Chat bot SDK 0.2 (`tests/run.sh` installs
-/// `tests/compat/sdk02` there and sets `CHATD_TEST_NODE_MODULES`). Skipped loudly without it,
+/// The `node_modules` folder holding the published Rocket.Chat bot SDKs 0.2 and 1.x (`tests/run.sh` installs
+/// `tests/compat/sdk` there and sets `CHATD_TEST_NODE_MODULES`). Skipped loudly without it,
 /// unless `CHATD_REQUIRE_COMPAT=1` makes that a failure.
 pub fn compat_node_modules() -> Option<std::path::PathBuf> {
-    compat_path("CHATD_TEST_NODE_MODULES", "SDK 0.2 compatibility test")
+    compat_path("CHATD_TEST_NODE_MODULES", "bot SDK compatibility test")
 }
 
 /// Runs a script from `tests/compat/` with the test virtualenv's Python; panics with its output
