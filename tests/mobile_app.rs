@@ -497,6 +497,115 @@ fn the_mobile_app_starts_up_syncs_and_reopens_a_room() {
     admin.ok("logout", json!([]));
 }
 
+/// The app's message actions (RN `lib/services/restApi.ts`, `lib/methods/loadThreadMessages.ts`,
+/// `views/ThreadMessagesView`): a reaction, a thread reply and its thread screen, a pin (by the
+/// room's owner) and a star, each seen on the open room's stream as the app reads it.
+#[test]
+fn the_mobile_app_reacts_replies_in_a_thread_pins_and_stars() {
+    let server = TestServer::start();
+    let _admin = user(server.addr, "admin");
+    let mut bob = user(server.addr, "bob");
+    let _alice = user(server.addr, "alice");
+    let mut app = Http::new(server.addr);
+    let (status, login) = app.post("login", &json!({"user": "alice", "password": "alice-pw"}));
+    assert_eq!(status, 200, "{login}");
+    let uid = login["data"]["userId"].as_str().unwrap().to_owned();
+    let token = login["data"]["authToken"].as_str().unwrap().to_owned();
+    app.auth = Some((uid.clone(), token.clone()));
+    let mut ddp = Ddp::open(server.addr);
+    ddp.resume(&token);
+    let mut bob_rest = Http::new(server.addr);
+    bob_rest.login("bob", "bob-pw");
+    let (_, created) = bob_rest.post("groups.create", &json!({"name": "design", "members": ["alice"]}));
+    let rid = created["group"]["_id"].as_str().unwrap().to_owned();
+    ddp.sub(
+        "stream-room-messages",
+        json!([rid, {"useCollection": false, "args": [rid.clone()]}]),
+    )
+    .unwrap();
+    let topic = bob.send_message(&rid, "which logo?");
+    let mid = topic["_id"].as_str().unwrap().to_owned();
+    assert_eq!(ddp.next_message()["_id"], mid.as_str());
+    let next_of = |ddp: &mut Ddp, id: &str, pred: &dyn Fn(&Value) -> bool| loop {
+        let m = ddp.next_message();
+        if m["_id"] == id && pred(&m) {
+            return m;
+        }
+    };
+
+    // A reaction (the app's toggle): the message comes back with `reactions`.
+    let (status, r) = app.post("chat.react", &json!({"emoji": ":heart:", "messageId": mid}));
+    assert_eq!((status, r["success"].clone()), (200, json!(true)), "{r}");
+    let m = next_of(&mut ddp, &mid, &|m| m.get("reactions").is_some());
+    assert_eq!(m["reactions"], json!({":heart:": {"usernames": ["alice"]}}));
+
+    // A thread reply with the app's own id; the first message is re-sent with tcount and tlm.
+    let (status, sent) = app.post(
+        "chat.sendMessage",
+        &json!({"message": {"_id": "AppReplyId0000001", "rid": rid, "msg": "the blue one", "tmid": mid}}),
+    );
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["message"]["tmid"], mid.as_str());
+    let head = next_of(&mut ddp, &mid, &|m| m["tcount"] == 1);
+    assert_eq!(head["tlm"]["$date"], sent_ts(&sent));
+    // The thread screen: its messages over DDP, the room's threads over REST.
+    let thread = ddp.ok("getThreadMessages", json!([{"tmid": mid}, ""]));
+    let ids: Vec<&str> = thread
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [mid.as_str(), "AppReplyId0000001"]);
+    let (_, threads) = app.get(&format!("chat.getThreadsList?rid={rid}&count=50&offset=0&text="));
+    assert_eq!(threads["threads"][0]["_id"], mid.as_str());
+    assert_eq!(threads["total"], 1);
+    // The app's first page leaves thread replies out (`showThreadMessages=false`) unless shown.
+    let (_, history) = app.get(&format!(
+        "groups.history?roomId={rid}&showThreadMessages=false&count=50"
+    ));
+    let texts: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap())
+        .collect();
+    assert!(!texts.contains(&"the blue one"), "{texts:?}");
+
+    // A pin by the room's owner: the message comes back pinned, and the system message arrives.
+    let (status, pinned) = bob_rest.post("chat.pinMessage", &json!({"messageId": mid}));
+    assert_eq!(status, 200, "{pinned}");
+    let notice = loop {
+        let m = ddp.next_message();
+        if m["t"] == "message_pinned" {
+            break m;
+        }
+    };
+    assert_eq!(notice["attachments"][0]["text"], "which logo?");
+    let (_, list) = app.get(&format!("chat.getPinnedMessages?roomId={rid}&offset=0&count=50"));
+    assert_eq!(list["messages"][0]["_id"], mid.as_str());
+    // Alice may not pin: pin-message is for owners and moderators.
+    let (status, refused) = app.post("chat.pinMessage", &json!({"messageId": "AppReplyId0000001"}));
+    assert_eq!((status, refused["errorType"].clone()), (400, json!("not-authorized")));
+
+    // A star: hers only; the app's starred list (7.0+ form) has it.
+    let (status, _) = app.post("chat.starMessage", &json!({"messageId": mid}));
+    assert_eq!(status, 200);
+    let m = next_of(&mut ddp, &mid, &|m| m.get("starred").is_some());
+    assert_eq!(m["starred"], json!([{"_id": uid}]));
+    let sort = pct(r#"{"ts":-1}"#);
+    let (_, starred) = app.get(&format!(
+        "groups.messages?roomId={rid}&offset=0&sort={sort}&starredIds={uid}"
+    ));
+    assert_eq!(starred["total"], 1);
+    assert_eq!(starred["messages"][0]["_id"], mid.as_str());
+}
+
+/// A REST message's `ts` (ISO) in milliseconds.
+fn sent_ts(v: &Value) -> i64 {
+    chatd::protocol::wire::parse_date(&v["message"]["ts"]).unwrap()
+}
+
 #[test]
 fn room_roles_decide_who_may_edit_delete_and_post() {
     let server = TestServer::start();

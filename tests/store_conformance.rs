@@ -719,6 +719,7 @@ fn listings_history_pages_and_memberships() {
             offset,
             limit,
             count_total: true,
+            skip_thread_replies: false,
         };
         let texts = |r: (Vec<Message>, u64)| (r.0.into_iter().map(|m| m.msg).collect::<Vec<_>>(), r.1);
         assert_eq!(
@@ -1211,6 +1212,25 @@ fn reactions_pins_stars_threads_and_room_settings() {
         assert!(root.followed_by(&ann.id) && root.followed_by(&bob.id));
         let ann_sub = s.backend().subscription(&ann.id, &r.id).unwrap().unwrap();
         assert_eq!(ann_sub.tunread, ["m1"]);
+        // History without thread replies (the mobile app's first page), unless shown in the room.
+        let shown = WriteOp::SendMessage {
+            uid: ann.id.clone(),
+            rid: r.id.clone(),
+            id: None,
+            msg: "shown".into(),
+            tmid: Some("m1".into()),
+            tshow: true,
+        };
+        sent(w(s, shown));
+        let q = HistoryQuery {
+            skip_thread_replies: true,
+            count_total: true,
+            ..HistoryQuery::default()
+        };
+        let (page, total) = s.backend().history(&r.id, &q).unwrap();
+        let texts: Vec<&str> = page.iter().map(|m| m.msg.as_str()).collect();
+        assert!(texts.contains(&"shown") && !texts.contains(&"re"), "{texts:?}");
+        assert_eq!(total as usize, page.len());
         let read = WriteOp::ReadThread {
             uid: ann.id.clone(),
             tmid: m.id.clone(),

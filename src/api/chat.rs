@@ -243,6 +243,8 @@ async fn history(c: &Rest<'_>, t: RoomType) -> RestResult {
         offset: offset as u64,
         limit: count,
         count_total: false,
+        // Rocket.Chat's default shows them; the app asks for `showThreadMessages=false`.
+        skip_thread_replies: q.get("showThreadMessages").is_some() && !q.flag("showThreadMessages")?,
     };
     // A room the caller may not read is answered exactly like one that does not exist.
     let Some(list) = c

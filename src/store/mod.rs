@@ -312,6 +312,8 @@ pub struct HistoryQuery {
     pub limit: usize,
     /// Keep counting past `limit` to report the total (costs a longer scan).
     pub count_total: bool,
+    /// Leave out thread replies not also shown in the room (`showThreadMessages=false`).
+    pub skip_thread_replies: bool,
 }
 
 impl Default for HistoryQuery {
@@ -323,6 +325,7 @@ impl Default for HistoryQuery {
             offset: 0,
             limit: 50,
             count_total: false,
+            skip_thread_replies: false,
         }
     }
 }

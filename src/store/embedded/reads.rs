@@ -304,12 +304,25 @@ pub fn history(db: &Database, rid: &RoomId, q: &HistoryQuery) -> StoreResult<(Ve
             .map_err(sf)?;
         for entry in range.rev() {
             let (_, v) = entry.map_err(sf)?;
+            // Leaving replies out means reading each message to see whether it is one.
+            let decoded: Option<Message> = if q.skip_thread_replies {
+                let m: Message = dec(v.value())?;
+                if m.tmid.is_some() && !m.tshow() {
+                    continue;
+                }
+                Some(m)
+            } else {
+                None
+            };
             total += 1;
             if total <= q.offset {
                 continue;
             }
             if out.len() < q.limit {
-                out.push(dec(v.value())?);
+                out.push(match decoded {
+                    Some(m) => m,
+                    None => dec(v.value())?,
+                });
             } else if !q.count_total {
                 break;
             }

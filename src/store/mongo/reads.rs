@@ -214,6 +214,12 @@ impl Reads {
         if !ts.is_empty() {
             filter.insert("ts", ts);
         }
+        if q.skip_thread_replies {
+            filter.insert(
+                "$or",
+                vec![doc! {"tmid": {"$exists": false}}, doc! {"extra.tshow": true}],
+            );
+        }
         let opts = FindOptions::builder()
             .sort(doc! {"ts": -1, "seq": -1})
             .skip(q.offset)
