@@ -96,6 +96,7 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
     let public = alice.send_message("GENERAL", "hello all");
     let public_id = public["_id"].as_str().unwrap().to_owned();
     let (nope, nomsg) = ("NoSuchRoom0000001", "no-such-message-01");
+    let eve_id = eve.uid();
 
     // DDP writes: (params naming the secret, the same naming nothing).
     let pairs: Vec<(&str, Value, Value)> = vec![
@@ -142,6 +143,61 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
         ("getRoomIdByNameOrId", json!(["secret"]), json!(["no-such-name"])),
         ("getRoomIdByNameOrId", json!([secret]), json!([nope])),
         ("getRoomNameById", json!([secret]), json!([nope])),
+        // Message actions and threads.
+        ("setReaction", json!([":tada:", SECRET_MSG]), json!([":tada:", nomsg])),
+        ("pinMessage", json!([{"_id": SECRET_MSG}]), json!([{"_id": nomsg}])),
+        ("unpinMessage", json!([{"_id": SECRET_MSG}]), json!([{"_id": nomsg}])),
+        (
+            "starMessage",
+            json!([{"_id": SECRET_MSG, "rid": secret, "starred": true}]),
+            json!([{"_id": nomsg, "rid": nope, "starred": true}]),
+        ),
+        ("getSingleMessage", json!([SECRET_MSG]), json!([nomsg])),
+        ("messageSearch", json!(["plan", secret]), json!(["plan", nope])),
+        (
+            "sendMessage",
+            json!([{"rid": "GENERAL", "msg": "x", "tmid": SECRET_MSG}]),
+            json!([{"rid": "GENERAL", "msg": "x", "tmid": nomsg}]),
+        ),
+        (
+            "getThreadMessages",
+            json!([{"tmid": SECRET_MSG}]),
+            json!([{"tmid": nomsg}]),
+        ),
+        ("getThreadsList", json!([{"rid": secret}]), json!([{"rid": nope}])),
+        ("followMessage", json!([{"mid": SECRET_MSG}]), json!([{"mid": nomsg}])),
+        ("unfollowMessage", json!([{"mid": SECRET_MSG}]), json!([{"mid": nomsg}])),
+        ("readThreads", json!([SECRET_MSG]), json!([nomsg])),
+        // People and room management.
+        ("getUsersOfRoom", json!([secret, true]), json!([nope, true])),
+        (
+            "addUserToRoom",
+            json!([{"rid": secret, "username": "eve"}]),
+            json!([{"rid": nope, "username": "eve"}]),
+        ),
+        (
+            "addUsersToRoom",
+            json!([{"rid": secret, "users": ["eve"]}]),
+            json!([{"rid": nope, "users": ["eve"]}]),
+        ),
+        (
+            "removeUserFromRoom",
+            json!([{"rid": secret, "username": "bob"}]),
+            json!([{"rid": nope, "username": "bob"}]),
+        ),
+        ("addRoomOwner", json!([secret, eve_id]), json!([nope, eve_id])),
+        ("removeRoomOwner", json!([secret, eve_id]), json!([nope, eve_id])),
+        ("addRoomModerator", json!([secret, eve_id]), json!([nope, eve_id])),
+        ("removeRoomModerator", json!([secret, eve_id]), json!([nope, eve_id])),
+        (
+            "saveRoomSettings",
+            json!([secret, "roomTopic", "x"]),
+            json!([nope, "roomTopic", "x"]),
+        ),
+        ("archiveRoom", json!([secret]), json!([nope])),
+        ("unarchiveRoom", json!([secret]), json!([nope])),
+        ("hideRoom", json!([secret]), json!([nope])),
+        ("openRoom", json!([secret]), json!([nope])),
     ];
     for (method, hidden, missing) in pairs {
         let a = eve.call(method, hidden.clone());
@@ -183,6 +239,35 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
         ("channels.info?roomId={}", secret.as_str(), nope),
         ("channels.info?roomName={}", "secret", "no-such-name"),
         ("channels.members?roomId={}", secret.as_str(), nope),
+        ("chat.getMessage?msgId={}", SECRET_MSG, nomsg),
+        ("chat.getPinnedMessages?roomId={}", secret.as_str(), nope),
+        ("chat.getStarredMessages?roomId={}", secret.as_str(), nope),
+        ("chat.getMentionedMessages?roomId={}", secret.as_str(), nope),
+        ("chat.search?searchText=plan&roomId={}", secret.as_str(), nope),
+        (
+            "chat.getDeletedMessages?since=1970-01-01T00:00:00.000Z&roomId={}",
+            secret.as_str(),
+            nope,
+        ),
+        ("chat.getThreadMessages?tmid={}", SECRET_MSG, nomsg),
+        (
+            "chat.syncThreadMessages?updatedSince=1970-01-01T00:00:00.000Z&tmid={}",
+            SECRET_MSG,
+            nomsg,
+        ),
+        ("chat.getThreadsList?rid={}", secret.as_str(), nope),
+        (
+            "chat.syncThreadsList?updatedSince=1970-01-01T00:00:00.000Z&rid={}",
+            secret.as_str(),
+            nope,
+        ),
+        ("rooms.info?roomId={}", secret.as_str(), nope),
+        ("rooms.info?roomName={}", "secret", "no-such-name"),
+        ("groups.info?roomId={}", secret.as_str(), nope),
+        ("groups.info?roomName={}", "secret", "no-such-name"),
+        ("groups.members?roomId={}", secret.as_str(), nope),
+        ("groups.messages?roomId={}", secret.as_str(), nope),
+        ("im.members?roomId={}", secret.as_str(), nope),
     ];
     for (path, hidden, missing) in gets {
         let a = rest.get(&path.replace("{}", hidden));
@@ -237,6 +322,88 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
         ),
         ("channels.join", json!({"roomId": secret}), json!({"roomId": nope})),
         ("channels.leave", json!({"roomId": secret}), json!({"roomId": nope})),
+        (
+            "chat.react",
+            json!({"emoji": "tada", "messageId": SECRET_MSG}),
+            json!({"emoji": "tada", "messageId": nomsg}),
+        ),
+        (
+            "chat.pinMessage",
+            json!({"messageId": SECRET_MSG}),
+            json!({"messageId": nomsg}),
+        ),
+        (
+            "chat.unPinMessage",
+            json!({"messageId": SECRET_MSG}),
+            json!({"messageId": nomsg}),
+        ),
+        (
+            "chat.starMessage",
+            json!({"messageId": SECRET_MSG}),
+            json!({"messageId": nomsg}),
+        ),
+        (
+            "chat.unStarMessage",
+            json!({"messageId": SECRET_MSG}),
+            json!({"messageId": nomsg}),
+        ),
+        ("chat.followMessage", json!({"mid": SECRET_MSG}), json!({"mid": nomsg})),
+        (
+            "chat.unfollowMessage",
+            json!({"mid": SECRET_MSG}),
+            json!({"mid": nomsg}),
+        ),
+        (
+            "chat.sendMessage",
+            json!({"message": {"rid": "GENERAL", "msg": "x", "tmid": SECRET_MSG}}),
+            json!({"message": {"rid": "GENERAL", "msg": "x", "tmid": nomsg}}),
+        ),
+        ("rooms.leave", json!({"roomId": secret}), json!({"roomId": nope})),
+        ("rooms.hide", json!({"roomId": secret}), json!({"roomId": nope})),
+        (
+            "rooms.saveRoomSettings",
+            json!({"rid": secret, "roomTopic": "x"}),
+            json!({"rid": nope, "roomTopic": "x"}),
+        ),
+        ("groups.leave", json!({"roomId": secret}), json!({"roomId": nope})),
+        (
+            "groups.leave",
+            json!({"roomName": "secret"}),
+            json!({"roomName": "no-such-name"}),
+        ),
+        (
+            "groups.invite",
+            json!({"roomId": secret, "username": "eve"}),
+            json!({"roomId": nope, "username": "eve"}),
+        ),
+        (
+            "groups.kick",
+            json!({"roomId": secret, "username": "bob"}),
+            json!({"roomId": nope, "username": "bob"}),
+        ),
+        (
+            "groups.addOwner",
+            json!({"roomId": secret, "username": "eve"}),
+            json!({"roomId": nope, "username": "eve"}),
+        ),
+        (
+            "groups.setTopic",
+            json!({"roomId": secret, "topic": "x"}),
+            json!({"roomId": nope, "topic": "x"}),
+        ),
+        (
+            "groups.rename",
+            json!({"roomId": secret, "name": "y"}),
+            json!({"roomId": nope, "name": "y"}),
+        ),
+        ("groups.archive", json!({"roomId": secret}), json!({"roomId": nope})),
+        ("groups.open", json!({"roomId": secret}), json!({"roomId": nope})),
+        ("groups.hide", json!({"roomId": secret}), json!({"roomId": nope})),
+        (
+            "channels.invite",
+            json!({"roomId": secret, "username": "eve"}),
+            json!({"roomId": nope, "username": "eve"}),
+        ),
     ];
     for (path, hidden, missing) in posts {
         let a = rest.post(path, hidden.clone());
@@ -249,6 +416,11 @@ fn a_private_group_answers_a_non_member_like_nothing_at_every_door() {
         );
         assert_ne!(a["status"], 200, "POST {path}");
     }
+    let found = eve.ok("spotlight", json!(["secret", [], {"users": true, "rooms": true}]));
+    assert!(
+        !found.to_string().contains(&secret),
+        "spotlight lists the private group: {found}"
+    );
     for path in [
         "rooms.get",
         "subscriptions.get",
