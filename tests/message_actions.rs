@@ -371,6 +371,12 @@ fn mentions_single_messages_search_and_deletions() {
             json!([format!("{}/subscriptions-changed", carol.uid()), false]),
         )
         .unwrap();
+    carol
+        .sub(
+            "stream-notify-user",
+            json!([format!("{}/notification", carol.uid()), false]),
+        )
+        .unwrap();
     let secret = rid_of(&alice.ok("createPrivateGroup", json!(["hush", [], false])));
     let (ha, hb, hc) = (
         http_as(&server, &alice),
@@ -393,7 +399,14 @@ fn mentions_single_messages_search_and_deletions() {
             .unwrap()
             .clone()
     };
-    // Live: carol's room list hears of the group mention.
+    // Live: carol is notified of the group mention, and her room list hears of it.
+    loop {
+        let ev = carol.next_event("stream-notify-user");
+        if ev["fields"]["eventName"] == format!("{}/notification", carol.uid()) {
+            assert_eq!(ev["fields"]["args"][0]["text"], "@all standup in five", "{ev}");
+            break;
+        }
+    }
     loop {
         let ev = carol.next_event("stream-notify-user");
         let sub = &ev["fields"]["args"][1];
@@ -436,6 +449,28 @@ fn mentions_single_messages_search_and_deletions() {
     assert_eq!(bob.ok("getSingleMessage", json!([named["_id"]]))["_id"], named["_id"]);
     assert_eq!(bob.ok("getSingleMessage", json!([hidden])), Value::Null);
     assert_eq!(bob.ok("getSingleMessage", json!(["nope"])), Value::Null);
+
+    // Quotes and replies as the apps send them: a permalink prefix becomes Rocket.Chat's quote
+    // attachment, for messages the sender may see only.
+    let named_id = named["_id"].as_str().unwrap();
+    let link = format!("http://chat.example/channel/talk?msg={named_id}");
+    let quote = bob.send_message(&rid, &format!("[ ]({link})\nquoting you"));
+    assert_eq!(quote["msg"], format!("[ ]({link})\nquoting you"));
+    let att = &quote["attachments"][0];
+    assert_eq!(
+        (
+            att["text"].as_str(),
+            att["author_name"].as_str(),
+            att["message_link"].as_str()
+        ),
+        (named["msg"].as_str(), Some("alice"), Some(link.as_str()))
+    );
+    assert_eq!(att["ts"], named["ts"]);
+    let sneaky = bob.send_message(
+        &rid,
+        &format!("[ ](http://chat.example/group/hush?msg={hidden})\nwhat is this"),
+    );
+    assert!(sneaky.get("attachments").is_none(), "{sneaky}");
 
     // Search: every word, any case, newest first; system messages are not searched.
     alice.send_message(&rid, "the quarterly numbers are in");

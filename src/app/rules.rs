@@ -339,6 +339,57 @@ fn resolve_mentions(t: &impl Txn, text: &str, roles: &[String]) -> StoreResult<V
     Ok(mentions)
 }
 
+/// Most quoted messages one message carries.
+const MAX_QUOTES: usize = 5;
+
+/// The message ids a text links to as the apps quote and reply: permalinks
+/// (`<server>/<channel|group|direct>/<name>?msg=<id>`) anywhere in it, at most [`MAX_QUOTES`].
+pub fn quoted_ids(text: &str) -> Vec<(&str, &str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for word in text.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '<' | '>' | '[' | ']')) {
+        if !(word.starts_with("http://") || word.starts_with("https://")) {
+            continue;
+        }
+        let Some((_, query)) = word.split_once('?') else {
+            continue;
+        };
+        for pair in query.split('&') {
+            if let Some(id) = pair.strip_prefix("msg=") {
+                let valid = !id.is_empty()
+                    && id.len() <= 64
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+                if valid && !out.iter().any(|(_, i)| *i == id) && out.len() < MAX_QUOTES {
+                    out.push((word, id));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rocket.Chat's quote attachments for the permalinks in `text` that name messages `uid` may
+/// see (others are left as plain links): the quoted text, its author and time, and the link.
+fn quote_attachments(t: &impl Txn, uid: &UserId, text: &str) -> StoreResult<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for (link, id) in quoted_ids(text) {
+        let Some(quoted) = t.message(&MessageId::from(id))? else {
+            continue;
+        };
+        if visible_room(t, uid, &quoted.rid).is_err() {
+            continue;
+        }
+        out.push(serde_json::json!({
+            "text": quoted.msg,
+            "message_link": link,
+            "author_name": quoted.u.username,
+            "author_icon": format!("/avatar/{}", quoted.u.username),
+            "attachments": [],
+            "ts": {"$date": quoted.ts},
+        }));
+    }
+    Ok(out)
+}
+
 /// Stores a new message as the newest of `room` (its `seq` assigned here), updates the room's
 /// counters and announces it.
 fn insert_message(t: &mut impl Txn, room: &mut Room, message: &mut Message) -> StoreResult<()> {
@@ -1000,6 +1051,10 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             if tshow && parent.is_some() {
                 message.extra.insert("tshow".into(), true.into());
             }
+            let quotes = quote_attachments(t, &uid, &message.msg)?;
+            if !quotes.is_empty() {
+                message.extra.insert("attachments".into(), quotes.into());
+            }
             insert_message(t, &mut room, &mut message)?;
             // The sender has read their own message: one O(1) write, not one per member.
             sub.read_seq = message.seq;
@@ -1534,6 +1589,17 @@ mod tests {
     fn mentions_are_parsed() {
         assert_eq!(mentioned_usernames("hi @bob, and @carol. @bob"), ["bob", "carol"]);
         assert!(mentioned_usernames("mail me at a@b.c").is_empty());
+    }
+
+    #[test]
+    fn permalinks_name_the_quoted_messages() {
+        let text = "[ ](https://chat.example/group/design?msg=Abc123) and [ ](http://h/direct/x?a=1&msg=Def-4_5)\nok";
+        let ids: Vec<&str> = quoted_ids(text).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids, ["Abc123", "Def-4_5"]);
+        assert!(quoted_ids("?msg=x not a link, https://h/c?msg=<script>").is_empty());
+        let many =
+            "https://h/c?msg=a ".repeat(3) + &(0..10).map(|i| format!("https://h/c?msg=m{i} ")).collect::<String>();
+        assert_eq!(quoted_ids(&many).len(), MAX_QUOTES);
     }
 
     #[test]

@@ -1080,7 +1080,7 @@ impl Hub {
                     }
                     if is_new
                         && *uid != message.u.id
-                        && (direct || message.mentions.iter().any(|m| m.id == *uid))
+                        && (direct || message.mentions_user(uid, true))
                         && s.wants_user_event(uid, "notification")
                     {
                         let args = notification.get_or_insert_with(|| notification_args(message, room, direct));
