@@ -292,6 +292,11 @@ fn threads_count_replies_notify_followers_and_list() {
     assert_eq!(threads(&ha, "&type=unread"), [other.as_str()]);
     alice.ok("readThreads", json!([other]));
     assert!(threads(&ha, "&type=unread").is_empty());
+    // The apps' "mark read" with readThreads clears them too.
+    bob.ok("sendMessage", json!([{"rid": rid, "msg": "again", "tmid": other}]));
+    assert_eq!(threads(&ha, "&type=unread"), [other.as_str()]);
+    ok_body(ha.post("subscriptions.read", &json!({"rid": rid, "readThreads": true})));
+    assert!(threads(&ha, "&type=unread").is_empty());
     // Sync forms.
     let synced = ok_body(hb.get(&format!(
         "chat.syncThreadsList?rid={rid}&updatedSince=1970-01-01T00:00:00.000Z"

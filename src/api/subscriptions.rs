@@ -71,7 +71,24 @@ pub async fn rest_read(c: &Rest<'_>) -> RestResult {
             ))
         }
     };
-    c.ops().mark_read("subscriptions.read", user, RoomId::from(rid)).await?;
+    let read_threads = c.body.opt_bool("readThreads")?;
+    let rid = RoomId::from(rid);
+    c.ops().mark_read("subscriptions.read", user, rid.clone()).await?;
+    // The apps' "mark read" (5.4+) clears the room's unread threads too.
+    if read_threads {
+        let unread = c
+            .ctx
+            .hub
+            .store
+            .subscription(&user.id, &rid)
+            .await
+            .map_err(crate::app::error::AppError::from)?
+            .map(|s| s.tunread)
+            .unwrap_or_default();
+        for tmid in unread {
+            c.ops().read_thread("subscriptions.read", user, &tmid).await?;
+        }
+    }
     Ok(ok(serde_json::json!({})))
 }
 
