@@ -238,6 +238,10 @@ const SYSTEM_TEXT = {
   'subscription-role-added': (m) => `made ${m.msg} ${m.role || ''}`.trim(),
   'subscription-role-removed': (m) => `removed ${m.role || 'a role'} from ${m.msg}`,
   message_pinned: 'pinned a message',
+  'room-set-read-only': 'made the room read-only',
+  'room-removed-read-only': 'made the room writable',
+  'room-archived': 'archived the room',
+  'room-unarchived': 'unarchived the room',
   'user-muted': (m) => `muted ${m.msg}`,
   'user-unmuted': (m) => `unmuted ${m.msg}`,
 };
