@@ -9,13 +9,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-/// An HTTP client logged in as the DDP client's user (the same token).
-fn http_as(server: &TestServer, c: &Ddp) -> Http {
-    let mut h = Http::new(server.addr);
-    h.auth = Some((c.uid(), c.token.clone().unwrap()));
-    h
-}
-
 /// The next re-send of message `mid` on the room stream.
 fn next_version_of(c: &mut Ddp, mid: &str) -> Value {
     loop {
@@ -28,17 +21,6 @@ fn next_version_of(c: &mut Ddp, mid: &str) -> Value {
 
 fn rid_of(v: &Value) -> String {
     v["rid"].as_str().unwrap().to_owned()
-}
-
-fn ok_body(res: (u16, Value)) -> Value {
-    assert_eq!(res.0, 200, "{}", res.1);
-    assert_eq!(res.1["success"], true, "{}", res.1);
-    res.1
-}
-
-fn error_type(res: (u16, Value)) -> (u16, String) {
-    assert_eq!(res.1["success"], false, "{}", res.1);
-    (res.0, res.1["errorType"].as_str().unwrap_or_default().to_owned())
 }
 
 #[test]
@@ -114,12 +96,12 @@ fn reactions_pins_and_stars_over_both_doors_reach_the_room() {
     let private = carol.call("setReaction", json!(["smile", hidden])).unwrap_err();
     assert_eq!(unknown["error"], "error-not-allowed");
     assert_eq!(unknown, private);
-    let unknown = error_type(hc.post("chat.react", &json!({"emoji": "smile", "messageId": "no-such-id"})));
-    let private = error_type(hc.post("chat.react", &json!({"emoji": "smile", "messageId": hidden})));
+    let unknown = failure(hc.post("chat.react", &json!({"emoji": "smile", "messageId": "no-such-id"})));
+    let private = failure(hc.post("chat.react", &json!({"emoji": "smile", "messageId": hidden})));
     assert_eq!(unknown, (400, "error-message-not-found".to_owned()));
     assert_eq!(unknown, private);
     assert_eq!(
-        error_type(hb.post("chat.react", &json!({"emoji": 3, "messageId": mid}))).1,
+        failure(hb.post("chat.react", &json!({"emoji": 3, "messageId": mid}))).1,
         "invalid-params"
     );
 
@@ -150,8 +132,8 @@ fn reactions_pins_and_stars_over_both_doors_reach_the_room() {
     assert_eq!(unknown["error"], "error-invalid-message");
     assert_eq!(unknown, private);
     // A pinned-list read of a hidden room looks like one of a missing room.
-    let private = error_type(hc.get(&format!("chat.getPinnedMessages?roomId={secret}")));
-    let missing = error_type(hc.get("chat.getPinnedMessages?roomId=nope"));
+    let private = failure(hc.get(&format!("chat.getPinnedMessages?roomId={secret}")));
+    let missing = failure(hc.get("chat.getPinnedMessages?roomId=nope"));
     assert_eq!(private, (403, "error-not-allowed".to_owned()));
     assert_eq!(private, missing);
 
@@ -170,7 +152,7 @@ fn reactions_pins_and_stars_over_both_doors_reach_the_room() {
     assert_eq!(starred(&hb), 0);
     assert_eq!(starred(&ha), 1);
     // Carol is not in the channel: she cannot star its messages.
-    let e = error_type(hc.post("chat.starMessage", &json!({"messageId": mid})));
+    let e = failure(hc.post("chat.starMessage", &json!({"messageId": mid})));
     assert_eq!(e.1, "error-invalid-message");
     assert_eq!(
         bob.call("starMessage", json!([{"_id": mid}])).unwrap_err()["error"],
@@ -337,12 +319,12 @@ fn threads_count_replies_notify_followers_and_list() {
         carol.ok("getThreadMessages", json!([{"tmid": "no-such-id"}])),
         json!([])
     );
-    let private = error_type(hc.get(&format!("chat.getThreadMessages?tmid={hidden_root}")));
-    let missing = error_type(hc.get("chat.getThreadMessages?tmid=no-such-id"));
+    let private = failure(hc.get(&format!("chat.getThreadMessages?tmid={hidden_root}")));
+    let missing = failure(hc.get("chat.getThreadMessages?tmid=no-such-id"));
     assert_eq!(private, (400, "error-invalid-message".to_owned()));
     assert_eq!(private, missing);
-    let private = error_type(hc.get(&format!("chat.getThreadsList?rid={secret}")));
-    let missing = error_type(hc.get("chat.getThreadsList?rid=nope"));
+    let private = failure(hc.get(&format!("chat.getThreadsList?rid={secret}")));
+    let missing = failure(hc.get("chat.getThreadsList?rid=nope"));
     assert_eq!(private, missing);
     let private = carol.call("followMessage", json!([{"mid": hidden_root}])).unwrap_err();
     let missing = carol.call("followMessage", json!([{"mid": "no-such-id"}])).unwrap_err();
@@ -354,11 +336,11 @@ fn threads_count_replies_notify_followers_and_list() {
         400
     );
     assert_eq!(
-        error_type(hc.get(&format!("chat.getThreadsList?rid={rid}&type=mine"))).1,
+        failure(hc.get(&format!("chat.getThreadsList?rid={rid}&type=mine"))).1,
         "invalid-params"
     );
     assert_eq!(
-        error_type(hc.get(&format!("chat.getThreadsList?rid={rid}&count=x"))).1,
+        failure(hc.get(&format!("chat.getThreadsList?rid={rid}&count=x"))).1,
         "invalid-params"
     );
 }
@@ -447,8 +429,8 @@ fn mentions_single_messages_search_and_deletions() {
         .to_owned();
     let got = ok_body(hb.get(&format!("chat.getMessage?msgId={}", named["_id"].as_str().unwrap())));
     assert_eq!(got["message"]["msg"], named["msg"]);
-    let private = error_type(hb.get(&format!("chat.getMessage?msgId={hidden}")));
-    let missing = error_type(hb.get("chat.getMessage?msgId=nope"));
+    let private = failure(hb.get(&format!("chat.getMessage?msgId={hidden}")));
+    let missing = failure(hb.get("chat.getMessage?msgId=nope"));
     assert_eq!(private, (400, "error-message-not-found".to_owned()));
     assert_eq!(private, missing);
     assert_eq!(bob.ok("getSingleMessage", json!([named["_id"]]))["_id"], named["_id"]);
@@ -492,15 +474,15 @@ fn mentions_single_messages_search_and_deletions() {
     );
     let found = bob.ok("messageSearch", json!(["REPORT quarterly", rid, 10]));
     assert_eq!(found["messages"].as_array().unwrap().len(), 1);
-    let private = error_type(hb.get(&format!("chat.search?roomId={secret}&searchText=private")));
-    let missing = error_type(hb.get("chat.search?roomId=nope&searchText=private"));
+    let private = failure(hb.get(&format!("chat.search?roomId={secret}&searchText=private")));
+    let missing = failure(hb.get("chat.search?roomId=nope&searchText=private"));
     assert_eq!(private, missing);
     assert_eq!(
         bob.ok("messageSearch", json!(["private", secret])),
         json!({"messages": []})
     );
     assert_eq!(
-        error_type(hb.get(&format!("chat.search?roomId={rid}&searchText={}", "x".repeat(300)))).1,
+        failure(hb.get(&format!("chat.search?roomId={rid}&searchText={}", "x".repeat(300)))).1,
         "invalid-params"
     );
     assert_eq!(bob.call("messageSearch", json!([1, rid])).unwrap_err()["error"], 400);
@@ -511,11 +493,11 @@ fn mentions_single_messages_search_and_deletions() {
     let gone = ok_body(hb.get(&format!("chat.getDeletedMessages?roomId={rid}&since={before}")));
     assert_eq!(gone["total"], 1);
     assert_eq!(gone["messages"][0]["_id"], named["_id"]);
-    let private = error_type(hb.get(&format!("chat.getDeletedMessages?roomId={secret}&since={before}")));
-    let missing = error_type(hb.get(&format!("chat.getDeletedMessages?roomId=nope&since={before}")));
+    let private = failure(hb.get(&format!("chat.getDeletedMessages?roomId={secret}&since={before}")));
+    let missing = failure(hb.get(&format!("chat.getDeletedMessages?roomId=nope&since={before}")));
     assert_eq!(private, missing);
     assert_eq!(
-        error_type(hb.get(&format!("chat.getDeletedMessages?roomId={rid}"))).1,
+        failure(hb.get(&format!("chat.getDeletedMessages?roomId={rid}"))).1,
         "invalid-params"
     );
 }

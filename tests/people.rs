@@ -10,23 +10,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn http_as(server: &TestServer, c: &Ddp) -> Http {
-    let mut h = Http::new(server.addr);
-    h.auth = Some((c.uid(), c.token.clone().unwrap()));
-    h
-}
-
-fn ok_body(res: (u16, Value)) -> Value {
-    assert_eq!(res.0, 200, "{}", res.1);
-    assert_eq!(res.1["success"], true, "{}", res.1);
-    res.1
-}
-
-fn failure(res: (u16, Value)) -> (u16, String) {
-    assert_eq!(res.1["success"], false, "{}", res.1);
-    (res.0, res.1["errorType"].as_str().unwrap_or_default().to_owned())
-}
-
 fn names(list: &Value, key: &str) -> Vec<String> {
     list.as_array()
         .unwrap()

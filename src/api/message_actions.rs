@@ -198,11 +198,7 @@ pub async fn get_message(c: &Rest<'_>) -> RestResult {
 
 /// The `roomId` query parameter.
 pub fn room_id_param(c: &Rest<'_>) -> Result<RoomId, RestError> {
-    c.query
-        .get("roomId")
-        .filter(|r| !r.is_empty())
-        .map(RoomId::from)
-        .ok_or_else(|| RestError::invalid("The required \"roomId\" query param is missing."))
+    Ok(RoomId::from(c.query.required("roomId")?))
 }
 
 /// A room's messages that `keep` selects, one page of them.

@@ -145,6 +145,13 @@ impl Query {
         self.0.get(key).and_then(|v| v.first()).map(String::as_str)
     }
 
+    /// A parameter that must be present and not empty (Rocket.Chat's "required param" error).
+    pub fn required(&self, key: &str) -> Result<&str, RestError> {
+        self.get(key)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| RestError::invalid(format!("The required \"{key}\" query param is missing.")))
+    }
+
     pub fn flag(&self, key: &str) -> Result<bool, RestError> {
         match self.get(key) {
             None => Ok(false),

@@ -66,11 +66,7 @@ pub async fn ddp_get_thread_messages(c: &mut Ddp<'_>) -> DdpResult {
 /// oldest first.
 pub async fn rest_get_thread_messages(c: &Rest<'_>) -> RestResult {
     let user = c.user()?;
-    let tmid = c
-        .query
-        .get("tmid")
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| RestError::invalid("The required \"tmid\" query param is missing."))?;
+    let tmid = c.query.required("tmid")?;
     let (offset, count) = c.query.page()?;
     let (_, mut replies) = c
         .ops()
@@ -86,11 +82,7 @@ pub async fn rest_get_thread_messages(c: &Rest<'_>) -> RestResult {
 /// configured retention).
 pub async fn sync_thread_messages(c: &Rest<'_>) -> RestResult {
     let user = c.user()?;
-    let tmid = c
-        .query
-        .get("tmid")
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| RestError::invalid("The required \"tmid\" query param is missing."))?;
+    let tmid = c.query.required("tmid")?;
     let since = c
         .query
         .date("updatedSince")?
@@ -137,12 +129,7 @@ fn thread_filter(raw: Option<&str>) -> Result<ThreadFilter, String> {
 /// `{threads, count, offset, total}`, most recently replied first.
 pub async fn rest_threads_list(c: &Rest<'_>) -> RestResult {
     let user = c.user()?;
-    let rid = c
-        .query
-        .get("rid")
-        .filter(|r| !r.is_empty())
-        .map(RoomId::from)
-        .ok_or_else(|| RestError::invalid("The required \"rid\" query param is missing."))?;
+    let rid = RoomId::from(c.query.required("rid")?);
     let filter = thread_filter(c.query.get("type")).map_err(RestError::invalid)?;
     let (offset, count) = c.query.page()?;
     let list = c
@@ -173,12 +160,7 @@ pub async fn ddp_threads_list(c: &mut Ddp<'_>) -> DdpResult {
 /// REST `GET chat.syncThreadsList?rid&updatedSince` → `{threads: {update, remove}}`.
 pub async fn sync_threads_list(c: &Rest<'_>) -> RestResult {
     let user = c.user()?;
-    let rid = c
-        .query
-        .get("rid")
-        .filter(|r| !r.is_empty())
-        .map(RoomId::from)
-        .ok_or_else(|| RestError::invalid("The required \"rid\" query param is missing."))?;
+    let rid = RoomId::from(c.query.required("rid")?);
     let since = c
         .query
         .date("updatedSince")?

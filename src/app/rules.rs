@@ -484,17 +484,22 @@ fn count_thread_reply(t: &mut impl Txn, room: &Room, root: Message, reply: &Mess
             if !sub.tunread.contains(&tmid) {
                 sub.tunread.push(tmid.clone());
                 sub.updated_at = reply.ts;
-                t.update_sub(&sub)?;
-                t.push_change(Change::SubscriptionUpdated {
-                    subscription: sub,
-                    room: room.clone(),
-                    read_until: None,
-                })?;
+                save_sub(t, sub, room.clone())?;
             }
         }
     }
     save_changed_message(t, room.clone(), &root, changed, reply.ts)?;
     Ok(())
+}
+
+/// Stores a subscription changed for its user only and announces it (`subscriptions-changed`).
+fn save_sub(t: &mut impl Txn, sub: Subscription, room: Room) -> StoreResult<()> {
+    t.update_sub(&sub)?;
+    t.push_change(Change::SubscriptionUpdated {
+        subscription: sub,
+        room,
+        read_until: None,
+    })
 }
 
 /// Takes `tmid` off a subscription's unread threads; whether it was there.
@@ -655,12 +660,7 @@ fn save_settings(t: &mut impl Txn, room: &mut Room, user: &User, settings: RoomS
                     sub.name = name.to_owned();
                     sub.fname = name.to_owned();
                     sub.updated_at = now;
-                    t.update_sub(&sub)?;
-                    t.push_change(Change::SubscriptionUpdated {
-                        subscription: sub,
-                        room: room.clone(),
-                        read_until: None,
-                    })?;
+                    save_sub(t, sub, room.clone())?;
                 }
             }
             post_system(t, room, user, "r", name.to_owned(), now)?;
@@ -1164,12 +1164,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 if let Some(mut sub) = sub {
                     if drop_thread_unread(&mut sub, root.id.as_str()) {
                         sub.updated_at = now;
-                        t.update_sub(&sub)?;
-                        t.push_change(Change::SubscriptionUpdated {
-                            subscription: sub,
-                            room: room.clone(),
-                            read_until: None,
-                        })?;
+                        save_sub(t, sub, room.clone())?;
                     }
                 }
             }
@@ -1184,12 +1179,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             };
             if drop_thread_unread(&mut sub, tmid.as_str()) {
                 sub.updated_at = now;
-                t.update_sub(&sub)?;
-                t.push_change(Change::SubscriptionUpdated {
-                    subscription: sub,
-                    room,
-                    read_until: None,
-                })?;
+                save_sub(t, sub, room)?;
             }
             Ok(WriteOutput::Unit)
         }
@@ -1322,12 +1312,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             }
             theirs.updated_at = now;
             let username = theirs.u.username.clone();
-            t.update_sub(&theirs)?;
-            t.push_change(Change::SubscriptionUpdated {
-                subscription: theirs,
-                room: room.clone(),
-                read_until: None,
-            })?;
+            save_sub(t, theirs, room.clone())?;
             let kind = if on {
                 "subscription-role-added"
             } else {
@@ -1379,12 +1364,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 sub.closed_seq = room.last_seq;
             }
             sub.updated_at = now;
-            t.update_sub(&sub)?;
-            t.push_change(Change::SubscriptionUpdated {
-                subscription: sub,
-                room,
-                read_until: None,
-            })?;
+            save_sub(t, sub, room)?;
             Ok(WriteOutput::Unit)
         }
         WriteOp::UpdateMessage { uid, mid, rid, msg } => {
@@ -1510,12 +1490,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 None => sub.alert = true,
             }
             sub.updated_at = now;
-            t.update_sub(&sub)?;
-            t.push_change(Change::SubscriptionUpdated {
-                subscription: sub,
-                room,
-                read_until: None,
-            })?;
+            save_sub(t, sub, room)?;
             Ok(WriteOutput::Unit)
         }
         WriteOp::SetStatus {

@@ -724,3 +724,23 @@ pub fn mongo_db(url: &str, db: &str) -> (tokio::runtime::Runtime, mongodb::Datab
     let db = client.database(db);
     (rt, db)
 }
+
+/// An HTTP client logged in as the DDP client's user (the same token).
+pub fn http_as(server: &TestServer, c: &Ddp) -> Http {
+    let mut h = Http::new(server.addr);
+    h.auth = Some((c.uid(), c.token.clone().expect("logged in")));
+    h
+}
+
+/// A REST answer that must be a success: its body.
+pub fn ok_body(res: (u16, Value)) -> Value {
+    assert_eq!(res.0, 200, "{}", res.1);
+    assert_eq!(res.1["success"], true, "{}", res.1);
+    res.1
+}
+
+/// A REST answer that must be a failure: its status and `errorType`.
+pub fn failure(res: (u16, Value)) -> (u16, String) {
+    assert_eq!(res.1["success"], false, "{}", res.1);
+    (res.0, res.1["errorType"].as_str().unwrap_or_default().to_owned())
+}
