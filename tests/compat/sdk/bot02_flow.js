@@ -5,20 +5,11 @@
 // Usage: ROCKETCHAT_URL=host:port node bot02_flow.js HOST USERNAME PASSWORD ROOM
 'use strict';
 
+const { say, quiet, fail, endWithStdin } = require('./lines');
+
 const [host, username, password, room] = process.argv.slice(2);
 const { driver, api } = require('@rocket.chat/sdk');
 
-function say(event, fields) {
-  process.stdout.write(JSON.stringify(Object.assign({ event }, fields || {})) + '\n');
-}
-
-const quiet = {
-  debug: () => {},
-  info: () => {},
-  warning: (...a) => process.stderr.write(a.join(' ') + '\n'),
-  warn: (...a) => process.stderr.write(a.join(' ') + '\n'),
-  error: (...a) => process.stderr.write(a.join(' ') + '\n'),
-};
 driver.useLog(quiet);
 
 async function handle(message, meta) {
@@ -61,10 +52,6 @@ async function main() {
   say('ready', { joined });
 }
 
-main().catch((e) => {
-  say('failed', { error: String(e && e.message ? e.message : e) });
-  process.exit(1);
-});
+main().catch(fail);
 
-process.stdin.resume();
-process.stdin.on('end', () => process.exit(0));
+endWithStdin();

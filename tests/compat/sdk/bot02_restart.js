@@ -1,24 +1,15 @@
 // A bot on the published Rocket.Chat SDK 0.2 (the driver hubot-rocketchat uses), unmodified:
 // connect, log in, subscribe to its messages and print every message it is handed, one JSON
 // line each, plus its connection events. The test drives a chatd around it (restarts it) and
-// reads these lines. Usage: node bot.js HOST USERNAME PASSWORD
+// reads these lines. Usage: node bot02_restart.js HOST USERNAME PASSWORD
 'use strict';
+
+const { say, quiet, fail, endWithStdin } = require('./lines');
 
 const [host, username, password] = process.argv.slice(2);
 const { driver } = require('@rocket.chat/sdk');
 
-function say(event, fields) {
-  process.stdout.write(JSON.stringify(Object.assign({ event }, fields || {})) + '\n');
-}
-
-// The SDK logs to the console by default; keep stdout for the test's lines.
-driver.useLog({
-  debug: () => {},
-  info: () => {},
-  warning: (...a) => process.stderr.write(a.join(' ') + '\n'),
-  warn: (...a) => process.stderr.write(a.join(' ') + '\n'),
-  error: (...a) => process.stderr.write(a.join(' ') + '\n'),
-});
+driver.useLog(quiet);
 
 async function main() {
   await driver.connect({ host, useSsl: false, timeout: 20000 });
@@ -39,11 +30,6 @@ async function main() {
   say('ready');
 }
 
-main().catch((e) => {
-  say('failed', { error: String(e && e.message ? e.message : e) });
-  process.exit(1);
-});
+main().catch(fail);
 
-// Ends with its standard input (the test closing it), so it never outlives the test.
-process.stdin.resume();
-process.stdin.on('end', () => process.exit(0));
+endWithStdin();

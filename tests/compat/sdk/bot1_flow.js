@@ -6,23 +6,14 @@
 // the test reads only JSON ones). Usage: node bot1_flow.js URL USERNAME PASSWORD ROOM_ID
 'use strict';
 
+const { say, quiet, fail, endWithStdin } = require('./lines');
+
 const [url, username, password, rid] = process.argv.slice(2);
 const { Bot } = require('rocketchat-sdk-1');
 // The Bot client's own leaveRoom looks the room up through the missing route first; the API
 // layer's leaveRoom (`POST rooms.leave {rid}`) is the SDK's call that reaches the server.
 const Api = require('rocketchat-sdk-1/lib/api/RocketChat').default;
 
-function say(event, fields) {
-  process.stdout.write(JSON.stringify(Object.assign({ event }, fields || {})) + '\n');
-}
-
-const quiet = {
-  debug: () => {},
-  info: () => {},
-  warning: (...a) => process.stderr.write(a.join(' ') + '\n'),
-  warn: (...a) => process.stderr.write(a.join(' ') + '\n'),
-  error: (...a) => process.stderr.write(a.join(' ') + '\n'),
-};
 
 async function main() {
   const bot = new Bot({ host: url, useSsl: false, logger: quiet });
@@ -69,10 +60,6 @@ async function main() {
   say('ready', { roomType: info.room && info.room.t, missingRoute: missing });
 }
 
-main().catch((e) => {
-  say('failed', { error: String(e && e.message ? e.message : e) });
-  process.exit(1);
-});
+main().catch(fail);
 
-process.stdin.resume();
-process.stdin.on('end', () => process.exit(0));
+endWithStdin();
