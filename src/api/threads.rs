@@ -12,6 +12,7 @@ use super::ddp::{self, opt_str, Ddp, DdpResult};
 use super::message_actions::{not_allowed, paged, render};
 use super::rest::{ok, Rest, RestError, RestResult};
 use crate::app::actions::ThreadFilter;
+use crate::app::error::AppError;
 use crate::ids::RoomId;
 use crate::protocol::ddp::MeteorError;
 use crate::protocol::wire::Dates;
@@ -56,7 +57,18 @@ pub async fn ddp_get_thread_messages(c: &mut Ddp<'_>) -> DdpResult {
     if root.tcount() == 0 {
         return ddp::value(json!([]));
     }
-    c.ops().read_thread("getThreadMessages", user, &tmid).await?;
+    // Reading marks the thread read: a write only when it is unread for the caller.
+    let unread = c
+        .ctx
+        .hub
+        .store
+        .subscription(&user.id, &root.rid)
+        .await
+        .map_err(AppError::from)?
+        .is_some_and(|s| s.tunread.contains(&tmid));
+    if unread {
+        c.ops().read_thread("getThreadMessages", user, &tmid).await?;
+    }
     let mut list = vec![root];
     list.extend(replies.into_iter().skip(skip).take(limit));
     ddp::value(Value::Array(render(&list, Dates::Ejson)))

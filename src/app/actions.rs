@@ -19,17 +19,16 @@ pub const MAX_MATCHES: usize = 10_000;
 /// Longest reaction name accepted (without its colons).
 const MAX_EMOJI_CHARS: usize = 64;
 
-/// The messages of `rid` that `keep` selects, newest first, sent at or after `oldest` when
-/// given: at most [`MAX_MATCHES`], among the newest [`MAX_SCAN`]. Store-side threads only.
-pub fn scan_room(
+/// Hands `f` the messages of `rid` newest first, sent after `oldest` when given, at most the
+/// newest [`MAX_SCAN`], until `f` answers `false`. Store-side threads only.
+pub fn walk_room(
     b: &dyn Backend,
     rid: &RoomId,
     oldest: Option<i64>,
-    keep: &dyn Fn(&Message) -> bool,
-) -> StoreResult<Vec<Message>> {
-    let mut found = Vec::new();
+    mut f: impl FnMut(Message) -> bool,
+) -> StoreResult<()> {
     let (mut scanned, mut latest) = (0usize, None);
-    while scanned < MAX_SCAN && found.len() < MAX_MATCHES {
+    while scanned < MAX_SCAN {
         let q = HistoryQuery {
             latest,
             oldest,
@@ -41,9 +40,30 @@ pub fn scan_room(
         let Some(last) = chunk.last() else { break };
         latest = Some(last.ts);
         scanned += chunk.len();
-        found.extend(chunk.into_iter().filter(|m| keep(m)));
+        for m in chunk {
+            if !f(m) {
+                return Ok(());
+            }
+        }
     }
-    found.truncate(MAX_MATCHES);
+    Ok(())
+}
+
+/// The messages of `rid` that `keep` selects, newest first, sent after `oldest` when given: at
+/// most [`MAX_MATCHES`], among the newest [`MAX_SCAN`]. Store-side threads only.
+pub fn scan_room(
+    b: &dyn Backend,
+    rid: &RoomId,
+    oldest: Option<i64>,
+    keep: &dyn Fn(&Message) -> bool,
+) -> StoreResult<Vec<Message>> {
+    let mut found = Vec::new();
+    walk_room(b, rid, oldest, |m| {
+        if keep(&m) {
+            found.push(m);
+        }
+        found.len() < MAX_MATCHES
+    })?;
     Ok(found)
 }
 

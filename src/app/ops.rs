@@ -19,11 +19,6 @@ use crate::store::{
     WriteOutput,
 };
 
-/// Most messages a filtered message list (mentions, starred, pinned) searches, newest first.
-const MAX_FILTER_SCAN: usize = 50_000;
-/// Messages read per step of that search.
-const FILTER_CHUNK: usize = 1_000;
-
 /// Most public channels a room search looks through, and how many it reads at a time.
 const MAX_CHANNEL_SCAN: usize = 20_000;
 const CHANNEL_SCAN_PAGE: usize = 500;
@@ -649,7 +644,7 @@ impl<'a> Ops<'a> {
 
     /// Messages of a room the user may read (of type `kind`) that `keep` selects, newest first:
     /// one page and how many there are. The room is read newest first on a reader thread, at most
-    /// [`MAX_FILTER_SCAN`] messages (older ones are not searched). `None`: hidden or missing.
+    /// [`super::actions::MAX_SCAN`] messages (older ones are not searched). `None`: hidden or missing.
     #[allow(clippy::too_many_arguments)]
     pub async fn messages_where(
         &self,
@@ -671,27 +666,16 @@ impl<'a> Ops<'a> {
             .store
             .read(move |b| {
                 let mut page = Vec::new();
-                let (mut total, mut scanned) = (0usize, 0usize);
-                let mut latest = None;
-                while scanned < MAX_FILTER_SCAN {
-                    let q = HistoryQuery {
-                        latest,
-                        limit: FILTER_CHUNK,
-                        ..HistoryQuery::default()
-                    };
-                    let (chunk, _) = b.history(&rid, &q)?;
-                    let Some(last) = chunk.last() else { break };
-                    latest = Some(last.ts);
-                    scanned += chunk.len();
-                    for m in chunk {
-                        if keep(&m) {
-                            if total >= offset && page.len() < count {
-                                page.push(m);
-                            }
-                            total += 1;
+                let mut total = 0usize;
+                super::actions::walk_room(b, &rid, None, |m| {
+                    if keep(&m) {
+                        if total >= offset && page.len() < count {
+                            page.push(m);
                         }
+                        total += 1;
                     }
-                }
+                    true
+                })?;
                 Ok(Some((page, total)))
             })
             .await

@@ -219,6 +219,17 @@ fn add_member(t: &mut impl Txn, room: &mut Room, user: &User, owner: bool, now: 
     Ok(sub)
 }
 
+/// Adds one member to `room` (caller checked they are not one), stores the room and announces
+/// the new subscription.
+fn join_member(t: &mut impl Txn, room: &mut Room, user: &User, now: i64) -> StoreResult<()> {
+    let sub = add_member(t, room, user, false, now)?;
+    t.put_room(room)?;
+    t.push_change(Change::MemberAdded {
+        room: room.clone(),
+        subscription: sub,
+    })
+}
+
 /// One `MemberAdded` change per new subscription of `room`.
 fn announce_members(t: &mut impl Txn, room: &Room, subs: Vec<Subscription>) -> StoreResult<()> {
     for sub in subs {
@@ -313,8 +324,8 @@ fn thread_root(t: &impl Txn, tmid: &MessageId, rid: &RoomId) -> StoreResult<Mess
 }
 
 /// The users a text mentions: `@username` of existing users, and `@all` / `@here` when the
-/// sender's `roles` grant `mention-all` / `mention-here` (otherwise they are plain words).
-fn resolve_mentions(t: &impl Txn, text: &str, roles: &[String]) -> StoreResult<Vec<UserRef>> {
+/// sender `may` (`mention-all` / `mention-here`) (otherwise they are plain words).
+fn resolve_mentions(t: &impl Txn, text: &str, may: impl Fn(Permission) -> bool) -> StoreResult<Vec<UserRef>> {
     let mut mentions = Vec::new();
     for name in mentioned_usernames(text) {
         let group = match name {
@@ -323,7 +334,7 @@ fn resolve_mentions(t: &impl Txn, text: &str, roles: &[String]) -> StoreResult<V
             _ => None,
         };
         match group {
-            Some(p) if permissions::allows(p, roles) => mentions.push(UserRef {
+            Some(p) if may(p) => mentions.push(UserRef {
                 id: UserId::from(name),
                 username: name.to_owned(),
                 name: name.to_owned(),
@@ -758,12 +769,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             t.put_user(&user)?;
             // New users join the default channel, as in Rocket.Chat.
             if let Some(mut general) = t.room(&RoomId::from(GENERAL_ROOM_ID))? {
-                let sub = add_member(t, &mut general, &user, false, now)?;
-                t.put_room(&general)?;
-                t.push_change(Change::MemberAdded {
-                    room: general,
-                    subscription: sub,
-                })?;
+                join_member(t, &mut general, &user, now)?;
             }
             Ok(WriteOutput::User(Box::new(user)))
         }
@@ -960,12 +966,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
             if sub.is_some() {
                 return Ok(WriteOutput::Room(Box::new(room), false));
             }
-            let sub = add_member(t, &mut room, &user, false, now)?;
-            t.put_room(&room)?;
-            t.push_change(Change::MemberAdded {
-                room: room.clone(),
-                subscription: sub,
-            })?;
+            join_member(t, &mut room, &user, now)?;
             post_system(t, &mut room, &user, "uj", user.username.clone(), now)?;
             Ok(WriteOutput::Room(Box::new(room), false))
         }
@@ -1020,8 +1021,8 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 return Err(StoreError::rejected("error-room-archived", "Room is archived"));
             }
             let user = existing_user(t, &uid)?;
-            let roles: Vec<String> = user.roles.iter().chain(&sub.roles).cloned().collect();
-            if room.read_only && !permissions::allows(Permission::PostReadonly, &roles) {
+            let roles = || user.roles.iter().chain(&sub.roles);
+            if room.read_only && !permissions::allows(Permission::PostReadonly, roles()) {
                 return Err(StoreError::rejected("error-not-allowed", "Not allowed"));
             }
             // A reply names its thread's first message, in this room.
@@ -1029,7 +1030,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 Some(tmid) => Some(thread_root(t, &MessageId::from(tmid.as_str()), &rid)?),
                 None => None,
             };
-            let mentions = resolve_mentions(t, &msg, &roles)?;
+            let mentions = resolve_mentions(t, &msg, |p| permissions::allows(p, roles()))?;
             // Strictly increasing within a room, so `ts` alone pages history exactly (clients
             // page `loadHistory` by the oldest `ts` they hold).
             let ts = now.max(room.lm.map_or(0, |lm| lm + 1));
@@ -1226,12 +1227,7 @@ pub fn apply(t: &mut impl Txn, op: WriteOp, now: i64) -> StoreResult<WriteOutput
                 if t.sub(&user.id, &rid)?.is_some() {
                     continue;
                 }
-                let sub = add_member(t, &mut room, &user, false, now)?;
-                t.put_room(&room)?;
-                t.push_change(Change::MemberAdded {
-                    room: room.clone(),
-                    subscription: sub,
-                })?;
+                join_member(t, &mut room, &user, now)?;
                 post_system(t, &mut room, &inviter, "au", user.username.clone(), now)?;
             }
             Ok(WriteOutput::Room(Box::new(room), false))
